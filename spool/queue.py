@@ -1,0 +1,660 @@
+"""Spool queues: directories of message files, claimed by rename(2).
+
+Layout of one queue (its root is ``<home>/queues/<name>``, ``<home>/completions`` or
+``<home>/control``)::
+
+    queue.json                    {"version": 1, "shards": S}, created put-if-absent
+    priority.hint                 touched by every put with priority > 0
+    ready/<ss>/<name>             S shard directories (ss = 2 hex digits)
+    claimed/<worker>/<name>       claimed messages, one directory per claimant
+    delayed/<due_ms>~<name>       nacked with a delay; promoted to ready/ once due
+    dead/<name>                   quarantined messages (undecodable, oversized, malformed)
+    dead/<name>.reason.json       why, when and by whom
+
+Message names sort into service order::
+
+    <rank:5>-<put_ns:19>-<id>.<attempt>.msg
+      rank    = 32767 - priority   (priority in [-32768, 32767]; higher is served first)
+      put_ns  = the putter's time.time_ns(); FIFO within a priority
+      id      = [A-Za-z0-9_~=+@-]{1,100}: the caller's, or process token + counter
+      attempt = how many times the message was handed out and came back (nack / reap)
+
+A message file is msgpack ``[1, payload]`` (1 = format version). It is written under a
+temporary name in its shard and renamed into place (`spool.atomic`), so a listing never
+shows a partial message. Names starting with a dot (temp files, NFS ``.nfsXXXX``) are
+ignored everywhere.
+
+Protocol and races:
+
+* put: round-robin over shards, so many claimers do not all list one directory.
+* claim: ``rename(ready/ss/N, claimed/<worker>/N)``. Of concurrent claimers exactly one
+  rename succeeds. ENOENT means another claimer won, or (NFS) our rename succeeded and only
+  its reply was lost: we check our own destination before giving up (R3).
+* Claimers keep a sorted listing of each shard and serve the oldest head of the best
+  priority; a listing is refreshed after `listing_ttl` seconds (longer for huge queues, so
+  re-listing stays ~2 % of the work), when every cached listing is exhausted, after 8
+  misses in a row, or within 0.1 s of a put with a raised priority (it touches
+  priority.hint, which claimers stat every 0.1 s). A claimer that keeps losing races to others picks
+  among the few oldest heads instead of the single oldest (FIFO to within the number of
+  contending claimers), which spreads claimers over shards instead of herding them.
+* ack: unlink the claimed file. nack: rename back to ready (or delayed) with attempt + 1.
+  release: rename back to ready, attempt unchanged (it never ran). reap: a dead claimant's
+  messages go back to ready with attempt + 1. Every transition is one rename, so a message
+  is never lost or duplicated by a crash between steps.
+* Poison (undecodable, over the size limit, malformed name) is moved to dead/ with a reason
+  file written first; it never blocks the queue and is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as _dt
+import heapq
+import itertools
+import json
+import os
+import random
+import re
+import time
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+import msgpack
+
+from .atomic import (
+    Durability,
+    create_exclusive,
+    fsync_dir,
+    process_token,
+    publish,
+    publish_in,
+    read_bytes,
+    write_temp,
+)
+from .errors import CorruptRecordError, InvalidNameError, MessageTooLargeError, StorageError
+from .names import check_component
+
+QUEUE_FORMAT = 1
+MESSAGE_FORMAT = 1
+MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
+_MISSES_BEFORE_RELIST = 8
+_DELAYED_CHECK_INTERVAL = 0.1
+_ID_RE = re.compile(r"[A-Za-z0-9_~=+@-]{1,100}\Z")
+_HEAD_LEN = 26  # "<rank:5>-<put_ns:19>-"
+_DEFAULT_PREFIX = f"{MAX_PRIORITY:05d}-"
+
+
+class Message(NamedTuple):
+    """A claimed message. `path` is where it lies now (under claimed/<worker>/)."""
+
+    name: str
+    path: str
+    worker: str
+    attempt: int
+    payload: Any
+
+    # Decoded from the name only when asked: the claim hot path needs just the attempt.
+    @property
+    def priority(self) -> int:
+        return MAX_PRIORITY - int(self.name[:5])
+
+    @property
+    def put_ns(self) -> int:
+        return int(self.name[6:25])
+
+    @property
+    def id(self) -> str:
+        return self.name[_HEAD_LEN : self.name.rfind(".", _HEAD_LEN, -4)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadMessage:
+    name: str
+    path: str
+    reason: str | None
+    info: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueCounts:
+    ready: int
+    delayed: int
+    claimed: dict[str, int]
+    dead: int
+
+    @property
+    def claimed_total(self) -> int:
+        return sum(self.claimed.values())
+
+
+def parse_name(name: str) -> tuple[int, int, str, int] | None:
+    """(priority, put_ns, id, attempt) of a message name, or None if malformed."""
+    if len(name) < _HEAD_LEN + 7 or name[5] != "-" or name[25] != "-" or name[-4:] != ".msg":
+        return None
+    dot = name.rfind(".", _HEAD_LEN, -4)
+    msg_id = name[_HEAD_LEN:dot]
+    try:
+        rank, put_ns, attempt = int(name[:5]), int(name[6:25]), int(name[dot + 1 : -4])
+    except ValueError:
+        return None
+    if dot <= _HEAD_LEN or rank < 0 or attempt < 0 or put_ns < 0 or not _ID_RE.match(msg_id):
+        return None
+    return MAX_PRIORITY - rank, put_ns, msg_id, attempt
+
+
+def _with_attempt(name: str, attempt: int) -> str:
+    stem = name[:-4]
+    return f"{stem[: stem.rfind('.')]}.{attempt}.msg"
+
+
+def _attempt_of(name: str) -> int:
+    """The attempt of a well-formed name, -1 otherwise (a cheap check for the claim path;
+    `parse_name` is the full one)."""
+    if len(name) < _HEAD_LEN + 7 or name[5] != "-" or name[25] != "-" or name[-4:] != ".msg":
+        return -1
+    dot = name.rfind(".", _HEAD_LEN + 1, -4)
+    attempt = name[dot + 1 : -4]
+    if dot < 0 or not (attempt.isdigit() and name[:5].isdigit() and name[6:25].isdigit()):
+        return -1
+    return int(attempt)
+
+
+class SpoolQueue:
+    """One spool queue. Safe to use from many processes on many hosts at once.
+
+    A `SpoolQueue` object keeps per-process caches (shard listings, round-robin position);
+    use one per process (or thread), not shared between threads.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        durability: Durability = Durability.PROCESS,
+        shards: int = 16,
+        max_message_bytes: int = 8 << 20,
+        listing_ttl: float = 1.0,
+    ):
+        self.root = root
+        self.durability = durability
+        self.max_message_bytes = max_message_bytes
+        self.listing_ttl = listing_ttl
+        self.shards = self._open_layout(shards)
+        self._ready = [f"{root}/ready/{s:02x}" for s in range(self.shards)]
+        self._claimed_root = f"{root}/claimed"
+        self._delayed = f"{root}/delayed"
+        self._dead = f"{root}/dead"
+        self._hint = f"{root}/priority.hint"
+        self._hint_seen: tuple[int, int] | None = None
+        self._ids = itertools.count()
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._put_shard = random.randrange(self.shards)
+        self._claim_dirs: dict[str, str] = {}
+        # claim-side caches
+        self._listing: list[collections.deque[str]] = [collections.deque() for _ in range(self.shards)]
+        self._heads: list[tuple[str, int]] = []
+        self._listed_at = [float("-inf")] * self.shards
+        self._ttl = [listing_ttl] * self.shards
+        self._next_refresh = float("-inf")
+        self._misses = 0
+        self._spread = 1
+        self._hits_since_miss = 0
+        self._next_delayed_check = 0.0
+
+    # ----------------------------------------------------------------- layout
+    def _open_layout(self, shards: int) -> int:
+        meta = f"{self.root}/queue.json"
+        try:
+            return self._read_meta(meta)
+        except FileNotFoundError:
+            pass
+        try:
+            for sub in ("claimed", "delayed", "dead"):
+                os.makedirs(f"{self.root}/{sub}", exist_ok=True)
+            for s in range(shards):
+                os.makedirs(f"{self.root}/ready/{s:02x}", exist_ok=True)
+        except OSError as e:
+            raise StorageError.from_os("create queue directories in", self.root, e) from e
+        data = json.dumps({"version": QUEUE_FORMAT, "shards": shards}).encode()
+        # RACE: concurrent first users: the first link(2) wins and everyone adopts its shard count.
+        create_exclusive(meta, data, self.durability)
+        return self._read_meta(meta)
+
+    def _read_meta(self, meta: str) -> int:
+        raw = read_bytes(meta, max_bytes=65536)
+        try:
+            info = json.loads(raw)
+            version, shards = info["version"], info["shards"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptRecordError(f"{meta} is corrupt: {e}", path=meta) from None
+        if version != QUEUE_FORMAT or not isinstance(shards, int) or not 1 <= shards <= 256:
+            raise CorruptRecordError(f"{meta}: unsupported queue format {info!r}", path=meta)
+        for s in range(shards):
+            # A queue whose shard directories were deleted by hand is repaired rather than wedged.
+            if not os.path.isdir(f"{self.root}/ready/{s:02x}"):
+                os.makedirs(f"{self.root}/ready/{s:02x}", exist_ok=True)
+        for sub in ("claimed", "delayed", "dead"):
+            os.makedirs(f"{self.root}/{sub}", exist_ok=True)
+        return shards
+
+    # -------------------------------------------------------------------- put
+    def encode(self, payload: Any) -> bytes:
+        """The message file for `payload` (checked against the size limit)."""
+        try:
+            data = self._packer.pack([MESSAGE_FORMAT, payload])
+        except (TypeError, ValueError, OverflowError) as e:
+            self._packer.reset()
+            raise TypeError(f"{self.root}: payload cannot be encoded as msgpack: {e}") from e
+        if len(data) > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"{self.root}: message of {len(data)} bytes exceeds the limit of "
+                f"{self.max_message_bytes} bytes; nothing was written",
+                path=self.root,
+            )
+        return data
+
+    def _name_prefix(self, priority: int) -> str:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority {priority} is outside [{MIN_PRIORITY}, {MAX_PRIORITY}]")
+        return f"{MAX_PRIORITY - priority:05d}-"
+
+    def put(self, payload: Any, priority: int = 0, *, msg_id: str | None = None) -> str:
+        """Enqueue `payload` (anything msgpack encodes); return the message name.
+
+        Raises:
+            MessageTooLargeError: the encoded message exceeds `max_message_bytes`.
+            StorageError: the write failed (e.g. ENOSPC); no partial message is visible.
+        """
+        return self.put_encoded(self.encode(payload), priority, msg_id)
+
+    def put_encoded(self, data: bytes, priority: int = 0, msg_id: str | None = None) -> str:
+        """Enqueue a message file made by `encode`."""
+        prefix = _DEFAULT_PREFIX if priority == 0 and type(priority) is int else self._name_prefix(priority)
+        if msg_id is None:
+            msg_id = f"{process_token()}{next(self._ids):x}"
+        elif not isinstance(msg_id, str) or not _ID_RE.match(msg_id):
+            raise InvalidNameError(
+                f"message id {msg_id!r} is not allowed: use [A-Za-z0-9_~=+@-], 1-100 chars"
+            )
+        # time_ns() has 19 digits from 2001 to 2286: the width of the field without formatting.
+        name = f"{prefix}{time.time_ns()}-{msg_id}.0.msg"
+        shard = self._put_shard
+        self._put_shard = (shard + 1) % self.shards
+        publish_in(self._ready[shard], name, data, self.durability)
+        if priority > 0:
+            self._touch_hint()
+        return name
+
+    def _touch_hint(self) -> None:
+        """Tell claimers a message may overtake what they have cached (checked every 0.1 s)."""
+        try:
+            os.utime(self._hint)
+        except FileNotFoundError:
+            fd = os.open(self._hint, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            os.close(fd)
+
+    def put_many(self, payloads: Iterable[Any], priority: int = 0) -> list[str]:
+        """Enqueue several payloads; with `machine` durability each directory is fsynced once."""
+        encoded = [self.encode(p) for p in payloads]
+        if self.durability is not Durability.MACHINE:
+            return [self.put_encoded(data, priority) for data in encoded]
+        prefix = self._name_prefix(priority)
+        staged = []
+        for data in encoded:
+            directory = self._ready[self._next_put_shard()]
+            name = f"{prefix}{time.time_ns():019d}-{process_token()}{next(self._ids):x}.0.msg"
+            staged.append((write_temp(directory, data, Durability.MACHINE), directory, name))
+        for tmp, directory, name in staged:
+            publish(tmp, f"{directory}/{name}", Durability.PROCESS)
+        for directory in {d for _, d, _ in staged}:
+            fsync_dir(directory)
+        if priority > 0:
+            self._touch_hint()
+        return [name for _, _, name in staged]
+
+    def _next_put_shard(self) -> int:
+        shard = self._put_shard
+        self._put_shard = (shard + 1) % self.shards
+        return shard
+
+    # ------------------------------------------------------------------ claim
+    def _claim_dir(self, worker: str) -> str:
+        directory = self._claim_dirs.get(worker)
+        if directory is None:
+            directory = f"{self._claimed_root}/{check_component(worker, 'worker id')}"
+            os.makedirs(directory, exist_ok=True)
+            self._claim_dirs[worker] = directory
+        return directory
+
+    def _relist(self, shard: int, now: float) -> None:
+        directory = self._ready[shard]
+        t0 = time.perf_counter()
+        try:
+            names = [n for n in os.listdir(directory) if n[0] != "."]
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            names = []
+        names.sort()
+        self._listing[shard] = collections.deque(names)
+        self._listed_at[shard] = now
+        # Keep re-listing all shards under ~2 % of the time: a deep queue (100k messages) is
+        # re-listed less often, so its claim cost does not grow with its depth. Messages put
+        # with a raised priority do not wait for that: they touch the priority hint.
+        self._ttl[shard] = max(self.listing_ttl, 50 * self.shards * (time.perf_counter() - t0))
+        self._next_refresh = min(self._next_refresh, now + self._ttl[shard])
+        self._heads = [(dq[0], s) for s, dq in enumerate(self._listing) if dq]
+        heapq.heapify(self._heads)
+
+    def _pick(self) -> tuple[str, int] | None:
+        """Take the next candidate from the cached listings: a heap of each shard's head."""
+        heads = self._heads
+        if not heads:
+            return None
+        if self._spread <= 1 or len(heads) == 1:
+            name, shard = heapq.heappop(heads)
+        else:
+            best = heapq.nsmallest(self._spread, heads)
+            rank = best[0][0][:5]
+            name, shard = entry = random.choice([h for h in best if h[0][:5] == rank])
+            heads.remove(entry)
+            heapq.heapify(heads)
+        dq = self._listing[shard]
+        dq.popleft()
+        if dq:
+            heapq.heappush(heads, (dq[0], shard))
+        return name, shard
+
+    def _note_miss(self, shard: int, now: float) -> None:
+        self._misses += 1
+        self._hits_since_miss = 0
+        self._spread = min(self.shards, self._spread + 1)
+        if self._misses >= _MISSES_BEFORE_RELIST:
+            self._misses = 0
+            self._relist(shard, now)
+
+    def _note_hit(self) -> None:
+        self._hits_since_miss += 1
+        if self._hits_since_miss >= 16:
+            self._spread -= 1
+            self._hits_since_miss = 0
+
+    def claim(self, worker: str, max_n: int = 1) -> list[Message]:
+        """Claim up to `max_n` messages for `worker`; returns them in service order.
+
+        Each returned message now lies in claimed/<worker>/ and belongs to this claimant
+        until it is acked, nacked, released or reaped.
+        """
+        claim_dir = self._claim_dirs.get(worker) or self._claim_dir(worker)
+        now = time.monotonic()
+        if now >= self._next_delayed_check:
+            self._next_delayed_check = now + _DELAYED_CHECK_INTERVAL
+            self.promote_due()
+            try:
+                st = os.stat(self._hint)
+                hint = (st.st_ino, st.st_mtime_ns)
+            except FileNotFoundError:
+                hint = None
+            if hint != self._hint_seen:
+                self._hint_seen = hint
+                self._next_refresh = float("-inf")
+                self._listed_at = [float("-inf")] * self.shards
+        if now >= self._next_refresh:
+            for shard in range(self.shards):
+                if now - self._listed_at[shard] > self._ttl[shard]:
+                    self._relist(shard, now)
+            self._next_refresh = min(at + ttl for at, ttl in zip(self._listed_at, self._ttl, strict=True))
+        out: list[Message] = []
+        relisted_all = False
+        while len(out) < max_n:
+            picked = self._pick()
+            if picked is None:
+                if relisted_all:
+                    break
+                relisted_all = True
+                for shard in range(self.shards):
+                    self._relist(shard, now)
+                continue
+            name, shard = picked
+            dst = f"{claim_dir}/{name}"
+            try:
+                os.rename(f"{self._ready[shard]}/{name}", dst)
+            except FileNotFoundError:
+                # RACE: another claimer renamed it first, or (NFS) our rename happened and only
+                # its reply was lost. Only our own destination can tell the two apart.
+                if not os.path.lexists(dst):
+                    if not os.path.isdir(claim_dir):
+                        os.makedirs(claim_dir, exist_ok=True)
+                    self._note_miss(shard, now)
+                    continue
+            except OSError as e:
+                raise StorageError.from_os("claim", f"{self._ready[shard]}/{name}", e) from e
+            self._misses = 0
+            if self._spread > 1:
+                self._note_hit()
+            msg = self._load(dst, name, worker)
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def _load(self, path: str, name: str, worker: str) -> Message | None:
+        attempt = _attempt_of(name)
+        if attempt < 0:
+            self.quarantine(path, f"malformed message name {name!r}")
+            return None
+        try:
+            data = read_bytes(path, self.max_message_bytes)
+        except FileNotFoundError:
+            return None  # RACE: reaped by a sweeper that judged us dead; it is back in ready/
+        except CorruptRecordError as e:
+            self.quarantine(path, f"oversized: {e}")
+            return None
+        except OSError as e:
+            raise StorageError.from_os("read", path, e) from e
+        try:
+            obj = msgpack.unpackb(data)
+        except Exception as e:  # msgpack raises several unrelated types for garbage
+            self.quarantine(path, f"undecodable msgpack: {type(e).__name__}: {e}")
+            return None
+        if type(obj) is not list or len(obj) != 2 or obj[0] != MESSAGE_FORMAT:
+            self.quarantine(path, f"not a message of format {MESSAGE_FORMAT}")
+            return None
+        return Message(name, path, worker, attempt, obj[1])
+
+    # ------------------------------------------------------- settle a message
+    def ack(self, msg: Message) -> bool:
+        """Remove a processed message. False if it was no longer ours (reaped meanwhile)."""
+        try:
+            os.unlink(msg.path)
+            return True
+        except FileNotFoundError:
+            return False  # RACE: a sweeper reaped it after judging the claimant dead
+
+    def ack_many(self, msgs: Iterable[Message]) -> int:
+        return sum(self.ack(m) for m in msgs)
+
+    def nack(self, msg: Message, delay: float = 0.0) -> str | None:
+        """Return a message that failed; attempt + 1. With `delay` > 0 it waits in delayed/.
+
+        The delay is measured on the nacker's wall clock (clock skew between hosts shifts it).
+        Returns the new name, or None if the message was no longer ours.
+        """
+        new_name = _with_attempt(msg.name, msg.attempt + 1)
+        if delay > 0:
+            due_ms = int((time.time() + delay) * 1000)
+            dst = f"{self._delayed}/{due_ms:013d}~{new_name}"
+        else:
+            dst = f"{self._ready[self._next_put_shard()]}/{new_name}"
+        return new_name if self._move(msg.path, dst) else None
+
+    def release(self, msg: Message) -> str | None:
+        """Give back a message that was claimed but never started (attempt unchanged)."""
+        return msg.name if self._move(msg.path, f"{self._ready[self._next_put_shard()]}/{msg.name}") else None
+
+    def _move(self, src: str, dst: str) -> bool:
+        try:
+            os.rename(src, dst)
+        except FileNotFoundError:
+            return os.path.lexists(dst)  # RACE: lost NFS reply, or reaped/acked by someone else
+        except OSError as e:
+            raise StorageError.from_os("move", src, e) from e
+        if self.durability is Durability.MACHINE:
+            fsync_dir(os.path.dirname(dst))
+        return True
+
+    def promote_due(self, now_ms: int | None = None) -> int:
+        """Move delayed messages whose time has come into ready/; returns how many moved."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        try:
+            names = os.listdir(self._delayed)
+        except FileNotFoundError:
+            return 0
+        moved = 0
+        for entry in names:
+            due, sep, name = entry.partition("~")
+            if entry[0] == "." or not sep:
+                continue
+            if not due.isdigit() or parse_name(name) is None:
+                self.quarantine(f"{self._delayed}/{entry}", f"malformed delayed entry {entry!r}")
+                continue
+            if int(due) <= now_ms and self._move(
+                f"{self._delayed}/{entry}", f"{self._ready[self._next_put_shard()]}/{name}"
+            ):
+                moved += 1  # RACE: several promoters: the rename picks one winner
+        return moved
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the earliest delayed message is due (0 if overdue), None if none waits."""
+        try:
+            dues = [int(n.partition("~")[0]) for n in os.listdir(self._delayed) if n[:1].isdigit()]
+        except (FileNotFoundError, ValueError):
+            return None
+        if not dues:
+            return None
+        return max(0.0, min(dues) / 1000 - time.time())
+
+    def reap(self, worker: str) -> list[str]:
+        """Return every message claimed by `worker` (judged dead) to ready/, attempt + 1."""
+        directory = f"{self._claimed_root}/{check_component(worker, 'worker id')}"
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return []
+        requeued = []
+        for name in sorted(names):
+            if name[0] == ".":
+                continue
+            parsed = parse_name(name)
+            if parsed is None:
+                self.quarantine(f"{directory}/{name}", f"malformed message name {name!r}")
+                continue
+            new_name = _with_attempt(name, parsed[3] + 1)
+            if self._move(f"{directory}/{name}", f"{self._ready[self._next_put_shard()]}/{new_name}"):
+                requeued.append(new_name)
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass  # RACE: the worker is alive after all and claimed again; leave its directory
+        self._claim_dirs.pop(worker, None)
+        return requeued
+
+    # ------------------------------------------------------------- quarantine
+    def quarantine(self, path: str, reason: str) -> str:
+        """Move the file at `path` into dead/ with a reason file; returns its new path."""
+        name = os.path.basename(path)
+        info = {
+            "reason": reason,
+            "queue": self.root,
+            "from": os.path.relpath(path, self.root),
+            "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+            "by": f"{os.uname().nodename}:{os.getpid()}",
+        }
+        try:
+            info["bytes"] = os.lstat(path).st_size
+        except OSError:
+            pass
+        os.makedirs(self._dead, exist_ok=True)
+        # The reason goes first: a crash between the two steps leaves the message where it was
+        # (it will be quarantined again), never a dead message without its reason.
+        reason_path = f"{self._dead}/{name}.reason.json"
+        publish(
+            write_temp(self._dead, json.dumps(info).encode(), self.durability), reason_path, self.durability
+        )
+        dst = f"{self._dead}/{name}"
+        try:
+            os.rename(path, dst)
+        except FileNotFoundError:
+            pass  # RACE: someone else quarantined or removed it first
+        except OSError as e:
+            raise StorageError.from_os("quarantine", path, e) from e
+        return dst
+
+    def dead(self) -> list[DeadMessage]:
+        out = []
+        try:
+            names = sorted(os.listdir(self._dead))
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if name[0] == "." or name.endswith(".reason.json"):
+                continue
+            info: dict[str, Any] = {}
+            try:
+                info = json.loads(read_bytes(f"{self._dead}/{name}.reason.json", max_bytes=1 << 20))
+            except (OSError, ValueError, CorruptRecordError):
+                pass
+            out.append(DeadMessage(name, f"{self._dead}/{name}", info.get("reason"), info))
+        return out
+
+    # -------------------------------------------------------------- inspection
+    def claimed(self) -> dict[str, list[str]]:
+        """Names of claimed messages, per claimant."""
+        out: dict[str, list[str]] = {}
+        try:
+            workers = os.listdir(self._claimed_root)
+        except FileNotFoundError:
+            return out
+        for worker in workers:
+            if worker[0] == ".":
+                continue
+            try:
+                names = [n for n in os.listdir(f"{self._claimed_root}/{worker}") if n[0] != "."]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if names:
+                out[worker] = sorted(names)
+        return out
+
+    def ready_names(self) -> list[str]:
+        names = []
+        for directory in self._ready:
+            try:
+                names.extend(n for n in os.listdir(directory) if n[0] != ".")
+            except FileNotFoundError:
+                continue
+        return sorted(names)
+
+    def counts(self) -> QueueCounts:
+        """Depths by state; costs one listing of every directory (use for dashboards, not hot paths)."""
+        ready = 0
+        for directory in self._ready:
+            try:
+                ready += sum(1 for n in os.listdir(directory) if n[0] != ".")
+            except FileNotFoundError:
+                pass
+        try:
+            delayed = sum(1 for n in os.listdir(self._delayed) if n[0] != ".")
+        except FileNotFoundError:
+            delayed = 0
+        try:
+            dead = sum(1 for n in os.listdir(self._dead) if n[0] != "." and not n.endswith(".reason.json"))
+        except FileNotFoundError:
+            dead = 0
+        claimed = {w: len(ns) for w, ns in self.claimed().items()}
+        return QueueCounts(ready, delayed, claimed, dead)
+
+    def watch_paths(self) -> list[str]:
+        """Directories whose change means new work may be ready (for `spool.watch`)."""
+        return [*self._ready, self._delayed]
