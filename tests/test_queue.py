@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+
+import msgpack
+import pytest
+
+import spool.queue as queue_mod
+from spool import Home, InvalidNameError, MessageTooLargeError, SpoolQueue
+from spool.queue import parse_name
+
+
+def test_put_claim_ack_roundtrip(home: Home):
+    q = home.queue("default")
+    name = q.put({"task": "a", "n": 1})
+    priority, _, _, attempt = parse_name(name)
+    assert (priority, attempt) == (0, 0)
+    [msg] = q.claim("w1", 5)
+    assert msg.payload == {"task": "a", "n": 1}
+    assert msg.worker == "w1" and os.path.exists(msg.path)
+    assert q.counts().claimed == {"w1": 1}
+    assert q.ack(msg) is True
+    assert not os.path.exists(msg.path)
+    assert q.ack(msg) is False  # already gone: reported, not raised
+    assert q.claim("w1") == []
+
+
+def test_fifo_within_priority_and_priority_first(home: Home):
+    q = home.queue("default")
+    for i in range(40):
+        q.put(i, priority=0)
+    for i in range(5):
+        q.put(100 + i, priority=5)
+    got = [m.payload for m in q.claim("w", 100)]
+    assert got == [100, 101, 102, 103, 104, *range(40)]
+
+
+def test_higher_priority_seen_after_listing_ttl(home: Home):
+    q = SpoolQueue(home.queue_dir("q"), listing_ttl=0.05)
+    for i in range(10):
+        q.put(i)
+    assert [m.payload for m in q.claim("w", 2)] == [0, 1]
+    q.put("urgent", priority=10)
+    time.sleep(0.06)
+    assert q.claim("w", 1)[0].payload == "urgent"
+
+
+def test_nack_release_reap_move_attempts(home: Home):
+    q = home.queue("default")
+    q.put("x")
+    [m] = q.claim("w1")
+    assert m.attempt == 0
+    q.nack(m)
+    [m] = q.claim("w1")
+    assert m.attempt == 1
+    q.release(m)  # given back unstarted: same attempt
+    [m] = q.claim("w2")
+    assert m.attempt == 1
+    # w2 dies holding it: the sweeper reaps it with attempt + 1
+    assert len(q.reap("w2")) == 1
+    assert q.counts().claimed == {}
+    [m] = q.claim("w3")
+    assert (m.payload, m.attempt) == ("x", 2)
+
+
+def test_nack_with_delay_waits_in_delayed(home: Home):
+    q = home.queue("default")
+    q.put("later")
+    [m] = q.claim("w")
+    q.nack(m, delay=0.3)
+    assert q.counts().delayed == 1
+    assert 0 < q.next_due_in() <= 0.3
+    assert q.claim("w") == []
+    time.sleep(0.35)
+    q._next_delayed_check = 0  # don't wait for this claimer's promotion throttle
+    [m] = q.claim("w")
+    assert (m.payload, m.attempt) == ("later", 1)
+
+
+def _ready_shard(q: SpoolQueue) -> str:
+    return q._ready[0]
+
+
+def test_poison_is_quarantined_with_reason_and_does_not_block(home: Home):
+    q = home.queue("default")
+    shard = _ready_shard(q)
+    q.put("good-1")
+    bad = {
+        "00000-0000000000000000001-garbage.0.msg": b"\xc1\xc1\xc1 not msgpack",
+        "00000-0000000000000000002-wrongfmt.0.msg": msgpack.packb([99, "future"]),
+        "not-a-message-name.txt": b"hello",
+    }
+    for name, data in bad.items():
+        with open(f"{shard}/{name}", "wb") as f:
+            f.write(data)
+    q.put("good-2")
+    got = [m.payload for m in q.claim("w", 10)]
+    assert sorted(got) == ["good-1", "good-2"]
+    dead = {d.name: d.reason for d in q.dead()}
+    assert set(dead) == set(bad)
+    assert "undecodable" in dead["00000-0000000000000000001-garbage.0.msg"]
+    assert "format" in dead["00000-0000000000000000002-wrongfmt.0.msg"]
+    assert "malformed message name" in dead["not-a-message-name.txt"]
+    assert q.counts().dead == 3 and q.counts().ready == 0
+
+
+def test_oversized_file_dropped_in_by_hand_is_quarantined(home: Home):
+    q = SpoolQueue(home.queue_dir("small"), max_message_bytes=1024)
+    with open(f"{_ready_shard(q)}/00000-0000000000000000001-big.0.msg", "wb") as f:
+        f.write(msgpack.packb([1, "x" * 5000]))
+    assert q.claim("w") == []
+    [dead] = q.dead()
+    assert "oversized" in dead.reason and dead.info["bytes"] > 1024
+
+
+def test_100mb_message_is_rejected_and_nothing_is_written(home: Home):
+    q = home.queue("default")
+    with pytest.raises(MessageTooLargeError, match="exceeds the limit"):
+        q.put({"blob": b"\0" * (100 << 20)})
+    leftovers = [f for d in q._ready for f in os.listdir(d)]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../escape", "a/b", "nul\x00byte", "x" * 300, "..", ".", ".hidden", "", "-dash-first"],
+)
+def test_unsafe_names_are_rejected(home: Home, bad: str, tmp_path):
+    before = sorted(p for p in tmp_path.rglob("*"))
+    with pytest.raises(InvalidNameError):
+        home.queue(bad)
+    q = home.queue("ok")
+    q.put("m")
+    with pytest.raises(InvalidNameError):
+        q.claim(bad)
+    if bad != "-dash-first":  # a leading dash is harmless inside a message name
+        with pytest.raises(InvalidNameError):
+            q.put("m", msg_id=bad)
+    with pytest.raises(InvalidNameError):
+        q.reap(bad)
+    created = sorted(p for p in tmp_path.rglob("*"))
+    escaped = [p for p in created if p not in before and not str(p).startswith(str(tmp_path / "home"))]
+    assert escaped == []
+
+
+def test_nfs_and_temp_names_are_ignored(home: Home):
+    q = home.queue("default")
+    shard = _ready_shard(q)
+    for name in (".nfs000000000123", ".tmp.otherhost.1.abc.0", ".fuse_hidden0001"):
+        with open(f"{shard}/{name}", "wb") as f:
+            f.write(b"junk")
+    q.put("real")
+    assert [m.payload for m in q.claim("w", 10)] == ["real"]
+    assert q.dead() == []
+    assert sorted(os.listdir(shard))[:3] == [".fuse_hidden0001", ".nfs000000000123", ".tmp.otherhost.1.abc.0"]
+
+
+def test_lost_nfs_rename_reply_still_counts_as_claimed(home: Home, monkeypatch):
+    q = home.queue("default")
+    q.put("once")
+    real_rename = os.rename
+
+    def rename_then_lose_reply(src, dst):
+        real_rename(src, dst)
+        raise FileNotFoundError(2, "No such file or directory (retransmitted rename)")
+
+    monkeypatch.setattr(queue_mod.os, "rename", rename_then_lose_reply)
+    [m] = q.claim("w")
+    monkeypatch.setattr(queue_mod.os, "rename", real_rename)
+    assert m.payload == "once"
+    assert q.counts().ready == 0
+
+
+def test_deleted_shard_directory_is_repaired(home: Home, tmp_path):
+    q = home.queue("default")
+    os.rmdir(q._ready[3])
+    q2 = home.queue("default")
+    for i in range(40):
+        q2.put(i)
+    assert sorted(m.payload for m in q2.claim("w", 100)) == list(range(40))
+
+
+def test_shard_count_is_fixed_by_the_first_user(home: Home):
+    a = SpoolQueue(home.queue_dir("s"), shards=4)
+    b = SpoolQueue(home.queue_dir("s"), shards=32)
+    assert a.shards == b.shards == 4
+
+
+def test_eight_processes_claim_each_message_exactly_once(fs_root, actors):
+    local = "fuse" not in str(fs_root) and "latencyfs" not in str(fs_root)
+    n = 20_000 if local else 1_000
+    q = SpoolQueue(str(fs_root / "q"))
+    for i in range(n):
+        q.put(i)
+    outs = [fs_root / f"claimed-{k}.txt" for k in range(8)]
+    procs = [actors("claim", fs_root / "q", f"w{k}", outs[k], "--batch", 4) for k in range(8)]
+    for p in procs:
+        p.expect("done", timeout=600)
+    counts = Counter(int(line) for out in outs for line in out.read_text().split())
+    assert len(counts) == n, f"lost {n - len(counts)} messages"
+    assert set(counts) == set(range(n))
+    assert max(counts.values()) == 1, f"duplicates: {[k for k, v in counts.items() if v > 1][:10]}"
+    c = q.counts()
+    assert (c.ready, c.claimed_total, c.dead) == (0, 0, 0)
+    # every claimer got a share: sharding spreads work instead of one process winning all
+    per_worker = [len(out.read_text().split()) for out in outs]
+    assert min(per_worker) > 0
+
+
+def test_raised_priority_overtakes_a_long_cached_listing_within_a_tick(home: Home):
+    q = SpoolQueue(home.queue_dir("q"), listing_ttl=3600)
+    for i in range(10):
+        q.put(i)
+    assert [m.payload for m in q.claim("w", 2)] == [0, 1]
+    other = SpoolQueue(home.queue_dir("q"))  # another process, as far as caches go
+    other.put("urgent", priority=3)
+    time.sleep(0.12)
+    assert q.claim("w", 1)[0].payload == "urgent"

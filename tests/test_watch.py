@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from spool import ChangeWaiter, wait_for_change
+from spool.watch import fs_type, resolve_mode
+
+
+@pytest.mark.parametrize("mode", ["events", "poll"])
+def test_change_by_another_process_wakes_the_waiter(tmp_path, actors, mode):
+    with ChangeWaiter([str(tmp_path)], mode=mode, poll_interval=0.05) as waiter:
+        assert waiter.mode == mode
+        writer = actors("touch-later", tmp_path / "new-file", 0.3)
+        writer.expect("ready")
+        t0 = time.monotonic()
+        assert waiter.wait(timeout=20) is True
+        assert time.monotonic() - t0 < 10
+        assert (tmp_path / "new-file").exists()
+
+
+@pytest.mark.parametrize("mode", ["events", "poll"])
+def test_timeout_without_change(tmp_path, mode):
+    with ChangeWaiter([str(tmp_path)], mode=mode, poll_interval=0.02) as waiter:
+        t0 = time.monotonic()
+        assert waiter.wait(timeout=0.2) is False
+        assert 0.15 <= time.monotonic() - t0 < 5
+
+
+def test_change_between_construction_and_wait_is_not_lost(tmp_path):
+    with ChangeWaiter([str(tmp_path)], mode="events") as waiter:
+        (tmp_path / "early").write_text("x")
+        time.sleep(0.05)
+        assert waiter.wait(timeout=5) is True
+
+
+def test_close_from_another_thread_unblocks_wait(tmp_path):
+    import threading
+
+    waiter = ChangeWaiter([str(tmp_path)], mode="events")
+    threading.Timer(0.2, waiter.close).start()
+    t0 = time.monotonic()
+    assert waiter.wait(timeout=30) is False
+    assert time.monotonic() - t0 < 5
+
+
+def test_auto_mode_polls_on_fuse_and_uses_events_on_local_disk(tmp_path, fuse_root):
+    assert resolve_mode([str(tmp_path)]) == "events"
+    assert fs_type(str(fuse_root)).startswith("fuse")
+    assert resolve_mode([str(fuse_root)]) == "poll"
+
+
+def test_polling_sees_writes_on_fuse(fuse_root, actors):
+    d = fuse_root / "watched"
+    d.mkdir()
+    writer = actors("touch-later", d / "f", 0.3)
+    writer.expect("ready")
+    assert wait_for_change([str(d)], timeout=20) is True
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cannot watch"):
+        ChangeWaiter([str(tmp_path / "nope")])
