@@ -35,7 +35,7 @@ from typing import Any
 
 from .atomic import HOST, Durability
 from .cas import CasRecord
-from .errors import ConflictError, DeposedError, LeaseHeldError
+from .errors import ConflictError, DeposedError, LeaseHeldError, LockLostError
 from .liveness import local_process_gone, process_start_token
 
 log = logging.getLogger("spool.lease")
@@ -199,6 +199,11 @@ class Lease:
             self._version = self.record.write(new, self._version)
         except ConflictError:
             self._lose()
+        except LockLostError:
+            # We stalled inside the write long enough for our lock on the lease record to be
+            # broken: the record tells whether someone took the lease over meanwhile.
+            self.assert_held()
+            self._version = self.record.write(new, self._version)
         self._value = new
         self._renewed_at = self.clock()
 

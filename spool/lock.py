@@ -115,11 +115,15 @@ class SpoolLock:
                         path=self.path,
                     ) from None
                 continue
-            if not self._lock.is_lock_held_by_us:
-                # RACE: our marker was judged stale and broken between filelock's create and now.
+            try:
+                st = os.lstat(self.path)
+            except FileNotFoundError:
+                st = None
+            if st is None or not self._lock.is_lock_held_by_us:
+                # RACE: we were paused after filelock created our marker, and meanwhile it was
+                # judged stale, broken, and maybe another holder came and went. Start over.
                 self._lock.release()
                 continue
-            st = os.lstat(self.path)
             self._identity = (st.st_dev, st.st_ino, st.st_ctime_ns)
             break
         self._acquired_at = self.clock()

@@ -57,9 +57,11 @@ def test_stopped_holder_is_deposed_and_refuses_to_write(fs_root, actors):
     old.expect("held")
     time.sleep(ttl / 2)  # let it make a fenced write or two
     old.kill(signal.SIGSTOP)
-    new = Lease(str(path), "new", ttl=ttl, fast_takeover=False)
+    # If the stop caught `old` inside a renewal, it holds the lease record's lock: `new` may
+    # break that lock once it has stayed unchanged for lock_stale_after.
+    new = Lease(str(path), "new", ttl=ttl, fast_takeover=False, lock_stale_after=2)
     assert new.acquire(timeout=30, poll=0.05) == 2
-    rec = CasRecord(str(state))
+    rec = CasRecord(str(state), lock_stale_after=2)
     _, version = rec.read()
     rec.write({"by": "new", "generation": 2}, version, fence=new.assert_held)
     old.kill(signal.SIGCONT)

@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from spool import CasRecord, ConflictError, DeposedError, HeartbeatWriter, Lease, SpoolQueue
+from spool import CasRecord, ConflictError, DeposedError, HeartbeatWriter, Lease, LockLostError, SpoolQueue
 from spool.lock import SpoolLock
 
 
@@ -98,8 +98,8 @@ def lease_hold(path: str, holder: str, ttl: float, fenced: str) -> None:
         except DeposedError as e:
             say("deposed", str(e).replace("\n", " "))
             sys.exit(3)
-        except ConflictError:
-            pass
+        except (ConflictError, LockLostError):
+            pass  # not written; the next round's renewal tells whether we still hold the lease
 
 
 def heartbeat(directory: str, holder: str, interval: float) -> None:
