@@ -1,0 +1,111 @@
+"""The span wire contract: names, kinds and attribute keys of tuiflow's spans.
+
+Defined once here and imported by the producer (`workers`, the coordinator) and the
+consumer (`analyzer`), so the two can never drift apart.
+
+Files: every task attempt writes ``logs/spans.jsonl`` under its attempt directory
+(``<home>/workflows/<wf_id>/tasks/<task>/<attempt>/logs/spans.jsonl``); the coordinator
+writes ``<home>/workflows/<wf_id>/trace/spans.jsonl``. One line per span, exactly what
+OpenTelemetry's ``ReadableSpan.to_json(indent=None)`` prints: ``context.trace_id`` and
+``context.span_id`` / ``parent_id`` as ``0x``-prefixed hex, ``start_time`` / ``end_time``
+as ISO-8601 UTC strings, ``status.status_code`` ``UNSET`` / ``OK`` / ``ERROR``.
+
+The trace id of every span of a workflow is derived from the workflow id
+(`trace_id_for`), so one workflow is one trace, across processes and hosts.
+
+Span tree of one attempt::
+
+    task                      root of the attempt; parent = the workflow span
+      read upstream outputs   network: loading parents' outputs (bytes attribute)
+      executor setup          compute: process start, imports, model load
+      execute                 compute: the task's own work
+      write outputs           network: the READY span; its end = data available to children
+      post-process            compute: anything after the data is available
+
+The coordinator writes the ``workflow`` span (submit -> end), and closes attempts it
+knows ended without their worker (``attempt lost``) with a zero-length error span.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+
+
+class SpanKind(enum.StrEnum):
+    """What a child span's time counts as (attribute `ATTR_KIND`)."""
+
+    COMPUTE = "compute"
+    NETWORK = "network"
+    MARKER = "marker"
+
+
+# --- span names -----------------------------------------------------------------------
+WORKFLOW_SPAN = "workflow"
+TASK_SPAN = "task"
+READ_INPUTS_SPAN = "read upstream outputs"
+SETUP_SPAN = "executor setup"
+EXECUTE_SPAN = "execute"
+READY_SPAN = "write outputs"
+POSTPROCESS_SPAN = "post-process"
+LOST_SPAN = "attempt lost"
+
+#: kind of each standard child span
+SPAN_KINDS: dict[str, SpanKind] = {
+    READ_INPUTS_SPAN: SpanKind.NETWORK,
+    SETUP_SPAN: SpanKind.COMPUTE,
+    EXECUTE_SPAN: SpanKind.COMPUTE,
+    READY_SPAN: SpanKind.NETWORK,
+    POSTPROCESS_SPAN: SpanKind.COMPUTE,
+    LOST_SPAN: SpanKind.MARKER,
+}
+
+# --- attribute keys -------------------------------------------------------------------
+ATTR_KIND = "tuiflow.kind"  # SpanKind of a child span
+ATTR_WORKFLOW_ID = "tuiflow.workflow.id"
+ATTR_WORKFLOW_NAME = "tuiflow.workflow.name"
+ATTR_RUN_ID = "tuiflow.run.id"  # = workflow id; kept separate for per-run analytics
+ATTR_TASK = "tuiflow.task"
+ATTR_ATTEMPT = "tuiflow.attempt"  # int, 0-based
+ATTR_DEPENDS_ON = "tuiflow.task.depends_on"  # list[str]: the task's direct dependencies
+ATTR_READY_AT = "tuiflow.task.ready_at"  # float epoch seconds: when the coordinator queued it
+ATTR_WORKER = "tuiflow.worker"
+ATTR_HOST = "host.name"
+ATTR_QUEUE = "tuiflow.queue"
+ATTR_GPUS = "tuiflow.gpus"  # list[int]: devices assigned
+ATTR_EXECUTOR = "tuiflow.executor"
+ATTR_MODEL = "tuiflow.model"
+ATTR_BATCH_ID = "tuiflow.batch.id"  # merged execution: attempts that shared one GPU call
+ATTR_DATA_ID = "tuiflow.data.id"  # the data item this attempt produced
+ATTR_BYTES = "tuiflow.bytes"  # payload bytes moved by a network span
+ATTR_OUTCOME = "tuiflow.outcome"  # completed | failed | timeout | cancelled | lost | worker stopped
+ATTR_ERROR = "tuiflow.error"  # short reason on error spans
+ATTR_EXIT_CODE = "tuiflow.exit_code"
+
+#: the "workflow context" every attempt's root span carries (no joins needed for analytics)
+WORKFLOW_CONTEXT_KEYS = (
+    ATTR_WORKFLOW_NAME,
+    ATTR_RUN_ID,
+    ATTR_TASK,
+    ATTR_ATTEMPT,
+    ATTR_EXECUTOR,
+    ATTR_WORKER,
+)
+
+# --- files ------------------------------------------------------------------------------
+SPANS_FILE = "spans.jsonl"
+ASSETS_FILE = "assets.jsonl"  # rows: {"path", "bytes", "sha256", "owner", "task", "attempt", "data_id"}
+LINEAGE_FILE = "lineage.jsonl"  # rows: {"data_id", "sources": [data ids], "task", "attempt"}
+LOGS_DIR = "logs"
+COORDINATOR_TRACE_DIR = "trace"
+
+
+def trace_id_for(workflow_id: str) -> int:
+    """The 128-bit trace id of a workflow: a hash of its id (stable, never zero)."""
+    value = int.from_bytes(hashlib.sha256(workflow_id.encode()).digest()[:16], "big")
+    return value or 1
+
+
+def format_trace_id(trace_id: int) -> str:
+    """As OpenTelemetry's JSON writes it: ``0x`` + 32 hex digits."""
+    return f"0x{trace_id:032x}"
