@@ -24,6 +24,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import secrets
 from typing import Any
 
 from .atomic import Durability, create_exclusive, read_bytes
@@ -193,7 +194,9 @@ class Home:
 
     def check_writable(self) -> None:
         """Raise LayoutError naming the home if this process cannot create files in it."""
-        probe = f"{self.root}/.write-probe.{os.getpid()}"
+        probe = (
+            f"{self.root}/.write-probe.{os.getpid()}.{secrets.token_hex(4)}"  # unique per caller thread too
+        )
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.close(fd)

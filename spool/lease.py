@@ -173,16 +173,30 @@ class Lease:
         self._observed = None
         return True
 
-    def acquire(self, timeout: float | None = None, poll: float | None = None) -> int:
-        """Block until the lease is ours (or `timeout` passes: LeaseHeldError). Returns the generation."""
+    def acquire(
+        self, timeout: float | None = None, poll: float | None = None, *, refuse_live: bool = False
+    ) -> int:
+        """Block until the lease is ours (or `timeout` passes: LeaseHeldError). Returns the generation.
+
+        Parameters:
+            refuse_live: give up (LeaseHeldError) as soon as the holder is seen renewing,
+                instead of waiting for it to stop.
+        """
         deadline = None if timeout is None else self.clock() + timeout
         poll = poll if poll is not None else min(1.0, self.ttl / 10)
+        first_seen: int | None = None
         while not self.try_acquire():
-            if deadline is not None and self.clock() >= deadline:
+            if self._observed is not None and first_seen is None:
+                first_seen = self._observed[0]
+            renewed = (
+                first_seen is not None and self._observed is not None and self._observed[0] != first_seen
+            )
+            if (deadline is not None and self.clock() >= deadline) or (refuse_live and renewed):
                 info = self.inspect()
                 who = f"{info.holder} (pid {info.pid} on {info.host})" if info else "another holder"
+                state = "is alive (it renewed the lease while we watched)" if renewed else "holds it"
                 raise LeaseHeldError(
-                    f"{self.path}: lease held by {who}, generation {info.generation if info else '?'}",
+                    f"{self.path}: lease held by {who}, generation {info.generation if info else '?'}; it {state}",
                     path=self.path,
                 )
             time.sleep(poll)

@@ -196,6 +196,7 @@ class SpoolQueue:
         self._heads: list[tuple[str, int]] = []
         self._listed_at = [float("-inf")] * self.shards
         self._ttl = [listing_ttl] * self.shards
+        self._dir_seen: list[tuple[int, int] | None] = [None] * self.shards
         self._next_refresh = float("-inf")
         self._misses = 0
         self._spread = 1
@@ -261,16 +262,22 @@ class SpoolQueue:
             raise ValueError(f"priority {priority} is outside [{MIN_PRIORITY}, {MAX_PRIORITY}]")
         return f"{MAX_PRIORITY - priority:05d}-"
 
-    def put(self, payload: Any, priority: int = 0, *, msg_id: str | None = None) -> str:
+    def put(self, payload: Any, priority: int = 0, *, msg_id: str | None = None, delay: float = 0.0) -> str:
         """Enqueue `payload` (anything msgpack encodes); return the message name.
+
+        Parameters:
+            delay: seconds before it may be claimed (it waits in delayed/; measured on
+                this host's wall clock).
 
         Raises:
             MessageTooLargeError: the encoded message exceeds `max_message_bytes`.
             StorageError: the write failed (e.g. ENOSPC); no partial message is visible.
         """
-        return self.put_encoded(self.encode(payload), priority, msg_id)
+        return self.put_encoded(self.encode(payload), priority, msg_id, delay=delay)
 
-    def put_encoded(self, data: bytes, priority: int = 0, msg_id: str | None = None) -> str:
+    def put_encoded(
+        self, data: bytes, priority: int = 0, msg_id: str | None = None, *, delay: float = 0.0
+    ) -> str:
         """Enqueue a message file made by `encode`."""
         prefix = _DEFAULT_PREFIX if priority == 0 and type(priority) is int else self._name_prefix(priority)
         if msg_id is None:
@@ -281,6 +288,10 @@ class SpoolQueue:
             )
         # time_ns() has 19 digits from 2001 to 2286: the width of the field without formatting.
         name = f"{prefix}{time.time_ns()}-{msg_id}.0.msg"
+        if delay > 0:
+            due_ms = int((time.time() + delay) * 1000)
+            publish_in(self._delayed, f"{due_ms:013d}~{name}", data, self.durability)
+            return name
         shard = self._put_shard
         self._put_shard = (shard + 1) % self.shards
         publish_in(self._ready[shard], name, data, self.durability)
@@ -329,14 +340,25 @@ class SpoolQueue:
             self._claim_dirs[worker] = directory
         return directory
 
+    def _changed_since_listing(self, shard: int) -> bool:
+        try:
+            st = os.stat(self._ready[shard])
+        except FileNotFoundError:
+            return True
+        return (st.st_mtime_ns, st.st_ino) != self._dir_seen[shard]
+
     def _relist(self, shard: int, now: float) -> None:
         directory = self._ready[shard]
         t0 = time.perf_counter()
         try:
+            # stat before listing: a change racing the listing then shows as "changed" next time
+            st = os.stat(directory)
+            self._dir_seen[shard] = (st.st_mtime_ns, st.st_ino)
             names = [n for n in os.listdir(directory) if n[0] != "."]
         except FileNotFoundError:
             os.makedirs(directory, exist_ok=True)
             names = []
+            self._dir_seen[shard] = None
         names.sort()
         self._listing[shard] = collections.deque(names)
         self._listed_at[shard] = now
@@ -415,7 +437,10 @@ class SpoolQueue:
                     break
                 relisted_all = True
                 for shard in range(self.shards):
-                    self._relist(shard, now)
+                    # An empty cache only needs a new listing if the directory changed since
+                    # the last one (a stat instead of a listing: idle claimers stay cheap).
+                    if self._changed_since_listing(shard):
+                        self._relist(shard, now)
                 continue
             name, shard = picked
             dst = f"{claim_dir}/{name}"
@@ -533,7 +558,33 @@ class SpoolQueue:
             return None
         if not dues:
             return None
-        return max(0.0, min(dues) / 1000 - time.time())
+        due = max(0.0, min(dues) / 1000 - time.time())
+        # Whoever waits for this due time claims next: let that claim promote at once.
+        self._next_delayed_check = min(self._next_delayed_check, time.monotonic() + due)
+        return due
+
+    def claimed_messages(self, worker: str) -> list[Message]:
+        """The messages `worker` holds, loaded where they lie (for a sweeper that decides,
+        message by message, to `release` or `ack` them after the worker died)."""
+        directory = f"{self._claimed_root}/{check_component(worker, 'worker id')}"
+        try:
+            names = sorted(n for n in os.listdir(directory) if n[0] != ".")
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            msg = self._load(f"{directory}/{name}", name, worker)
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def forget_claimant(self, worker: str) -> None:
+        """Remove a dead claimant's (empty) directory."""
+        try:
+            os.rmdir(f"{self._claimed_root}/{check_component(worker, 'worker id')}")
+        except OSError:
+            pass  # RACE: not empty after all (it is alive and claimed again)
+        self._claim_dirs.pop(worker, None)
 
     def reap(self, worker: str) -> list[str]:
         """Return every message claimed by `worker` (judged dead) to ready/, attempt + 1."""
@@ -626,6 +677,17 @@ class SpoolQueue:
             if names:
                 out[worker] = sorted(names)
         return out
+
+    def all_names(self) -> list[str]:
+        """Names of every message anywhere in the queue (ready, delayed, claimed)."""
+        names = self.ready_names()
+        try:
+            names += [n.partition("~")[2] for n in os.listdir(self._delayed) if n[0] != "."]
+        except FileNotFoundError:
+            pass
+        for claimed in self.claimed().values():
+            names += claimed
+        return names
 
     def ready_names(self) -> list[str]:
         names = []

@@ -129,7 +129,8 @@ class ChangeWaiter:
         self.poll_interval = poll_interval
         self.recursive = recursive
         self.step_ms = step_ms
-        self._stop = threading.Event()
+        self._closed = False
+        self._stop = threading.Event()  # set by close() and wake(): ends a blocked wait
         self._notify: RustNotify | None = None
         self._signatures: list[tuple[int, int, int, int] | None] = []
         if self.mode == "events":
@@ -144,15 +145,19 @@ class ChangeWaiter:
         notify = self._notify
         if notify is not None:
             if self._stop.is_set():
-                return False
+                return self._woken()
             # timeout_ms=0 means "forever" to notify: ask for at least 1 ms.
             timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
             result = notify.watch(max(self.step_ms * 4, 10), self.step_ms, timeout_ms, self._stop)
             if result == "signal":
                 # notify ran the Python signal handlers and swallowed what they raised.
                 raise KeyboardInterrupt
+            if result == "stop":
+                return self._woken()
             return isinstance(result, set) and bool(result)
-        while not self._stop.is_set():
+        while True:
+            if self._stop.is_set():
+                return self._woken()
             current = [_signature(p) for p in self.paths]
             if current != self._signatures:
                 self._signatures = current
@@ -164,10 +169,20 @@ class ChangeWaiter:
                 self._stop.wait(min(self.poll_interval, remaining))
             else:
                 self._stop.wait(self.poll_interval)
-        return False
+
+    def _woken(self) -> bool:
+        if self._closed:
+            return False
+        self._stop.clear()
+        return True
+
+    def wake(self) -> None:
+        """Make a blocked (or the next) `wait` return True at once (thread-safe)."""
+        self._stop.set()
 
     def close(self) -> None:
         """Stop waiting (also wakes a `wait` blocked in another thread)."""
+        self._closed = True
         self._stop.set()
         notify = self._notify
         if notify is not None:
