@@ -1,0 +1,605 @@
+"""The worker daemon: claims task messages, runs them, reports what happened.
+
+One worker per GPU node (or several per machine). It heartbeats (``<home>/workers/<id>.hb``),
+claims up to its free slots from its queues, assigns GPUs, runs each attempt on a thread
+of its own through an executor (shell tasks in their own process group, python tasks in
+long-lived executor processes), and reports ``started`` / ``completed`` / ``failed`` events
+to the coordinator's completion spool, batched into one message per flush. A task
+message is acknowledged only after its final event is published, so a worker killed at
+any point loses nothing: the coordinator sees the heartbeat stop and re-queues.
+
+Stopping (flags only in signal handlers; the loop acts on them):
+* drain (first SIGTERM, or `stop(drain=True)`): finish running tasks, claim no more, exit;
+* hard stop (second SIGTERM, SIGINT, or `stop()`): give back claimed-but-unstarted
+  messages, kill running tasks (reported as "worker stopped", which costs no retry), exit;
+* burst mode (`burst=True`): exit once the queues are empty and nothing runs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import queue as queue_mod
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from analyzer import contract as c
+from spool import ChangeWaiter, Home, Message, SpoolQueue
+from spool.atomic import atomic_write
+from spool.liveness import HeartbeatWriter
+
+from . import protocol as p
+from .executors import EXECUTORS, Outcome, TaskContext, resolve_cwd
+from .tracing import add_phase, context_from_traceparent, make_provider, set_error
+
+log = logging.getLogger("workers.daemon")
+
+MARKER_CHECK_INTERVAL = 0.25
+STARTED_DELAY = 0.05
+
+
+def new_worker_id() -> str:
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+@dataclasses.dataclass
+class _Running:
+    msg: Message
+    payload: dict[str, Any]
+    slot: int
+    gpus: list[int]
+    started_at: float
+    future: concurrent.futures.Future | None = None
+    stop_reason: str | None = None
+
+
+class Worker:
+    """A worker serving `queues` from `home`.
+
+    Parameters:
+        slots: how many attempts run at once.
+        gpus: GPU ids this worker hands out (None: it does not manage GPUs).
+        burst: exit when the queues are empty and nothing is running.
+        kill_grace: seconds between SIGTERM and SIGKILL when stopping an attempt.
+        on_event: called with every event as it is queued (run-local prints them).
+    """
+
+    def __init__(
+        self,
+        home: Home,
+        queues: list[str],
+        *,
+        slots: int = 1,
+        gpus: list[int] | None = None,
+        worker_id: str | None = None,
+        burst: bool = False,
+        kill_grace: float = 5.0,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        wake: Callable[[], None] | None = None,
+    ):
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.home = home
+        self.id = worker_id or new_worker_id()
+        self.queue_names = list(dict.fromkeys(queues)) or ["default"]
+        self.queues = {name: home.queue(name) for name in self.queue_names}
+        self.completions = home.completions()
+        self.slots = slots
+        self.all_gpus = list(gpus) if gpus is not None else None
+        self.free_gpus = list(gpus) if gpus is not None else []
+        self.burst = burst
+        self.kill_grace = kill_grace
+        self.on_event = on_event
+        self.wake_coordinator = wake
+        self.heartbeat = HeartbeatWriter(home.workers_dir, self.id)
+        self.running: dict[tuple[str, int, int], _Running] = {}
+        self.held: list[tuple[Message, dict[str, Any], SpoolQueue]] = []  # claimed, waiting for GPUs
+        self.free_slots = list(range(slots))
+        self.executors: list[dict[str, Any]] = [{} for _ in range(slots)]
+        self.outbox: list[dict[str, Any]] = []
+        self.to_ack: list[tuple[SpoolQueue, Message]] = []
+        self.done: queue_mod.Queue[tuple[_Running, Outcome]] = queue_mod.Queue()
+        self._early: list[tuple[_Running, Outcome]] = []
+        # One thread per slot, reused: an attempt's supervision waits on its process, not the loop.
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=slots, thread_name_prefix=f"{self.id}-slot"
+        )
+        self.started_at = time.time()
+        self.tasks_done = 0
+        self._drain = False
+        self._hard_stop = False
+        self._marker_cache: dict[str, tuple[float, bool]] = {}
+        self._next_heartbeat = 0.0
+        self._next_marker_check = 0.0
+        self._queue_cycle = 0
+        self.provider, self.span_files = make_provider(home.root, f"tuiflow-worker/{self.id}")
+        # Every task starts from this environment (copied once: os.environ decodes per key).
+        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUIFLOW_")}
+        self.tracer = self.provider.get_tracer("tuiflow.worker")
+        watch = [path for q in self.queues.values() for path in q.watch_paths()]
+        self.waiter = ChangeWaiter(
+            watch, mode=home.settings.watch, poll_interval=home.settings.poll_interval, step_ms=1
+        )
+
+    # ------------------------------------------------------------------ control
+    def stop(self, drain: bool = False) -> None:
+        """Ask the loop to stop (thread-safe; what signal handlers call, via flags)."""
+        if drain and not self._hard_stop:
+            self._drain = True
+        else:
+            self._hard_stop = True
+        self.waiter.wake()
+
+    def wake(self) -> None:
+        self.waiter.wake()
+
+    @property
+    def state(self) -> str:
+        return "stopping" if self._hard_stop else "draining" if self._drain else "running"
+
+    # --------------------------------------------------------------------- loop
+    def run(self) -> None:
+        """Serve until stopped (or, in burst mode, until there is nothing left)."""
+        self.home.check_writable()
+        log.info(
+            "worker %s serving %s with %d slot(s)%s",
+            self.id,
+            ", ".join(self.queue_names),
+            self.slots,
+            f", GPUs {self.all_gpus}" if self.all_gpus is not None else "",
+        )
+        try:
+            while True:
+                now = time.monotonic()
+                self._collect_finished()
+                if self._hard_stop:
+                    self._stop_everything()
+                    break
+                if now >= self._next_heartbeat:
+                    self._beat()
+                    self._next_heartbeat = now + self.home.settings.heartbeat_interval
+                if now >= self._next_marker_check and self.running:
+                    self._check_markers()
+                    self._next_marker_check = now + MARKER_CHECK_INTERVAL
+                claimed = 0 if self._drain else self._fill_slots()
+                self._flush()
+                if self._drain and not self.running:
+                    break
+                if (
+                    self.burst
+                    and not self.running
+                    and not self.held
+                    and claimed == 0
+                    and self._queues_empty()
+                ):
+                    break
+                if claimed:
+                    continue
+                timeout = min(self.home.settings.heartbeat_interval, 1.0)
+                if self.running:
+                    timeout = min(timeout, MARKER_CHECK_INTERVAL)
+                if self.outbox:
+                    timeout = min(timeout, STARTED_DELAY)
+                if not self.free_slots or self._drain:
+                    # New messages cannot matter until an attempt ends: wait for that directly
+                    # (a queue hand-off, no filesystem watcher latency).
+                    self._wait_done(timeout)
+                    continue
+                for q in self.queues.values():
+                    due = q.next_due_in()  # a retry waiting out its backoff: wake when it is due
+                    if due is not None:
+                        timeout = min(timeout, due + 0.01)
+                self.waiter.wait(timeout)
+        finally:
+            self._flush(force=True)
+            for slot in self.executors:
+                for ex in slot.values():
+                    ex.close()
+            self.pool.shutdown(wait=True)
+            self.waiter.close()
+            self.heartbeat.remove()
+            log.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
+
+    def _queues_empty(self) -> bool:
+        for q in self.queues.values():
+            c_ = q.counts()
+            if c_.ready or c_.delayed:
+                return False
+        return True
+
+    def _beat(self) -> None:
+        running = [
+            [r.payload["wf"], r.payload["idx"], r.payload["attempt"], r.payload["task"], r.started_at]
+            for r in self.running.values()
+        ]
+        self.heartbeat.beat(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "queues": self.queue_names,
+                "slots": self.slots,
+                "gpus": self.all_gpus,
+                "running": running,
+                "state": self.state,
+                "started_at": self.started_at,
+                "tasks_done": self.tasks_done,
+            }
+        )
+
+    # ------------------------------------------------------------------ claiming
+    def _fill_slots(self) -> int:
+        """Claim while slots are free; returns how many attempts were started."""
+        started = 0
+        if self.held:
+            still = []
+            for msg, payload, q in self.held:
+                if not self._start(msg, payload, q):
+                    still.append((msg, payload, q))
+                else:
+                    started += 1
+            self.held = still
+            if self.held:
+                return started  # keep FIFO: nothing new until the GPU-bound head can start
+        names = self.queue_names
+        while self.free_slots and not self.held:
+            got = False
+            for k in range(len(names)):
+                q = self.queues[names[(self._queue_cycle + k) % len(names)]]
+                msgs = q.claim(self.id, len(self.free_slots))
+                if not msgs:
+                    continue
+                self._queue_cycle += 1
+                got = True
+                for msg in msgs:
+                    if self._admit(msg, q):
+                        started += 1
+                break
+            if not got:
+                break
+        return started
+
+    def _admit(self, msg: Message, q: SpoolQueue) -> bool:
+        payload = msg.payload
+        if not isinstance(payload, dict) or payload.get("v") != p.PROTOCOL or "wf" not in payload:
+            q.quarantine(msg.path, f"not a task message of protocol {p.PROTOCOL}")
+            return False
+        if self._cancelled(payload["wf"]):
+            q.ack(msg)  # the coordinator already marked it cancelled
+            return False
+        need = int(payload.get("gpus") or 0)
+        if need and self.all_gpus is not None and need > len(self.all_gpus):
+            log.error(
+                "task %s needs %d GPUs, this worker has %d: giving it back",
+                payload.get("task"),
+                need,
+                len(self.all_gpus),
+            )
+            q.release(msg)
+            return False
+        if not self._start(msg, payload, q):
+            self.held.append((msg, payload, q))
+            return False
+        return True
+
+    def _start(self, msg: Message, payload: dict[str, Any], q: SpoolQueue) -> bool:
+        need = int(payload.get("gpus") or 0)
+        if not self.free_slots or (self.all_gpus is not None and need > len(self.free_gpus)):
+            return False
+        gpus = []
+        if self.all_gpus is not None and need:
+            gpus, self.free_gpus = self.free_gpus[:need], self.free_gpus[need:]
+        run = _Running(msg, payload, self.free_slots.pop(0), gpus, time.time())
+        self.running[(payload["wf"], payload["idx"], payload["attempt"])] = run
+        self._emit(p.event("started", payload, run.started_at, worker=self.id), q)
+        run.future = self.pool.submit(self._attempt, run, q)
+        return True
+
+    # -------------------------------------------------------------- one attempt
+    def _attempt(self, run: _Running, q: SpoolQueue) -> None:
+        try:
+            outcome = self._execute(run)
+        except Exception as e:  # a bug here must still end the attempt, reported
+            log.exception("attempt %s failed inside the worker", run.payload.get("task"))
+            outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+        self.done.put((run, outcome))
+        self.waiter.wake()
+
+    def _execute(self, run: _Running) -> Outcome:
+        msg = run.payload
+        root = self.home.root
+        attempt_dir = p.resolve(root, p.attempt_dir_rel(msg["wf"], msg["task"], msg["attempt"]))
+        _make_attempt_dir(attempt_dir)
+        attrs = {
+            c.ATTR_WORKFLOW_ID: msg["wf"],
+            c.ATTR_WORKFLOW_NAME: msg.get("wf_name", ""),
+            c.ATTR_RUN_ID: msg["wf"],
+            c.ATTR_TASK: msg["task"],
+            c.ATTR_ATTEMPT: msg["attempt"],
+            c.ATTR_DEPENDS_ON: list(msg.get("deps", [])),
+            c.ATTR_READY_AT: float(msg.get("ready_at") or 0.0),
+            c.ATTR_WORKER: self.id,
+            c.ATTR_HOST: socket.gethostname(),
+            c.ATTR_QUEUE: msg.get("queue", ""),
+            c.ATTR_GPUS: list(run.gpus),
+            c.ATTR_EXECUTOR: msg.get("executor", ""),
+            c.ATTR_DATA_ID: f"{msg['wf']}/{msg['task']}",
+        }
+        parent = context_from_traceparent((msg.get("trace") or {}).get("traceparent"))
+        root_span = self.tracer.start_span(
+            c.TASK_SPAN, context=parent, attributes=attrs, start_time=int(run.started_at * 1e9)
+        )
+        outcome = Outcome("error", "not run")
+        try:
+            outcome = self._run_in(run, attempt_dir, root_span)
+            return outcome
+        finally:
+            root_span.set_attribute(c.ATTR_OUTCOME, outcome.reason)
+            if outcome.exit_code is not None:
+                root_span.set_attribute(c.ATTR_EXIT_CODE, outcome.exit_code)
+            if not outcome.ok:
+                root_span.set_attribute(c.ATTR_ERROR, (outcome.error or "")[:500])
+                set_error(root_span, outcome.error or outcome.reason)
+            root_span.end()  # synchronous export: on disk before the event is published
+
+    def _run_in(self, run: _Running, attempt_dir: str, root_span: Any) -> Outcome:
+        msg = run.payload
+        spec = msg["spec"]
+        base_dir = msg.get("base_dir") or os.getcwd()
+        env = dict(self._base_env)
+        env.update(spec.get("env") or {})
+        env.update(
+            {
+                "TUIFLOW_HOME": self.home.root,
+                "TUIFLOW_WORKFLOW_ID": msg["wf"],
+                "TUIFLOW_TASK": msg["task"],
+                "TUIFLOW_ATTEMPT": str(msg["attempt"]),
+                "TUIFLOW_TASK_DIR": attempt_dir,
+                "TUIFLOW_OUTPUT": f"{attempt_dir}/output.json",
+                "TUIFLOW_WORKER": self.id,
+            }
+        )
+        if self.all_gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, run.gpus))
+        if msg.get("inputs") is not None:
+            t0 = time.time()
+            data = json.dumps(msg["inputs"]).encode()
+            atomic_write(f"{attempt_dir}/inputs.json", data)
+            env["TUIFLOW_INPUTS"] = f"{attempt_dir}/inputs.json"
+            add_phase(
+                self.tracer, root_span, c.READ_INPUTS_SPAN, t0, time.time(), **{c.ATTR_BYTES: len(data)}
+            )
+        env["TRACEPARENT"] = _traceparent_of(root_span)
+        output_path = f"{attempt_dir}/output.json"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(output_path)  # a previous run of this very attempt (after a crash) must not leak in
+        deadline = time.monotonic() + float(msg["timeout"]) if msg.get("timeout") else None
+        ctx = TaskContext(
+            msg=msg,
+            home_root=self.home.root,
+            attempt_dir=attempt_dir,
+            env=env,
+            cwd=resolve_cwd(base_dir, spec.get("cwd")),
+            stdout_path=f"{attempt_dir}/stdout.log",
+            stderr_path=f"{attempt_dir}/stderr.log",
+            output_path=output_path,
+            gpus=run.gpus,
+            deadline=deadline,
+            should_stop=lambda: run.stop_reason,
+            kill_grace=self.kill_grace,
+        )
+        executor = self._executor(run.slot, msg.get("executor", "shell"))
+        if executor is None:
+            return Outcome("error", f"this worker has no executor {msg.get('executor')!r}")
+        if not os.path.isdir(ctx.cwd):
+            return Outcome("error", f"working directory {ctx.cwd} does not exist on {socket.gethostname()}")
+        outcome = executor.run(ctx)
+        for phase in outcome.phases:
+            add_phase(self.tracer, root_span, phase.name, phase.start, phase.end, **phase.attributes)
+        if outcome.ok:
+            t0 = time.time()
+            outcome = self._collect_output(run, attempt_dir, outcome)
+            add_phase(
+                self.tracer,
+                root_span,
+                c.READY_SPAN,
+                t0,
+                time.time(),
+                **{c.ATTR_BYTES: run.payload.get("_out_bytes", 0)},
+            )
+        return outcome
+
+    def _executor(self, slot: int, name: str) -> Any:
+        ex = self.executors[slot].get(name)
+        if ex is None:
+            cls = EXECUTORS.get(name)
+            if cls is None:
+                return None
+            ex = self.executors[slot][name] = cls()
+        return ex
+
+    def _collect_output(self, run: _Running, attempt_dir: str, outcome: Outcome) -> Outcome:
+        """Read output.json (if any), and record the attempt's asset and lineage rows."""
+        msg = run.payload
+        path = f"{attempt_dir}/output.json"
+        output: Any = None
+        ref = None
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            raw = None
+        if raw is not None:
+            try:
+                output = json.loads(raw) if raw.strip() else None
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                return Outcome("error", f"{path} is not valid JSON: {e}", exit_code=outcome.exit_code)
+            msg["_out_bytes"] = len(raw)
+            if len(raw) > p.INLINE_OUTPUT_MAX:
+                ref = [os.path.relpath(path, self.home.root), len(raw)]
+                output = None
+            data_id = f"{msg['wf']}/{msg['task']}"
+            rows = [
+                (
+                    c.ASSETS_FILE,
+                    {
+                        "path": os.path.relpath(path, self.home.root),
+                        "bytes": len(raw),
+                        "sha256": hashlib.sha256(raw).hexdigest(),
+                        "owner": msg.get("owner"),
+                        "task": msg["task"],
+                        "attempt": msg["attempt"],
+                        "data_id": data_id,
+                    },
+                ),
+                (
+                    c.LINEAGE_FILE,
+                    {
+                        "data_id": data_id,
+                        "sources": [f"{msg['wf']}/{d}" for d in msg.get("deps", [])],
+                        "task": msg["task"],
+                        "attempt": msg["attempt"],
+                    },
+                ),
+            ]
+            for name, row in rows:
+                with open(f"{attempt_dir}/{c.LOGS_DIR}/{name}", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+        run.payload["_output"] = output
+        run.payload["_output_ref"] = ref
+        return outcome
+
+    # -------------------------------------------------------------- settling
+    def _wait_done(self, timeout: float) -> None:
+        try:
+            self._early.append(self.done.get(timeout=timeout))
+        except queue_mod.Empty:
+            pass
+
+    def _collect_finished(self) -> None:
+        while True:
+            if self._early:
+                run, outcome = self._early.pop()
+            else:
+                try:
+                    run, outcome = self.done.get_nowait()
+                except queue_mod.Empty:
+                    return
+            msg = run.payload
+            key = (msg["wf"], msg["idx"], msg["attempt"])
+            self.running.pop(key, None)
+            self.free_slots.append(run.slot)
+            self.free_gpus.extend(run.gpus)
+            self.tasks_done += 1
+            q = self.queues[msg["queue"]] if msg.get("queue") in self.queues else None
+            now = time.time()
+            if outcome.ok:
+                ev = p.event(
+                    "completed",
+                    msg,
+                    now,
+                    started_at=run.started_at,
+                    worker=self.id,
+                    output=msg.pop("_output", None),
+                    output_ref=msg.pop("_output_ref", None),
+                )
+            else:
+                ev = p.event(
+                    "failed",
+                    msg,
+                    now,
+                    started_at=run.started_at,
+                    worker=self.id,
+                    error=outcome.error or outcome.reason,
+                    reason=outcome.reason,
+                    exit_code=outcome.exit_code,
+                )
+            self._emit(ev, q, run.msg)
+
+    def _emit(self, ev: dict[str, Any], q: SpoolQueue | None, settles: Message | None = None) -> None:
+        self.outbox.append(ev)
+        if settles is not None and q is not None:
+            self.to_ack.append((q, settles))
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    def _flush(self, force: bool = False) -> None:
+        """Publish queued events as one message, then ack the task messages they settle.
+
+        Lone "started" events wait up to STARTED_DELAY: a short task's "completed" then
+        carries its start time and saves a message.
+        """
+        if not self.outbox:
+            return
+        if not force and not self.to_ack and time.time() - self.outbox[0]["at"] < STARTED_DELAY:
+            return
+        events = self.outbox
+        # A task that started and ended within one flush needs no separate "started".
+        ended = {(e["wf"], e["idx"], e["attempt"]) for e in events if e["kind"] != "started"}
+        events = [
+            e for e in events if e["kind"] != "started" or (e["wf"], e["idx"], e["attempt"]) not in ended
+        ]
+        self.completions.put({"v": p.PROTOCOL, "worker": self.id, "events": events})
+        self.outbox = []
+        for q, msg in self.to_ack:
+            q.ack(msg)
+        self.to_ack = []
+        if self.wake_coordinator is not None:
+            self.wake_coordinator()
+
+    # ------------------------------------------------------------ cancellation
+    def _cancelled(self, wf_id: str) -> bool:
+        now = time.monotonic()
+        cached = self._marker_cache.get(wf_id)
+        if cached is not None and now - cached[0] < MARKER_CHECK_INTERVAL:
+            return cached[1]
+        gone = os.path.exists(p.cancel_marker(self.home.root, wf_id))
+        self._marker_cache[wf_id] = (now, gone)
+        return gone
+
+    def _check_markers(self) -> None:
+        for (wf, idx, attempt), run in list(self.running.items()):
+            if run.stop_reason:
+                continue
+            if self._cancelled(wf):
+                run.stop_reason = "cancelled"
+            elif os.path.exists(p.kill_marker(self.home.root, wf, idx, attempt)):
+                run.stop_reason = "timeout"
+
+    def _stop_everything(self) -> None:
+        for msg, _, q in self.held:
+            q.release(msg)
+        self.held = []
+        for run in self.running.values():
+            run.stop_reason = "worker stopped"
+        for run in list(self.running.values()):
+            if run.future is not None:
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    run.future.result(timeout=self.kill_grace + 15)
+        self._collect_finished()
+
+
+def _make_attempt_dir(attempt_dir: str) -> None:
+    """<task>/<attempt>/logs with three mkdir(2) calls in the common case (makedirs walks up)."""
+    task_dir = os.path.dirname(attempt_dir)
+    for d in (task_dir, attempt_dir, f"{attempt_dir}/{c.LOGS_DIR}"):
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(f"{attempt_dir}/{c.LOGS_DIR}", exist_ok=True)
+            return
+
+
+def _traceparent_of(span: Any) -> str:
+    ctx = span.get_span_context()
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"

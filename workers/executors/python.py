@@ -1,0 +1,139 @@
+"""The python executor: calls ``module:function(**kwargs)`` in a long-lived subprocess.
+
+One executor process per worker slot, reused task after task so imports (and models)
+stay loaded. The worker waits for its reply with the attempt's deadline and stop checks;
+a timeout, a cancel or a crash kills the process (and its group) and the next task gets
+a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
+
+from ..framing import read_frame, write_frame
+from ..supervise import describe_exit, kill_group, tail
+from .base import Outcome, Phase, TaskContext
+
+MIN_SETUP_SPAN = 0.005  # seconds
+
+
+class PythonExecutor:
+    name = "python"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self._wfd = -1
+        self._rfd = -1
+        self.tasks_run = 0
+
+    def _spawn(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.pyrunner", str(to_child_r), str(from_child_w)],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self._wfd, self._rfd = to_child_w, from_child_r
+
+    def _discard(self, ctx: TaskContext | None = None, grace: float = 0.0) -> int | None:
+        proc, self.proc = self.proc, None
+        for fd in (self._wfd, self._rfd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wfd = self._rfd = -1
+        if proc is None:
+            return None
+        kill_group(proc, grace)
+        return proc.returncode
+
+    def run(self, ctx: TaskContext) -> Outcome:
+        t0 = time.time()
+        if self.proc is None or self.proc.poll() is not None:
+            self._discard()
+            self._spawn()
+        spec = ctx.msg["spec"]
+        request = {
+            "call": spec["call"],
+            "kwargs": spec.get("kwargs", {}),
+            "env": ctx.env,
+            "cwd": ctx.cwd,
+            "base_dir": ctx.msg.get("base_dir") or ctx.cwd,
+            "stdout": ctx.stdout_path,
+            "stderr": ctx.stderr_path,
+            "output": ctx.output_path,
+        }
+        try:
+            write_frame(self._wfd, request)
+        except (BrokenPipeError, OSError) as e:
+            code = self._discard()
+            return Outcome("error", f"python executor process unavailable ({e}; {describe_exit(code or 0)})")
+        while True:
+            timeout = 0.05
+            if ctx.deadline is not None:
+                timeout = max(0.0, min(timeout, ctx.deadline - time.monotonic()))
+            ready, _, _ = select.select([self._rfd], [], [], timeout)
+            if ready:
+                break
+            stop = (
+                "timeout"
+                if ctx.deadline is not None and time.monotonic() >= ctx.deadline
+                else ctx.should_stop()
+            )
+            if stop:
+                self._discard(ctx, ctx.kill_grace)
+                t2 = time.time()
+                if stop == "timeout":
+                    return Outcome(
+                        "timeout",
+                        f"timed out after {ctx.msg.get('timeout'):g} s; executor process killed",
+                        phases=[Phase(EXECUTE_SPAN, t0, t2)],
+                    )
+                return Outcome(stop, f"{stop}: executor process killed", phases=[Phase(EXECUTE_SPAN, t0, t2)])
+        try:
+            reply = read_frame(self._rfd)
+        except (OSError, ValueError):
+            reply = None
+        if reply is None:
+            code = self._discard()
+            err = tail(ctx.stderr_path, 2000)
+            return Outcome(
+                "error",
+                f"python executor process died ({describe_exit(code if code is not None else -9)})"
+                + (f"\n{err}" if err else ""),
+                exit_code=code,
+            )
+        self.tasks_run += 1
+        phases = []
+        if "import" in reply:
+            setup_end = reply["import"][1]
+            # Setup is a span when it is real work (a cold process, a first import, a model
+            # load); a warm call's microseconds of lookup would only add noise.
+            if setup_end - t0 > MIN_SETUP_SPAN:
+                phases.append(Phase(SETUP_SPAN, t0, setup_end, {"warm": self.tasks_run > 1}))
+            phases.append(Phase(EXECUTE_SPAN, *reply["execute"]))
+        if reply.get("ok"):
+            return Outcome("completed", phases=phases)
+        return Outcome("error", reply.get("error") or "failed", phases=phases)
+
+    def close(self) -> None:
+        self._discard(grace=2.0)
