@@ -1,18 +1,80 @@
-"""The `tuiflow` command line."""
+"""The `tuiflow` command line.
+
+Every command that shows something has ``--json``. Workflow ids may be abbreviated to any
+unique prefix. The home is ``--home``, else ``$TUIFLOW_HOME``, else ``./.tuiflow``.
+User mistakes end with a one-line error and exit code 2 (invalid input) or 1, never a
+traceback.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from spool import Home, LayoutError, LeaseHeldError, SpoolError
 
 from . import __version__
+from .errors import TuiflowError
 
 app = typer.Typer(
     name="tuiflow",
-    help="GPU workflow DAGs on a shared filesystem.",
-    no_args_is_help=False,
+    help="GPU workflow DAGs on a shared filesystem. Run with no command to open the dashboard.",
     add_completion=False,
     rich_markup_mode="rich",
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
 )
+out = Console()
+err = Console(stderr=True)
+
+HomeOpt = typer.Option(
+    None, "--home", help="Home directory (default: $TUIFLOW_HOME or ./.tuiflow).", show_default=False
+)
+JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+EXIT_INVALID = 2
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _home(home: str | None, ctx: typer.Context | None = None, *, create: bool = False) -> Home:
+    root = home or (ctx.obj.get("home") if ctx and ctx.obj else None)
+    try:
+        return Home.open(root, create=create)
+    except LayoutError as e:
+        raise _fail(str(e), EXIT_INVALID) from None
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _guard(fn: Callable[[], Any]) -> Any:
+    """Turn expected errors into one-line messages."""
+    from .dag import NotRetryable
+    from .model import WorkflowValidationError
+
+    try:
+        return fn()
+    except WorkflowValidationError as e:
+        raise _fail(str(e), EXIT_INVALID) from None
+    except (TuiflowError, NotRetryable) as e:
+        raise _fail(str(e)) from None
+    except SpoolError as e:
+        raise _fail(str(e)) from None
 
 
 def _version(value: bool) -> None:
@@ -24,14 +86,487 @@ def _version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
+    home: str | None = HomeOpt,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
-    """GPU workflow DAGs on a shared filesystem."""
+    ctx.obj = {"home": home}
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
 
 
+# ------------------------------------------------------------------ workflows
+@app.command()
+def validate(
+    file: str, json_out: bool = JsonOpt, set_: list[str] = typer.Option([], "--set", help="key=value param.")
+) -> None:
+    """Check a workflow file; print every problem (file, line, task, field)."""
+    from .model import WorkflowValidationError, load_workflow, parse_set_values
+
+    try:
+        d = load_workflow(file, parse_set_values(set_))
+    except WorkflowValidationError as e:
+        if json_out:
+            _emit_json({"valid": False, "problems": e.to_json()})
+            raise typer.Exit(EXIT_INVALID) from None
+        raise _fail(str(e), EXIT_INVALID) from None
+    except ValueError as e:
+        raise _fail(str(e), EXIT_INVALID) from None
+    if json_out:
+        _emit_json({"valid": True, "name": d.name, "tasks": len(d), "groups": d.prefixes})
+    else:
+        out.print(f"[green]ok[/] {file}: workflow {d.name!r}, {len(d)} tasks")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of workflow files (for editor completion and checks)."""
+    from .model import json_schema
+
+    _emit_json(json_schema())
+
+
+@app.command()
+def submit(
+    ctx: typer.Context,
+    file: str,
+    set_: list[str] = typer.Option([], "--set", help="Override a declared param: key=value (repeatable)."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Submit a workflow file; prints its id. A coordinator (or run-local) runs it."""
+    from .client import Client
+    from .model import parse_set_values
+
+    h = _home(home, ctx, create=True)
+    try:
+        values = parse_set_values(set_)
+    except ValueError as e:
+        raise _fail(str(e), EXIT_INVALID) from None
+    wf_id = _guard(lambda: Client(h).submit_file(file, values))
+    if json_out:
+        _emit_json({"id": wf_id})
+    else:
+        out.print(wf_id)
+
+
+@app.command("ls")
+def ls_(
+    ctx: typer.Context,
+    state: str | None = typer.Option(None, "--state", help="Only workflows in this state."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """List workflows, newest first."""
+    from .client import Client
+
+    items = _guard(lambda: Client(_home(home, ctx)).list(state))
+    if json_out:
+        _emit_json(items)
+        return
+    if not items:
+        out.print("no workflows" + (f" in state {state}" if state else ""))
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("ID", "NAME", "STATE", "DONE", "AGE"):
+        table.add_column(col)
+    now = time.time()
+    for s in items:
+        counts, total = s.get("counts", {}), s.get("total", 0)
+        done = sum(
+            counts.get(k, 0) for k in ("completed", "failed", "skipped", "upstream_failed", "cancelled")
+        )
+        table.add_row(
+            s["id"],
+            s.get("name", ""),
+            _state(s.get("state", "")),
+            f"{done}/{total}",
+            _ago(now - s.get("created_at", now)),
+        )
+    out.print(table)
+
+
+@app.command()
+def status(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bool = JsonOpt) -> None:
+    """A workflow's state, counts and tasks."""
+    from .client import Client
+
+    st = _guard(lambda: Client(_home(home, ctx)).status(wf))
+    if json_out:
+        _emit_json(st)
+        return
+    out.print(
+        f"[bold]{st['id']}[/] {st['name']}: {_state(st['state'])}  {st['done']}/{st['total']} done"
+        + (f", {st['wall_seconds']:.1f} s" if st.get("wall_seconds") else "")
+    )
+    out.print("  " + ", ".join(f"{n} {k}" for k, n in st["counts"].items() if n))
+    coordinator = st.get("coordinator")
+    if st["state"] in ("pending", "running") and not (coordinator and coordinator.get("holder")):
+        out.print(
+            "[yellow]no coordinator is running: start `tuiflow coordinator` or use `tuiflow run-local`[/]"
+        )
+    _task_table([_row(t) for t in st["tasks"]][:200])
+    if len(st["tasks"]) > 200:
+        out.print(f"... {len(st['tasks']) - 200} more (tuiflow tasks {st['id']} --prefix ...)")
+
+
+@app.command()
+def tasks(
+    ctx: typer.Context,
+    wf: str,
+    prefix: str | None = typer.Option(None, "--prefix", help="Only tasks whose name starts with this."),
+    state: str | None = typer.Option(None, "--state", help="Only tasks in this state."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """A workflow's tasks (state, attempt, worker, queued for, ran for, exit/error)."""
+    from .client import Client
+
+    views = _guard(lambda: Client(_home(home, ctx)).tasks(wf, prefix=prefix, state=state))
+    if json_out:
+        _emit_json([v.to_json() for v in views])
+        return
+    _task_table([_row(v.to_json()) for v in views])
+
+
+def _row(t: dict[str, Any]) -> list[str]:
+    reason = t.get("reason") or ""
+    detail = f"exit {t['exit_code']}" if t.get("exit_code") not in (None, 0) else ""
+    if reason:
+        detail = (detail + " " if detail else "") + reason.splitlines()[0][:80]
+    return [
+        t["name"],
+        _state(t["state"]),
+        str(t["attempt"]),
+        t.get("worker") or "",
+        _secs(t.get("queued_for")),
+        _secs(t.get("ran_for")),
+        detail,
+    ]
+
+
+def _task_table(rows: list[list[str]]) -> None:
+    table = Table(box=None, header_style="bold")
+    for col in ("TASK", "STATE", "ATT", "WORKER", "QUEUED", "RAN", "EXIT/ERROR"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    out.print(table)
+
+
+@app.command()
+def cancel(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bool = JsonOpt) -> None:
+    """Cancel a workflow: queued tasks are cancelled, running ones killed."""
+    from .client import Client
+
+    wf_id = _guard(lambda: Client(_home(home, ctx)).cancel(wf))
+    if json_out:
+        _emit_json({"id": wf_id, "requested": "cancel"})
+    else:
+        out.print(f"cancel requested for {wf_id}")
+
+
+@app.command()
+def retry(
+    ctx: typer.Context,
+    wf: str,
+    task: list[str] = typer.Argument(None, help="Tasks to run again (default: all failed)."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run failed, upstream_failed and cancelled tasks again."""
+    from .client import Client
+
+    wf_id, again = _guard(lambda: Client(_home(home, ctx)).retry(wf, task or None))
+    if json_out:
+        _emit_json({"id": wf_id, "requested": "retry", "tasks": again})
+    else:
+        out.print(f"retry requested for {wf_id}: {len(again)} task(s) will run again")
+
+
+@app.command()
+def watch(
+    ctx: typer.Context,
+    wf: str,
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+    interval: float = typer.Option(0.5, help="Seconds between updates."),
+) -> None:
+    """Follow a workflow live: counts, rate and ETA, until it ends."""
+    from .client import Client
+    from .watching import follow
+
+    client = Client(_home(home, ctx))
+    wf_id = _guard(lambda: client.store.resolve(wf))
+    raise typer.Exit(_guard(lambda: follow(client, wf_id, out, interval=interval, json_lines=json_out)))
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    wf: str,
+    task: str,
+    attempt: int | None = typer.Option(None, "--attempt", help="Attempt number (default: the latest)."),
+    stream: str = typer.Option("both", "--stream", help="stdout, stderr or both."),
+    follow_: bool = typer.Option(
+        False, "--follow", "-f", help="Keep printing new output until the task ends."
+    ),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Print a task attempt's stdout/stderr."""
+    from .client import Client
+    from .watching import follow_logs
+
+    client = Client(_home(home, ctx))
+    directory = _guard(lambda: client.attempt_dir(wf, task, attempt))
+    if stream not in ("stdout", "stderr", "both"):
+        raise _fail("--stream must be stdout, stderr or both", EXIT_INVALID)
+    names = ["stdout", "stderr"] if stream == "both" else [stream]
+    if json_out:
+        data = {}
+        for n in names:
+            try:
+                with open(f"{directory}/{n}.log", encoding="utf-8", errors="replace") as f:
+                    data[n] = f.read()
+            except FileNotFoundError:
+                data[n] = None
+        _emit_json({"dir": directory, **data})
+        return
+    raise typer.Exit(follow_logs(client, wf, task, directory, names, follow=follow_))
+
+
+@app.command()
+def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = JsonOpt) -> None:
+    """Check the home: lease holder and age, dead workers, stuck tasks, queues, poison messages."""
+    from .client import Client
+
+    report = _guard(lambda: Client(_home(home, ctx)).doctor())
+    if json_out:
+        _emit_json(report)
+        raise typer.Exit(0 if report["ok"] else 1)
+    out.print(
+        f"home {report['home']} (layout v{report['layout_version']}, "
+        f"{report['settings']['durability']} durability, watch={report['settings']['watch']})"
+    )
+    c = report["coordinator"]
+    if c and c["holder"]:
+        out.print(
+            f"coordinator: {c['holder']} (pid {c['pid']} on {c['host']}, generation {c['generation']}, "
+            f"renewed {_secs(c['age_seconds'])} ago)"
+        )
+    else:
+        out.print("coordinator: [yellow]none[/]")
+    for w in report["workers"]:
+        mark = "[red]dead[/]" if w["dead"] else "[green]alive[/]"
+        out.print(
+            f"worker {w['id']}: {mark}, queues {', '.join(w['queues'])}, {len(w['running'])} running, "
+            f"heartbeat {_secs(w['heartbeat_age'])} ago"
+        )
+    for q in report["queues"]:
+        out.print(
+            f"queue {q['name']}: {q['ready']} ready, {q['delayed']} delayed, {q['claimed']} claimed, {q['dead']} poison"
+        )
+    for pz in report["poison"]:
+        out.print(f"  [red]poison[/] {pz['queue']}/{pz['message']}: {pz['reason']}")
+    for s in report["stuck"]:
+        out.print(
+            f"  [yellow]stuck[/] {s['workflow']} {s['task']} {s['state']} for {_secs(s['for_seconds'])}"
+        )
+    if report["problems"]:
+        out.print("[red]problems:[/]")
+        for problem in report["problems"]:
+            out.print(f"  - {problem}", highlight=False)
+        raise typer.Exit(1)
+    out.print("[green]no problems found[/]")
+
+
+@app.command()
+def purge(
+    ctx: typer.Context,
+    all_: bool = typer.Option(False, "--all", help="Also delete pending and running workflows."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Delete finished workflows (with --all: every workflow) and dead workers' records."""
+    from .client import Client
+
+    client = Client(_home(home, ctx))
+    if not yes and not json_out:
+        what = "ALL workflows, including pending and running ones" if all_ else "finished workflows"
+        if not typer.confirm(f"delete {what} in {client.home.root}?"):
+            raise typer.Exit(1)
+    removed = _guard(lambda: client.purge(all_=all_))
+    if json_out:
+        _emit_json({"removed": removed})
+    else:
+        out.print(f"removed {len(removed)} workflow(s)")
+
+
+# --------------------------------------------------------------------- daemons
+@app.command()
+def coordinator(
+    ctx: typer.Context,
+    home: str | None = HomeOpt,
+    max_running_workflows: int | None = typer.Option(
+        None, help="Run at most this many workflows at once (FIFO)."
+    ),
+    break_lease: bool = typer.Option(
+        False, "--break-lease", help="Take the lease even if another holder has it (operators; logged)."
+    ),
+    wait: bool = typer.Option(
+        False, "--wait", help="Wait for the lease instead of refusing while another coordinator is alive."
+    ),
+) -> None:
+    """Run the coordinator daemon (one per home)."""
+    from .coordinator import Coordinator
+
+    logging.getLogger().setLevel(logging.INFO)
+    h = _home(home, ctx, create=True)
+    coord = Coordinator(h, max_running_workflows=max_running_workflows)
+    try:
+        coord.acquire(wait=None if not wait else 1e9, break_lease=break_lease)
+    except LeaseHeldError as e:
+        raise _fail(
+            f"another coordinator is running: {e} (use --wait to queue behind it, --break-lease to take over)"
+        ) from None
+    _install_stop_handlers(lambda hard: coord.stop())
+    try:
+        coord.run(acquire=False)
+    except SpoolError as e:
+        raise _fail(str(e)) from None
+
+
+@app.command()
+def worker(
+    ctx: typer.Context,
+    queue: list[str] = typer.Option(["default"], "--queue", "-q", help="Queue to serve (repeatable)."),
+    slots: int = typer.Option(1, "--slots", help="Attempts to run at once."),
+    gpus: str | None = typer.Option(
+        None, "--gpus", help="GPU ids to hand out, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)."
+    ),
+    burst: bool = typer.Option(False, "--burst", help="Exit once the queues are empty."),
+    worker_id: str | None = typer.Option(None, "--id", help="Worker id (default: host-pid-random)."),
+    home: str | None = HomeOpt,
+) -> None:
+    """Run a worker daemon. SIGTERM drains; a second SIGTERM or SIGINT stops at once."""
+    from workers.daemon import Worker
+
+    logging.getLogger().setLevel(logging.INFO)
+    h = _home(home, ctx, create=True)
+    gpu_ids = None
+    if gpus is not None:
+        try:
+            gpu_ids = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise _fail(f"--gpus expects comma-separated integers, not {gpus!r}", EXIT_INVALID) from None
+    try:
+        w = Worker(h, queue, slots=slots, gpus=gpu_ids, burst=burst, worker_id=worker_id)
+    except (ValueError, SpoolError) as e:
+        raise _fail(str(e), EXIT_INVALID) from None
+    _install_stop_handlers(lambda hard: w.stop(drain=not hard))
+    w.run()
+
+
+def _install_stop_handlers(stop: Callable[[bool], None]) -> None:
+    """First SIGTERM: graceful; second SIGTERM or any SIGINT: hard. Handlers only set flags."""
+    seen = {"term": 0}
+
+    def on_term(signum: int, frame: Any) -> None:
+        seen["term"] += 1
+        stop(seen["term"] > 1)
+
+    def on_int(signum: int, frame: Any) -> None:
+        stop(True)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_int)
+
+
+# -------------------------------------------------------------------- run-local
+@app.command("run-local")
+def run_local_cmd(
+    ctx: typer.Context,
+    file: str,
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", help="Workers to start (default: CPU count)."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a declared param: key=value (repeatable)."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run a workflow here and now: submit, coordinate and execute it in this process.
+
+    Exit code 0 when it completed, 1 when it failed or was cancelled (Ctrl-C cancels), 2 when
+    the workflow file is invalid.
+    """
+    from .model import WorkflowValidationError, load_workflow, parse_set_values
+    from .runlocal import run_local
+
+    try:
+        definition = load_workflow(file, parse_set_values(set_))
+    except WorkflowValidationError as e:
+        if json_out:
+            _emit_json({"valid": False, "problems": e.to_json()})
+        raise _fail(str(e), EXIT_INVALID) from None
+    except ValueError as e:
+        raise _fail(str(e), EXIT_INVALID) from None
+    if workers is not None and workers < 1:
+        raise _fail("--workers must be at least 1", EXIT_INVALID)
+    h = _home(home, ctx, create=True)
+    code, final = _guard(lambda: run_local(h, definition, workers=workers, json_out=json_out, console=err))
+    if json_out:
+        _emit_json(final)
+    raise typer.Exit(code)
+
+
+# ----------------------------------------------------------------------- utils
+_STATE_STYLE = {
+    "completed": "green",
+    "running": "cyan",
+    "ready": "blue",
+    "pending": "dim",
+    "failed": "red",
+    "upstream_failed": "red",
+    "cancelled": "yellow",
+    "skipped": "magenta",
+}
+
+
+def _state(state: str) -> str:
+    style = _STATE_STYLE.get(state)
+    return f"[{style}]{state}[/]" if style else state
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value < 1:
+        return f"{value * 1000:.0f}ms"
+    if value < 120:
+        return f"{value:.1f}s"
+    if value < 7200:
+        return f"{value / 60:.1f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def _ago(seconds: float) -> str:
+    return _secs(max(0.0, seconds))
+
+
 def main() -> None:
+    # Rich may write box characters; keep a predictable encoding when piped.
+    os.environ.setdefault("PYTHONIOENCODING", "utf-8")
     app()
+
+
+if __name__ == "__main__":
+    main()

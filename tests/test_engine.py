@@ -1,0 +1,388 @@
+"""The engine end to end: real coordinator and worker processes, real signals, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from spool import Home, Settings
+from tuiflow.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+WORKFLOWS = ROOT / "tests" / "workflows"
+FAST = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0, poll_interval=0.05)
+
+
+def cli(
+    *args: object, home: Path | str, timeout: float = 180, input: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tuiflow", *map(str, args), "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        input=input,
+    )
+
+
+def start(*args: object, home: Path | str, log: Path) -> subprocess.Popen:
+    f = open(log, "w")  # noqa: SIM115 - closed with the process by the fixture
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuiflow", *map(str, args), "--home", str(home)],
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture
+def fast_home(tmp_path) -> Home:
+    return Home.open(tmp_path / "home", settings=FAST)
+
+
+@pytest.fixture
+def procs():
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(30)
+
+
+def wait_for(predicate, timeout: float = 60, poll: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def write_wf(tmp_path: Path, text: str, name: str = "wf.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ------------------------------------------------------------------ examples
+@pytest.mark.parametrize(
+    ("example", "code", "expect"),
+    [
+        ("hello.yaml", 0, {"completed": 3}),
+        ("diamond.yaml", 1, {"completed": 4, "failed": 1, "skipped": 1, "upstream_failed": 1}),
+        ("ml-pipeline.yaml", 0, {"completed": 11}),
+        ("fanout.yaml", 0, {"completed": 1002}),
+    ],
+)
+def test_examples_end_to_end(tmp_path, example, code, expect):
+    r = cli("run-local", EXAMPLES / example, "--workers", 2, "--json", home=tmp_path / "home", timeout=300)
+    assert r.returncode == code, r.stderr[-3000:]
+    status = json.loads(r.stdout)
+    counts = {k: v for k, v in status["counts"].items() if v}
+    assert counts == expect
+    assert status["state"] == ("completed" if code == 0 else "failed")
+    assert status["stats"]["completions_applied"] == sum(
+        1 for t in status["tasks"] if t["state"] == "completed"
+    )
+    if example == "diamond.yaml":
+        tasks = {t["name"]: t for t in status["tasks"]}
+        assert tasks["flaky"]["attempt"] == 1 and tasks["flaky"]["state"] == "completed"
+        assert "is false" in tasks["low"]["reason"]
+        assert tasks["publish"]["reason"] == "upstream broken failed"
+        assert "always fails" in tasks["broken"]["reason"]
+    if example == "hello.yaml":
+        run = Client(Home.open(tmp_path / "home")).run(status["id"])
+        out = Path(tmp_path / "home" / "workflows" / status["id"] / "tasks" / "report" / "0" / "stdout.log")
+        assert out.read_text().strip() == "the greeting has 3 words"
+        assert run.outputs[run.definition.index["count"]] == {"words": 3}
+    if example == "fanout.yaml":
+        join = next(t for t in status["tasks"] if t["name"] == "join")
+        assert join["output"] == {"inputs": 1000}
+
+
+def test_invalid_workflow_exits_2_without_a_traceback(tmp_path):
+    wf = write_wf(tmp_path, "name: bad\ntasks:\n  - {name: a, depends_on: [nope], run: x}\n")
+    r = cli("run-local", wf, home=tmp_path / "home")
+    assert r.returncode == 2
+    assert "unknown task 'nope'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "home" / "workflows").exists() or not os.listdir(tmp_path / "home" / "workflows")
+
+
+# ------------------------------------------------------------ outputs & env
+def test_outputs_inputs_large_outputs_and_env(tmp_path, fast_home):
+    wf = write_wf(
+        tmp_path,
+        """
+        name: outputs
+        tasks:
+          - {name: small, call: "pytasks:emit", kwargs: {value: {a: 1}}}
+          - {name: setter, call: "pytasks:with_set_output", kwargs: {v: 7}}
+          - {name: big, call: "pytasks:big", kwargs: {n: 100000}}
+          - name: use
+            depends_on: [big]
+            call: "pytasks:use_big"
+          - name: both
+            depends_on: [small, setter]
+            call: "pytasks:read_inputs"
+          - name: shell
+            depends_on: [small, setter]
+            run: |
+              test "$TUIFLOW_WORKFLOW_ID" != "" && test "$TUIFLOW_TASK" = shell && test "$TUIFLOW_ATTEMPT" = 0
+              test -d "$TUIFLOW_TASK_DIR" && test -f "$TUIFLOW_INPUTS"
+              echo '{"sum": {{ inputs.small.a + inputs.setter.v }}}' > "$TUIFLOW_OUTPUT"
+        """,
+    )
+    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    r = cli("run-local", wf, "--workers", 2, "--json", home=fast_home.root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    tasks = {t["name"]: t for t in json.loads(r.stdout)["tasks"]}
+    assert tasks["small"]["output"] == {"a": 1}
+    assert tasks["setter"]["output"] == {"v": 7, "task": "setter"}
+    assert tasks["big"]["output"] is None and tasks["big"]["output_ref"].endswith("big/0/output.json")
+    assert tasks["use"]["output"] == {"len": 100000}
+    assert tasks["both"]["output"] == {"seen": ["setter", "small"]}
+    assert tasks["shell"]["output"] == {"sum": 8}
+
+
+def test_upstream_output_cannot_inject_shell(tmp_path, fast_home):
+    marker = tmp_path / "pwned"
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: inject
+        tasks:
+          - name: evil
+            run: |
+              printf '%s' '{{"cmd": "x; touch {marker}; $(touch {marker}) `touch {marker}`"}}' > "$TUIFLOW_OUTPUT"
+          - name: victim
+            depends_on: [evil]
+            run: "echo {{{{ inputs.evil.cmd }}}} > seen.txt"
+            cwd: {tmp_path}
+        """,
+    )
+    r = cli("run-local", wf, "--workers", 1, "--json", home=fast_home.root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not marker.exists()
+    assert (
+        tmp_path / "seen.txt"
+    ).read_text().strip() == f"x; touch {marker}; $(touch {marker}) `touch {marker}`"
+
+
+def test_failures_are_reported_with_reasons(tmp_path, fast_home):
+    wf = write_wf(
+        tmp_path,
+        """
+        name: failures
+        tasks:
+          - {name: crash, call: "pytasks:crash", kwargs: {code: 3}}
+          - {name: raises, call: "pytasks:raise_error"}
+          - {name: notjson, call: "pytasks:not_json"}
+          - {name: after-crash, depends_on: [crash], run: echo never}
+          - {name: slow, run: "sleep 30", timeout: 1}
+          - {name: missing-cmd, run: ["definitely-not-a-command-xyz"]}
+          - {name: fine, call: "pytasks:emit", kwargs: {value: 1}}
+        """,
+    )
+    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    t0 = time.monotonic()
+    r = cli("run-local", wf, "--workers", 2, "--json", home=fast_home.root)
+    assert r.returncode == 1
+    assert time.monotonic() - t0 < 25  # the 30 s sleep was killed at its 1 s timeout
+    tasks = {t["name"]: t for t in json.loads(r.stdout)["tasks"]}
+    assert "python executor process died (exit code 3)" in tasks["crash"]["reason"]
+    assert "ValueError: this task raises on purpose" in tasks["raises"]["reason"]
+    assert "not JSON-serializable" in tasks["notjson"]["reason"]
+    assert tasks["after-crash"]["state"] == "upstream_failed"
+    assert "timed out after 1 s" in tasks["slow"]["reason"]
+    assert "command not found" in tasks["missing-cmd"]["reason"]
+    assert tasks["fine"]["state"] == "completed"  # ran in a fresh executor after the crash
+
+
+# ---------------------------------------------------------------- daemons
+def test_two_coordinators_one_is_refused(fast_home, tmp_path, procs):
+    first = start("coordinator", home=fast_home.root, log=tmp_path / "c1.log")
+    procs.append(first)
+    wait_for(
+        lambda: Client(fast_home).coordinator_info() and Client(fast_home).coordinator_info()["holder"],
+        what="the first coordinator to take the lease",
+    )
+    r = cli("coordinator", home=fast_home.root, timeout=60)
+    assert r.returncode == 1
+    assert "another coordinator is running" in r.stderr and "Traceback" not in r.stderr
+    assert first.poll() is None
+
+
+def test_worker_killed_mid_task_is_retried_and_completed_once(fast_home, tmp_path, procs):
+    marker = tmp_path / "runs.txt"
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: survive
+        tasks:
+          - name: long
+            run: "echo \\"attempt $TUIFLOW_ATTEMPT\\" >> {marker}; sleep 2; echo '{{\\"ok\\": true}}' > $TUIFLOW_OUTPUT"
+            num_retries: 1
+          - {{name: after, depends_on: [long], run: "echo done"}}
+        """,
+    )
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "coord.log"))
+    doomed = start("worker", "--id", "doomed", home=fast_home.root, log=tmp_path / "w1.log")
+    procs.append(doomed)
+    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
+    client = Client(fast_home)
+    wait_for(lambda: client.status(wf_id)["counts"]["running"] == 1, what="the task to run")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    procs.append(start("worker", "--id", "rescuer", home=fast_home.root, log=tmp_path / "w2.log"))
+    status = wait_for(
+        lambda: (s := client.status(wf_id))["state"] in ("completed", "failed") and s,
+        timeout=60,
+        what="the end",
+    )
+    assert status["state"] == "completed", (tmp_path / "coord.log").read_text()[-2000:]
+    long = next(t for t in status["tasks"] if t["name"] == "long")
+    assert long["attempt"] == 1 and long["worker"] == "rescuer" and long["output"] == {"ok": True}
+    assert status["stats"]["completions_applied"] == 2  # each task applied exactly once
+    assert marker.read_text().split("\n")[:2] == ["attempt 0", "attempt 1"]
+    assert "worker doomed is dead" in (tmp_path / "coord.log").read_text()
+    assert (Path(fast_home.workers_dir) / "doomed.dead").exists()
+
+
+def test_coordinator_killed_and_restarted_applies_every_task_once(fast_home, tmp_path, procs):
+    n = 40
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: restart
+        tasks:
+          - {{name: a, foreach: {{range: {n}}}, run: "sleep 0.05; echo '{{\\"i\\": {{{{ item }}}}}}' > $TUIFLOW_OUTPUT"}}
+          - {{name: b, depends_on: [a], run: "echo joined"}}
+        """,
+    )
+    coord = start("coordinator", home=fast_home.root, log=tmp_path / "c1.log")
+    procs.append(coord)
+    procs.append(start("worker", "--slots", 2, home=fast_home.root, log=tmp_path / "w.log"))
+    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
+    client = Client(fast_home)
+    wait_for(lambda: client.status(wf_id)["counts"]["completed"] >= 5, what="some progress")
+    coord.send_signal(signal.SIGKILL)
+    coord.wait()
+    time.sleep(0.5)
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c2.log"))
+    status = wait_for(
+        lambda: (s := client.status(wf_id))["state"] == "completed" and s, timeout=90, what="completion"
+    )
+    assert status["counts"]["completed"] == n + 1
+    assert status["stats"]["completions_applied"] == n + 1
+    assert sorted(t["output"]["i"] for t in status["tasks"] if t["name"].startswith("a[")) == list(range(n))
+
+
+def test_cancel_stops_running_tasks(fast_home, tmp_path, procs):
+    wf = write_wf(
+        tmp_path,
+        """
+        name: cancel-me
+        tasks:
+          - {name: long, run: "sleep 60"}
+          - {name: next, depends_on: [long], run: "echo never"}
+          - {name: queued, run: "sleep 60", queue: nobody-serves-this}
+        """,
+    )
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
+    procs.append(start("worker", home=fast_home.root, log=tmp_path / "w.log"))
+    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
+    client = Client(fast_home)
+    wait_for(lambda: client.status(wf_id)["counts"]["running"] == 1, what="the task to run")
+    r = cli("cancel", wf_id[:4], home=fast_home.root)
+    assert r.returncode == 0, r.stderr
+    status = wait_for(
+        lambda: (s := client.status(wf_id))["counts"]["running"] == 0 and s, timeout=30, what="cancel"
+    )
+    assert status["state"] == "cancelled"
+    assert {t["name"]: t["state"] for t in status["tasks"]} == {
+        "long": "cancelled",
+        "next": "cancelled",
+        "queued": "cancelled",
+    }
+    out = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True)
+    assert out.stdout.strip() == ""
+
+
+def test_ctrl_c_on_run_local_cancels_and_leaves_no_orphans(fast_home, tmp_path):
+    wf = write_wf(
+        tmp_path,
+        """
+        name: interrupt
+        tasks:
+          - {name: a, run: "sleep 61"}
+          - {name: b, run: "sleep 61"}
+          - {name: c, depends_on: [a], run: "echo never"}
+        """,
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tuiflow",
+            "run-local",
+            str(wf),
+            "--workers",
+            "2",
+            "--home",
+            str(fast_home.root),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    client = Client(fast_home)
+    wait_for(
+        lambda: client.list() and client.list()[0]["counts"].get("running") == 2, what="both tasks running"
+    )
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    wf_id = client.list()[0]["id"]
+    status = client.status(wf_id)
+    assert status["state"] == "cancelled"
+    assert {t["state"] for t in status["tasks"]} == {"cancelled"}
+    assert subprocess.run(["pgrep", "-f", "sleep 61"], capture_output=True, text=True).stdout.strip() == ""
+
+
+def test_gpus_are_assigned_per_task(fast_home, tmp_path, procs):
+    out = tmp_path / "gpus.txt"
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: gpus
+        tasks:
+          - {{name: g, foreach: {{range: 4}}, gpus: 1, run: "echo $CUDA_VISIBLE_DEVICES >> {out}; sleep 0.5"}}
+          - {{name: cpu, run: "echo cpu=[$CUDA_VISIBLE_DEVICES] >> {out}"}}
+          - {{name: two, gpus: 2, run: "echo two=$CUDA_VISIBLE_DEVICES >> {out}"}}
+        """,
+    )
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
+    procs.append(start("worker", "--slots", 3, "--gpus", "0,1", home=fast_home.root, log=tmp_path / "w.log"))
+    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
+    client = Client(fast_home)
+    status = wait_for(
+        lambda: (s := client.status(wf_id))["state"] == "completed" and s, timeout=60, what="the end"
+    )
+    lines = out.read_text().split()
+    assert sorted(lines) == sorted([*[x for x in lines if x in ("0", "1")], "cpu=[]", "two=0,1"])
+    assert len([x for x in lines if x in ("0", "1")]) == 4  # each single-GPU task got one device
+    assert status["counts"]["completed"] == 6

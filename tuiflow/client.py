@@ -1,0 +1,388 @@
+"""The client API: submit, cancel, retry, and the read API that the CLI and the dashboard share.
+
+Writes never touch workflow state directly: submit stores a new workflow and asks the
+coordinator (through the control spool) to start it; cancel and retry are requests the
+coordinator applies. Reads go to the records: listing reads only the small per-workflow
+summaries; a status reads one state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import json
+import os
+import secrets
+import shutil
+import time
+from typing import Any
+
+from spool import Home, SpoolError
+from spool.liveness import SUFFIX as HB_SUFFIX
+from spool.liveness import decode, fs_age, fs_now, read_raw
+from workers import protocol as p
+
+from .dag import RUNNING, STATE_NAMES, TERMINAL, WF_TERMINAL, NotRetryable, Run
+from .errors import NotFound
+from .model import Definition, load_workflow
+from .store import WorkflowStore
+
+
+@dataclasses.dataclass
+class TaskView:
+    name: str
+    state: str
+    attempt: int
+    worker: str | None
+    queue: str
+    ready_at: float
+    started_at: float
+    ended_at: float
+    queued_for: float | None
+    ran_for: float | None
+    exit_code: int | None
+    reason: str | None
+    output: Any
+    output_ref: str | None
+    depends_on: list[str]
+    group: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def task_views(run: Run, now: float, indices: list[int] | None = None) -> list[TaskView]:
+    d = run.definition
+    out = []
+    for i in range(len(run)) if indices is None else indices:
+        t = d.tasks[i]
+        code = run.st[i]
+        ready, started, ended = run.ready_at[i], run.started[i], run.ended[i]
+        queued_for = None
+        if ready:
+            queued_for = max(0.0, (started or (ended if code in TERMINAL else now)) - ready)
+        ran_for = max(0.0, (ended or now) - started) if started else None
+        ref = run.output_refs.get(i)
+        out.append(
+            TaskView(
+                name=t.name,
+                state=STATE_NAMES[code],
+                attempt=run.attempt[i],
+                worker=run.worker.get(i),
+                queue=t.queue,
+                ready_at=ready,
+                started_at=started,
+                ended_at=ended,
+                queued_for=queued_for,
+                ran_for=ran_for,
+                exit_code=run.exit_code.get(i),
+                reason=run.reason.get(i),
+                output=run.outputs.get(i),
+                output_ref=ref[0] if ref else None,
+                depends_on=list(t.depends_on),
+                group=t.name.split("/", 1)[0] if "/" in t.name else None,
+            )
+        )
+    return out
+
+
+class Client:
+    """Talks to a home's coordinator through files; `who` is recorded on requests."""
+
+    def __init__(self, home: Home, who: str | None = None):
+        self.home = home
+        self.store = WorkflowStore(home)
+        self.who = who or _whoami()
+
+    # ------------------------------------------------------------------ writes
+    def submit(self, definition: Definition) -> str:
+        wf_id = self.store.create(definition, owner=self.who)
+        self._request("submit", wf_id)
+        return wf_id
+
+    def submit_file(self, path: str, set_values: dict[str, Any] | None = None) -> str:
+        return self.submit(load_workflow(path, set_values))
+
+    def cancel(self, wf: str) -> str:
+        wf_id = self.store.resolve(wf)
+        self._request("cancel", wf_id)
+        return wf_id
+
+    def retry(self, wf: str, tasks: list[str] | None = None) -> tuple[str, list[str]]:
+        """Ask for failed/upstream_failed/cancelled tasks (or `tasks`) to run again.
+
+        Checked against the current state first, so a mistake is reported here, not lost
+        in the coordinator's log. Returns (workflow id, the tasks that will run again).
+        """
+        wf_id = self.store.resolve(wf)
+        run, _ = self.store.load_run(wf_id)
+        probe = Run.from_wire(run.definition, run.to_wire())
+        probe.retry(tasks or None, time.time())  # raises NotRetryable with a clear message
+        again = [run.definition.tasks[i].name for i in range(len(run)) if run.st[i] != probe.st[i]]
+        if not again:
+            raise NotRetryable(f"workflow {wf_id} has no failed, upstream_failed or cancelled tasks")
+        self._request("retry", wf_id, tasks=list(tasks) if tasks else None)
+        return wf_id, again
+
+    def _request(self, op: str, wf_id: str, **extra: Any) -> None:
+        self.home.control().put(
+            {"v": p.PROTOCOL, "op": op, "wf": wf_id, "by": self.who, "request": secrets.token_hex(8), **extra}
+        )
+
+    # ------------------------------------------------------------------- reads
+    def list(self, state: str | None = None) -> list[dict[str, Any]]:
+        items = self.store.summaries()
+        if state:
+            items = [s for s in items if s.get("state") == state]
+        return items
+
+    def run(self, wf: str) -> Run:
+        run, _ = self.store.load_run(self.store.resolve(wf))
+        return run
+
+    def status(self, wf: str, *, now: float | None = None) -> dict[str, Any]:
+        now = time.time() if now is None else now
+        run = self.run(wf)
+        views = task_views(run, now)
+        done = sum(run.counts[c] for c in TERMINAL)
+        return {
+            "id": run.wf_id,
+            "name": run.definition.name,
+            "state": run.state,
+            "counts": run.count_dict(),
+            "total": len(run),
+            "done": done,
+            "created_at": run.created_at,
+            "started_at": run.started_at,
+            "ended_at": run.ended_at,
+            "wall_seconds": ((run.ended_at or now) - run.started_at) if run.started_at else None,
+            "owner": run.definition.owner,
+            "source": run.definition.source,
+            "stats": dict(run.stats),
+            "coordinator": self.coordinator_info(),
+            "tasks": [
+                {
+                    "name": v.name,
+                    "state": v.state,
+                    "attempt": v.attempt,
+                    "output": v.output,
+                    "output_ref": v.output_ref,
+                    "worker": v.worker,
+                    "queued_for": v.queued_for,
+                    "ran_for": v.ran_for,
+                    "exit_code": v.exit_code,
+                    "reason": v.reason,
+                }
+                for v in views
+            ],
+        }
+
+    def tasks(self, wf: str, *, prefix: str | None = None, state: str | None = None) -> list[TaskView]:
+        run = self.run(wf)
+        if state and state not in STATE_NAMES:
+            raise NotFound(f"unknown task state {state!r} (states: {', '.join(STATE_NAMES)})")
+        indices = [
+            i
+            for i, t in enumerate(run.definition.tasks)
+            if (not prefix or t.name.startswith(prefix)) and (not state or STATE_NAMES[run.st[i]] == state)
+        ]
+        return task_views(run, time.time(), indices)
+
+    def attempt_dir(self, wf: str, task: str, attempt: int | None = None) -> str:
+        run = self.run(wf)
+        if task not in run.definition.index:
+            raise NotFound(f"workflow {run.wf_id} has no task {task!r}")
+        idx = run.definition.index[task]
+        n = run.attempt[idx] if attempt is None else attempt
+        if n < 0 or n > run.attempt[idx]:
+            raise NotFound(f"task {task!r} has attempts 0..{run.attempt[idx]}, not {n}")
+        return p.resolve(self.home.root, p.attempt_dir_rel(run.wf_id, task, n))
+
+    def coordinator_info(self) -> dict[str, Any] | None:
+        info = self.home.lease("observer").inspect()
+        if info is None:
+            return None
+        return {
+            "holder": info.holder,
+            "host": info.host,
+            "pid": info.pid,
+            "generation": info.generation,
+            "age_seconds": fs_age(f"{self.home.coordinator_dir}/lease"),
+        }
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Heartbeat records (alive or dead), with their age by the file server's clock."""
+        out = []
+        directory = self.home.workers_dir
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return out
+        try:
+            server_now = fs_now(directory)
+        except OSError:
+            server_now = time.time()
+        for name in names:
+            dead = name.endswith(".dead")
+            if not (dead or name.endswith(HB_SUFFIX)) or name.startswith("."):
+                continue
+            path = f"{directory}/{name}"
+            try:
+                hb = decode(read_raw(path), path)
+            except (OSError, SpoolError):
+                continue
+            age = fs_age(path, server_now)
+            info = dict(hb.info)
+            out.append(
+                {
+                    "id": hb.holder,
+                    "host": info.get("host") or hb.host,
+                    "pid": hb.pid,
+                    "queues": info.get("queues", []),
+                    "slots": info.get("slots"),
+                    "gpus": info.get("gpus"),
+                    "running": info.get("running", []),
+                    "state": "dead" if dead else info.get("state", "running"),
+                    "heartbeat_age": age,
+                    "tasks_done": info.get("tasks_done", 0),
+                    "dead": dead or (age is not None and age > self.home.settings.dead_after),
+                }
+            )
+        return out
+
+    def queues(self) -> list[dict[str, Any]]:
+        out = []
+        for name in self.home.list_queues():
+            c = self.home.queue(name).counts()
+            out.append(
+                {
+                    "name": name,
+                    "ready": c.ready,
+                    "delayed": c.delayed,
+                    "claimed": c.claimed_total,
+                    "dead": c.dead,
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ doctor
+    def doctor(self, *, stuck_after: float = 600.0) -> dict[str, Any]:
+        """Health of the home: lease, workers, queues, poison, stuck tasks."""
+        problems: list[str] = []
+        try:
+            self.home.check_writable()
+            writable = True
+        except SpoolError as e:
+            writable = False
+            problems.append(str(e))
+        coordinator = self.coordinator_info()
+        if coordinator is None or not coordinator["holder"]:
+            problems.append(
+                "no coordinator holds the lease: start `tuiflow coordinator` (or use `tuiflow run-local`)"
+            )
+        elif (
+            coordinator["age_seconds"] is not None
+            and coordinator["age_seconds"] > 2 * self.home.settings.lease_ttl
+        ):
+            problems.append(
+                f"coordinator {coordinator['holder']} has not renewed its lease for {coordinator['age_seconds']:.0f} s"
+            )
+        workers = self.workers()
+        for w in workers:
+            if w["dead"]:
+                problems.append(
+                    f"worker {w['id']} on {w['host']} is dead (last heartbeat {_age(w['heartbeat_age'])} ago)"
+                )
+        queues = self.queues()
+        poison = []
+        for q in queues:
+            if q["dead"]:
+                for dm in self.home.queue(q["name"]).dead():
+                    poison.append({"queue": q["name"], "message": dm.name, "reason": dm.reason})
+                problems.append(f"queue {q['name']} has {q['dead']} poison message(s) in dead/")
+        serving = {name for w in workers if not w["dead"] for name in w["queues"]}
+        for q in queues:
+            if q["ready"] and q["name"] not in serving:
+                problems.append(
+                    f"queue {q['name']} has {q['ready']} ready message(s) and no live worker serves it"
+                )
+        stuck = []
+        now = time.time()
+        for s in self.store.summaries():
+            if s.get("state") in WF_TERMINAL or s.get("state") == "corrupt":
+                if s.get("state") == "corrupt":
+                    problems.append(s.get("error", "corrupt workflow record"))
+                continue
+            try:
+                run, _ = self.store.load_run(s["id"])
+            except (SpoolError, NotFound) as e:
+                problems.append(f"workflow {s['id']}: {e}")
+                continue
+            for v in task_views(run, now):
+                if v.state == "ready" and v.queued_for and v.queued_for > stuck_after:
+                    stuck.append(
+                        {"workflow": run.wf_id, "task": v.name, "state": v.state, "for_seconds": v.queued_for}
+                    )
+                elif (
+                    v.state == "running"
+                    and v.ran_for
+                    and v.ran_for > stuck_after
+                    and run.st[run.definition.index[v.name]] == RUNNING
+                ):
+                    timeout = run.definition.tasks[run.definition.index[v.name]].timeout
+                    if timeout is None or v.ran_for > timeout:
+                        stuck.append(
+                            {
+                                "workflow": run.wf_id,
+                                "task": v.name,
+                                "state": v.state,
+                                "for_seconds": v.ran_for,
+                            }
+                        )
+        if stuck:
+            problems.append(f"{len(stuck)} task(s) waiting or running for more than {stuck_after:g} s")
+        return {
+            "home": self.home.root,
+            "layout_version": self.home.layout.get("version"),
+            "writable": writable,
+            "settings": self.home.settings.to_json(),
+            "coordinator": coordinator,
+            "workers": workers,
+            "queues": queues,
+            "poison": poison,
+            "stuck": stuck,
+            "problems": problems,
+            "ok": not problems,
+        }
+
+    # ------------------------------------------------------------------- purge
+    def purge(self, *, all_: bool = False) -> list[str]:
+        """Delete finished workflows (all workflows with `all_`), and dead workers' records."""
+        removed = []
+        for s in self.store.summaries():
+            if all_ or s.get("state") in WF_TERMINAL:
+                shutil.rmtree(self.store.dir(s["id"]), ignore_errors=True)
+                removed.append(s["id"])
+        try:
+            for name in os.listdir(self.home.workers_dir):
+                if name.endswith(".dead"):
+                    os.unlink(f"{self.home.workers_dir}/{name}")
+        except FileNotFoundError:
+            pass
+        return removed
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
+__all__ = ["Client", "TaskView", "json", "task_views"]

@@ -1,0 +1,662 @@
+"""The coordinator: the one process that applies events to workflow state.
+
+It holds the lease (`spool.lease`), wakes on new completion and control messages, and for
+each batch: applies them to the in-memory states (`tuiflow.dag`), pushes newly ready
+tasks to their queues at once, writes each touched workflow's state once (a CAS write
+fenced by the lease), and only then acks the messages. A crash anywhere in between
+re-applies the batch after restart; applying is idempotent, so nothing is lost or applied
+twice (tasks may run twice: execution is at-least-once).
+
+Sweepers run every `sweep_interval` seconds: dead workers (their running attempts fail as
+"lost"; their claimed-but-unstarted messages go back to the queue), running attempts past
+their timeout, ready tasks whose message went missing (ready-repair), and workflows whose
+submit request never arrived. `max_running_workflows` admits workflows in FIFO order.
+
+`tuiflow coordinator` runs this in its own process; `tuiflow run-local` runs the same
+class in a thread next to its workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from opentelemetry import trace as otel_trace
+
+from analyzer import contract as c
+from spool import ChangeWaiter, ConflictError, DeposedError, Home, LivenessTracker, SpoolError, SpoolQueue
+from spool.liveness import SUFFIX as HB_SUFFIX
+from workers import protocol as p
+from workers.tracing import forced_ids, make_provider, ns, set_error, traceparent, workflow_context
+
+from .dag import (
+    COMPLETED,
+    READY,
+    RUNNING,
+    STATE_NAMES,
+    WF_PENDING,
+    WF_TERMINAL,
+    Action,
+    Changed,
+    Dispatch,
+    Finished,
+    Kill,
+    NotRetryable,
+    Run,
+)
+from .expr import ExpressionError, MissingValue, Template, has_template, render_value, to_text
+from .store import WorkflowStore
+
+log = logging.getLogger("tuiflow.coordinator")
+
+
+@dataclasses.dataclass
+class _Active:
+    run: Run
+    version: int
+    dirty: bool = False
+
+
+@dataclasses.dataclass
+class Stats:
+    completions: int = 0
+    events: int = 0
+    pushed: int = 0
+    batches: int = 0
+    conflicts: int = 0
+    duplicates: int = 0
+    workers_lost: int = 0
+    repaired: int = 0
+
+
+class Coordinator:
+    """Parameters:
+    max_running_workflows: admission control (None: no limit).
+    sweep_interval: seconds between sweeps.
+    timeout_grace: seconds past a task's timeout before the coordinator fails it itself
+        (the worker enforces the timeout first; this is the backstop for a hung worker).
+    clock: wall clock (state timestamps); injectable.
+    on_change: called as (wf_id, action, run) for every action (run-local prints them).
+    """
+
+    def __init__(
+        self,
+        home: Home,
+        *,
+        name: str | None = None,
+        max_running_workflows: int | None = None,
+        batch: int = 4096,
+        sweep_interval: float = 1.0,
+        stats_interval: float = 10.0,
+        timeout_grace: float = 30.0,
+        repair_after: float | None = None,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[str, Action, Run], None] | None = None,
+    ):
+        self.home = home
+        self.store = WorkflowStore(home)
+        self.id = name or f"coordinator-{socket.gethostname()}-{os.getpid()}"
+        self.lease = home.lease(self.id)
+        self.control = home.control()
+        self.completions = home.completions()
+        self.queues: dict[str, SpoolQueue] = {}
+        self.max_running = max_running_workflows
+        self.batch = batch
+        self.sweep_interval = sweep_interval
+        self.stats_interval = stats_interval
+        self.timeout_grace = timeout_grace
+        self.repair_after = repair_after if repair_after is not None else max(30.0, home.settings.dead_after)
+        self.clock = clock
+        self.on_change = on_change
+        self.active: dict[str, _Active] = {}
+        self.waiting: collections.deque[str] = collections.deque()  # admission FIFO
+        self.tracker = LivenessTracker(home.settings.dead_after)
+        self.stats = Stats()
+        self.stop_event = threading.Event()
+        self.provider, _ = make_provider(home.root, f"tuiflow-coordinator/{self.id}")
+        self.tracer = self.provider.get_tracer("tuiflow.coordinator")
+        self._next_sweep = 0.0
+        self._next_adopt = 0.0
+        self._next_repair = 0.0
+        self._next_stats = 0.0
+        self._last_stats = (0.0, 0)
+        self._waiter: ChangeWaiter | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def acquire(self, *, wait: float | None = None, break_lease: bool = False) -> int:
+        """Take the lease. Raises LeaseHeldError if another live coordinator has it."""
+        if break_lease:
+            self.lease.break_lease(f"--break-lease by {self.id}")
+        ttl = self.home.settings.lease_ttl
+        generation = self.lease.acquire(
+            timeout=wait if wait is not None else ttl * 1.5, refuse_live=wait is None
+        )
+        log.info("%s holds the coordinator lease, generation %d", self.id, generation)
+        return generation
+
+    def run(self, *, acquire: bool = True) -> None:
+        """Serve until `stop()` is called (or the lease is lost: DeposedError)."""
+        if acquire and not self.lease.held:
+            self.acquire()
+        self.home.check_writable()
+        watch = [*self.completions.watch_paths(), *self.control.watch_paths()]
+        self._waiter = ChangeWaiter(
+            watch, mode=self.home.settings.watch, poll_interval=self.home.settings.poll_interval, step_ms=1
+        )
+        try:
+            self.adopt_all(self.clock())
+            renew_every = self.home.settings.lease_ttl / 4
+            next_renew = time.monotonic() + renew_every
+            while not self.stop_event.is_set():
+                busy = self.step(self.clock())
+                mono = time.monotonic()
+                if mono >= next_renew:
+                    self.lease.renew()
+                    next_renew = mono + renew_every
+                if mono >= self._next_sweep:
+                    self.sweep(self.clock())
+                    self._next_sweep = mono + self.sweep_interval
+                if mono >= self._next_stats:
+                    self._log_stats(mono)
+                if not busy:
+                    self._waiter.wait(max(0.0, min(next_renew, self._next_sweep) - time.monotonic()))
+        except DeposedError:
+            log.error("%s lost the coordinator lease; stopping without writing anything more", self.id)
+            raise
+        finally:
+            self._waiter.close()
+            if self.lease.held:
+                with contextlib.suppress(SpoolError):
+                    self.lease.release()
+            log.info("%s stopped", self.id)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self._waiter is not None:
+            self._waiter.wake()
+
+    def wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.wake()
+
+    # -------------------------------------------------------------- workflows
+    def _get(self, wf_id: str) -> _Active | None:
+        active = self.active.get(wf_id)
+        if active is None:
+            try:
+                run, version = self.store.load_run(wf_id)
+            except SpoolError as e:
+                log.error("cannot load workflow %s: %s", wf_id, e)
+                return None
+            except Exception as e:  # NotFound: a request for a purged workflow
+                log.warning("ignoring workflow %s: %s", wf_id, e)
+                return None
+            active = self.active[wf_id] = _Active(run, version)
+        return active
+
+    def adopt_all(self, now: float) -> None:
+        """Load every unfinished workflow (startup, and periodically for lost submits)."""
+        for summary in sorted(self.store.summaries(), key=lambda s: s.get("created_at", 0)):
+            wf_id = summary.get("id")
+            if wf_id in self.active or summary.get("state") in WF_TERMINAL or wf_id is None:
+                continue
+            active = self._get(wf_id)
+            if active is not None and active.run.state == WF_PENDING and wf_id not in self.waiting:
+                self.waiting.append(wf_id)
+        self._admit(now)
+
+    def _running_count(self) -> int:
+        return sum(
+            1 for a in self.active.values() if a.run.state not in WF_TERMINAL and a.run.state != WF_PENDING
+        )
+
+    def _admit(self, now: float) -> None:
+        while self.waiting and (self.max_running is None or self._running_count() < self.max_running):
+            wf_id = self.waiting.popleft()
+            active = self._get(wf_id)
+            if active is None or active.run.state != WF_PENDING:
+                continue
+            self._apply(wf_id, active, active.run.start(now), now)
+
+    # ----------------------------------------------------------------- a batch
+    def step(self, now: float) -> int:
+        """Drain control and completion messages once; returns how many were handled."""
+        controls = self.control.claim(self.id, 256)
+        events: list[Any] = []
+        while len(events) < self.batch:
+            got = self.completions.claim(self.id, 512)
+            if not got:
+                break
+            events.extend(got)
+        if not controls and not events:
+            return 0
+        touched: list[tuple[SpoolQueue, Any, set[str]]] = []
+        for msg in controls:
+            touched.append((self.control, msg, self._on_control(msg.payload, now)))
+        for msg in events:
+            touched.append((self.completions, msg, self._on_events(msg.payload, now)))
+        failed = self._flush(now)
+        for queue, msg, wfs in touched:
+            if wfs & failed:
+                queue.release(msg)  # applied to a state we could not write: apply again later
+            else:
+                queue.ack(msg)
+        self.stats.batches += 1
+        self._admit(now)
+        return len(controls) + len(events)
+
+    def _on_control(self, payload: Any, now: float) -> set[str]:
+        if not isinstance(payload, dict) or "wf" not in payload or "op" not in payload:
+            log.warning("ignoring malformed control request %r", payload)
+            return set()
+        wf_id, op = payload["wf"], payload["op"]
+        active = self._get(wf_id)
+        if active is None:
+            return set()
+        run = active.run
+        if op == "submit":
+            if run.state == WF_PENDING and wf_id not in self.waiting:
+                self.waiting.append(wf_id)
+            self._admit(now)
+        elif op == "cancel":
+            if run.seen_request(payload.get("request")):
+                return {wf_id}
+            self.store.mark_cancelled(wf_id)  # workers stop its running tasks
+            with contextlib.suppress(ValueError):
+                self.waiting.remove(wf_id)
+            self._apply(wf_id, active, run.cancel(now), now)
+            active.dirty = True
+        elif op == "retry":
+            if run.seen_request(payload.get("request")):
+                return {wf_id}
+            try:
+                actions = run.retry(payload.get("tasks") or None, now)
+            except NotRetryable as e:
+                log.error("retry of %s refused: %s", wf_id, e)
+                return {wf_id}
+            self.store.clear_cancelled(wf_id)
+            self._apply(wf_id, active, actions, now)
+            active.dirty = True
+        else:
+            log.warning("ignoring unknown control op %r for %s", op, wf_id)
+        return {wf_id}
+
+    def _on_events(self, payload: Any, now: float) -> set[str]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("events"), list):
+            log.warning("ignoring malformed completion message %r", str(payload)[:200])
+            return set()
+        touched = set()
+        worker = payload.get("worker", "?")
+        for ev in payload["events"]:
+            try:
+                wf_id, idx, attempt, kind = ev["wf"], int(ev["idx"]), int(ev["attempt"]), ev["kind"]
+            except (KeyError, TypeError, ValueError):
+                log.warning("ignoring malformed event %r", str(ev)[:200])
+                continue
+            active = self._get(wf_id)
+            if active is None:
+                continue
+            run = active.run
+            before = run.stats["duplicates_ignored"]
+            self.stats.events += 1
+            if kind == "started":
+                actions = run.on_started(idx, attempt, worker, now)
+            elif kind == "completed":
+                ref = ev.get("output_ref")
+                actions = run.on_completed(
+                    idx,
+                    attempt,
+                    worker,
+                    now,
+                    output=ev.get("output"),
+                    output_ref=(ref[0], ref[1]) if ref else None,
+                    started_at=ev.get("started_at"),
+                )
+                self.stats.completions += 1
+            elif kind == "failed":
+                actions = run.on_failed(
+                    idx,
+                    attempt,
+                    worker,
+                    now,
+                    error=str(ev.get("error") or "failed"),
+                    kind=ev.get("reason") or "error",
+                    exit_code=ev.get("exit_code"),
+                    started_at=ev.get("started_at"),
+                )
+            else:
+                log.warning("ignoring event of unknown kind %r", kind)
+                continue
+            self.stats.duplicates += run.stats["duplicates_ignored"] - before
+            active.dirty = True
+            touched.add(wf_id)
+            self._apply(wf_id, active, actions, now)
+        return touched
+
+    # ------------------------------------------------------------------ actions
+    def _apply(self, wf_id: str, active: _Active, actions: list[Action], now: float) -> None:
+        """Carry out actions; actions they cause (a dispatch that fails) are carried out too."""
+        run = active.run
+        work = collections.deque(actions)
+        if actions:
+            active.dirty = True
+        while work:
+            action = work.popleft()
+            if isinstance(action, Dispatch):
+                work.extend(self._dispatch(wf_id, run, action, now))
+            elif isinstance(action, Kill):
+                if action.reason == "timeout":
+                    self.store.mark_kill(wf_id, action.idx, action.attempt)
+            elif isinstance(action, Finished):
+                self._finished(wf_id, run, action)
+            if isinstance(action, Changed) and action.state == "cancelled":
+                self._cancelled_span(wf_id, run, action.idx, now)
+            if self.on_change is not None:
+                self.on_change(wf_id, action, run)
+
+    def _queue(self, name: str) -> SpoolQueue:
+        q = self.queues.get(name)
+        if q is None:
+            q = self.queues[name] = self.home.queue(name)
+        return q
+
+    def _dispatch(self, wf_id: str, run: Run, action: Dispatch, now: float) -> list[Action]:
+        t = run.definition.tasks[action.idx]
+        try:
+            message = self.build_message(wf_id, run, action.idx, action.attempt, now)
+            self._queue(t.queue).put(
+                message,
+                priority=t.priority,
+                msg_id=p.message_id(wf_id, action.idx, action.attempt),
+                delay=action.delay,
+            )
+            self.stats.pushed += 1
+            return []
+        except (ExpressionError, ValueError, TypeError, SpoolError) as e:
+            error = f"could not start: {e}"
+            self._zero_span(wf_id, run, action.idx, action.attempt, now, "failed", error)
+            return run.on_failed(action.idx, action.attempt, None, now, error=error, kind="setup")
+
+    def build_message(self, wf_id: str, run: Run, idx: int, attempt: int, now: float) -> dict[str, Any]:
+        """The task message for one attempt: templates rendered, inputs attached."""
+        d = run.definition
+        t = d.tasks[idx]
+        spec = dict(t.spec)
+        if any(has_template(s) for s in _strings(spec)):
+            env = run.env_for(idx)
+            try:
+                if "run" in spec:
+                    spec["run"] = Template(spec["run"]).render(env, shell=True)
+                if "argv" in spec:
+                    spec["argv"] = [
+                        to_text(Template(a).render(env)) if has_template(a) else a for a in spec["argv"]
+                    ]
+                for key in ("kwargs", "with"):
+                    if key in spec:
+                        spec[key] = render_value(spec[key], env)
+                if "env" in spec:
+                    spec["env"] = {k: to_text(render_value(v, env)) for k, v in spec["env"].items()}
+                if "cwd" in spec:
+                    spec["cwd"] = to_text(render_value(spec["cwd"], env))
+            except MissingValue as e:
+                raise ExpressionError(f"template refers to {e.path}, which does not exist") from None
+        deps = d.deps[idx]
+        inputs = None
+        if deps:
+            inputs = {}
+            for dep in deps:
+                name = d.tasks[dep].name
+                if dep in run.output_refs:
+                    inputs[name] = {"$ref": p.resolve(self.home.root, run.output_refs[dep][0])}
+                else:
+                    inputs[name] = run.outputs.get(dep)
+        return {
+            "v": p.PROTOCOL,
+            "wf": wf_id,
+            "wf_name": d.name,
+            "idx": idx,
+            "task": t.name,
+            "attempt": attempt,
+            "executor": t.executor,
+            "spec": spec,
+            "base_dir": d.base_dir,
+            "timeout": t.timeout,
+            "gpus": t.gpus,
+            "queue": t.queue,
+            "deps": [d.tasks[i].name for i in deps],
+            "inputs": inputs,
+            "ready_at": now,
+            "owner": d.owner,
+            "trace": {"traceparent": workflow_traceparent(wf_id)},
+        }
+
+    def _finished(self, wf_id: str, run: Run, action: Finished) -> None:
+        log.info("workflow %s (%s) %s", wf_id, run.definition.name, action.state)
+        with forced_ids(wf_id, workflow_span=True):
+            span = self.tracer.start_span(
+                c.WORKFLOW_SPAN,
+                attributes={
+                    c.ATTR_WORKFLOW_ID: wf_id,
+                    c.ATTR_WORKFLOW_NAME: run.definition.name,
+                    c.ATTR_RUN_ID: wf_id,
+                    c.ATTR_OUTCOME: action.state,
+                    "tuiflow.tasks": len(run),
+                    **{f"tuiflow.count.{k}": v for k, v in run.count_dict().items() if v},
+                },
+                start_time=ns(run.created_at),
+            )
+        if action.state != "completed":
+            set_error(span, f"workflow {action.state}")
+        span.end(end_time=ns(run.ended_at or self.clock()))
+
+    # ------------------------------------------------------------ telemetry
+    def _attempt_attrs(self, wf_id: str, run: Run, idx: int, attempt: int) -> dict[str, Any]:
+        t = run.definition.tasks[idx]
+        return {
+            c.ATTR_WORKFLOW_ID: wf_id,
+            c.ATTR_WORKFLOW_NAME: run.definition.name,
+            c.ATTR_RUN_ID: wf_id,
+            c.ATTR_TASK: t.name,
+            c.ATTR_ATTEMPT: attempt,
+            c.ATTR_DEPENDS_ON: list(t.depends_on),
+            c.ATTR_READY_AT: run.ready_at[idx] or 0.0,
+            c.ATTR_QUEUE: t.queue,
+            c.ATTR_EXECUTOR: t.executor,
+            c.ATTR_WORKER: self.id,
+            c.ATTR_HOST: socket.gethostname(),
+        }
+
+    def _zero_span(
+        self,
+        wf_id: str,
+        run: Run,
+        idx: int,
+        attempt: int,
+        at: float,
+        outcome: str,
+        error: str,
+        start: float | None = None,
+    ) -> None:
+        """A closed error span for an attempt that never ran (or whose worker vanished)."""
+        attrs = self._attempt_attrs(wf_id, run, idx, attempt)
+        attrs[c.ATTR_OUTCOME] = outcome
+        attrs[c.ATTR_ERROR] = error[:500]
+        span = self.tracer.start_span(
+            c.TASK_SPAN,
+            context=workflow_context(wf_id),
+            attributes=attrs,
+            start_time=ns(start if start else at),
+        )
+        set_error(span, error)
+        span.end(end_time=ns(at))
+
+    def _cancelled_span(self, wf_id: str, run: Run, idx: int, now: float) -> None:
+        # Only attempts that had been queued exist in the trace; pending tasks never had one.
+        if run.ready_at[idx] and not run.started[idx]:
+            self._zero_span(
+                wf_id, run, idx, run.attempt[idx], now, "cancelled", "workflow cancelled while queued"
+            )
+
+    # --------------------------------------------------------------- writing
+    def _flush(self, now: float) -> set[str]:
+        """Write every dirty state once; returns the workflows whose write failed."""
+        failed = set()
+        for wf_id, active in list(self.active.items()):
+            if not active.dirty:
+                continue
+            try:
+                active.version = self.store.write_run(
+                    active.run, active.version, fence=self.lease.assert_held
+                )
+                active.dirty = False
+            except ConflictError:
+                # Someone else wrote this state (an operator tool, or a deposed coordinator's
+                # last gasp). Reload and let the released messages be applied again.
+                self.stats.conflicts += 1
+                log.warning("state of %s changed under us; reloading it", wf_id)
+                self.active.pop(wf_id, None)
+                failed.add(wf_id)
+                continue
+            except DeposedError:
+                raise
+            except SpoolError as e:
+                log.error("cannot write state of %s: %s (will retry)", wf_id, e)
+                self.active.pop(wf_id, None)
+                failed.add(wf_id)
+                continue
+            if active.run.terminal and not active.run.counts[RUNNING]:
+                self.active.pop(wf_id, None)  # finished: nothing will change it until a retry
+        return failed
+
+    # ------------------------------------------------------------------ sweeps
+    def sweep(self, now: float) -> None:
+        for obs in self.tracker.scan(self.home.workers_dir):
+            if not obs.alive:
+                self._worker_lost(obs.holder, obs.path, obs.heartbeat, now)
+        for wf_id, active in list(self.active.items()):
+            actions = active.run.check_timeouts(now, self.timeout_grace)
+            if actions:
+                self._apply(wf_id, active, actions, now)
+        mono = time.monotonic()
+        if mono >= self._next_repair:
+            self._repair_ready(now)
+            self._next_repair = mono + max(10.0, self.repair_after / 3)
+        if mono >= self._next_adopt:
+            self.adopt_all(now)
+            self._next_adopt = mono + 5.0
+        self._flush(now)
+
+    def _worker_lost(self, worker: str, path: str, heartbeat: Any, now: float) -> None:
+        self.stats.workers_lost += 1
+        log.warning("worker %s is dead (no heartbeat for %g s)", worker, self.home.settings.dead_after)
+        for wf_id, active in list(self.active.items()):
+            run = active.run
+            lost = [(i, run.attempt[i], run.started[i]) for i in run.running_on(worker)]
+            for idx, attempt, started in lost:
+                self._zero_span(wf_id, run, idx, attempt, now, "lost", f"worker {worker} lost", start=started)
+            actions = run.on_worker_lost(worker, now)
+            if actions or lost:
+                self._apply(wf_id, active, actions, now)
+        # Messages it had claimed but not started go back; stale ones (already re-queued) go away.
+        for name in self.home.list_queues():
+            q = self._queue(name)
+            for msg in q.claimed_messages(worker):
+                payload = msg.payload if isinstance(msg.payload, dict) else {}
+                active = self._get(payload.get("wf", "")) if payload.get("wf") else None
+                idx, attempt = payload.get("idx", -1), payload.get("attempt", -1)
+                if (
+                    active is not None
+                    and 0 <= idx < len(active.run)
+                    and active.run.st[idx] == READY
+                    and active.run.attempt[idx] == attempt
+                ):
+                    q.release(msg)
+                else:
+                    q.ack(msg)
+            q.forget_claimant(worker)
+        with contextlib.suppress(OSError):
+            os.replace(path, path[: -len(HB_SUFFIX)] + ".dead")
+        self.tracker.forget(worker)
+
+    def _repair_ready(self, now: float) -> None:
+        """Re-queue ready tasks whose message is nowhere (after a crash or a purge)."""
+        stale: dict[str, list[tuple[str, int, int]]] = {}
+        for wf_id, active in self.active.items():
+            run = active.run
+            if run.terminal:
+                continue
+            for idx, code in enumerate(run.st):
+                if code == READY and now - run.ready_at[idx] > self.repair_after:
+                    stale.setdefault(run.definition.tasks[idx].queue, []).append(
+                        (wf_id, idx, run.attempt[idx])
+                    )
+        if not stale or self.completions.counts().ready:
+            return  # events not yet applied may explain them
+        for queue, items in stale.items():
+            present = {name[26:].rsplit(".", 2)[0] for name in self._queue(queue).all_names()}
+            for wf_id, idx, attempt in items:
+                if p.message_id(wf_id, idx, attempt) not in present:
+                    log.warning(
+                        "re-queueing %s/%s attempt %d: its message is missing",
+                        wf_id,
+                        self.active[wf_id].run.definition.tasks[idx].name,
+                        attempt,
+                    )
+                    self.stats.repaired += 1
+                    active = self.active[wf_id]
+                    self._apply(wf_id, active, [Dispatch(idx, attempt)], now)
+
+    def _log_stats(self, mono: float) -> None:
+        last_t, last_n = self._last_stats
+        s = self.stats
+        if last_t:
+            rate = (s.completions - last_n) / max(mono - last_t, 1e-9)
+            log.info(
+                "coordinator stats: completions=%d (+%d, %.1f/s) pushed=%d batches=%d conflicts=%d dupes=%d "
+                "active=%d waiting=%d workers_lost=%d repaired=%d",
+                s.completions,
+                s.completions - last_n,
+                rate,
+                s.pushed,
+                s.batches,
+                s.conflicts,
+                s.duplicates,
+                len(self.active),
+                len(self.waiting),
+                s.workers_lost,
+                s.repaired,
+            )
+        self._last_stats = (mono, s.completions)
+        self._next_stats = mono + self.stats_interval
+
+
+@functools.lru_cache(maxsize=1024)
+def workflow_traceparent(wf_id: str) -> str:
+    """W3C traceparent naming the workflow's root span (every task span's parent)."""
+    return traceparent(otel_trace.get_current_span(workflow_context(wf_id)).get_span_context())
+
+
+def _strings(value: Any) -> list[str]:
+    out: list[str] = []
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return out
+
+
+__all__ = ["COMPLETED", "STATE_NAMES", "Coordinator"]

@@ -1,0 +1,322 @@
+"""`tuiflow run-local`: submit a workflow and run it to the end in this one process.
+
+The same `Coordinator` and `Worker` classes the daemons use, hosted on threads here (the
+tasks themselves still run in their own processes). If another coordinator already holds
+the home's lease, run-local leaves coordination to it and only brings workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from spool import Home, LeaseHeldError
+from workers.daemon import Worker
+
+from .client import Client, task_views
+from .coordinator import Coordinator
+from .dag import COMPLETED, FAILED, SKIPPED, TERMINAL, UPSTREAM_FAILED, WF_TERMINAL, Action, Changed, Run
+from .errors import TuiflowError
+from .model import Definition
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+log = logging.getLogger("tuiflow.runlocal")
+
+_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "upstream_failed": "red",
+    "cancelled": "yellow",
+    "skipped": "magenta",
+    "retrying": "yellow",
+}
+
+
+class LocalRun:
+    """One run-local session (also usable from Python and tests)."""
+
+    def __init__(
+        self,
+        home: Home,
+        definition: Definition,
+        *,
+        workers: int | None = None,
+        console: Console | None = None,
+        quiet: bool = False,
+        on_change: Callable[[str, Action, Run], None] | None = None,
+    ):
+        self.home = home
+        self.definition = definition
+        self.n_workers = workers or os.cpu_count() or 1
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+        self.client = Client(home)
+        self.external_coordinator: str | None = None
+        self.wf_id: str | None = None
+        self.interrupted = False
+        self._user_on_change = on_change
+        self._lines: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self.coordinator = Coordinator(home, on_change=self._on_change, sweep_interval=0.5)
+        queues = sorted({t.queue for t in definition.tasks})
+        self.workers = [
+            Worker(home, queues, slots=1, worker_id=f"local-{os.getpid()}-{i}", wake=self.coordinator.wake)
+            for i in range(self.n_workers)
+        ]
+        self.threads: list[threading.Thread] = []
+        self.crashed: list[str] = []
+        self.started = time.monotonic()
+
+    # -------------------------------------------------------------- events
+    def _on_change(self, wf_id: str, action: Action, run: Run) -> None:
+        if self._user_on_change is not None:
+            self._user_on_change(wf_id, action, run)
+        if wf_id != self.wf_id or not isinstance(action, Changed):
+            return
+        if action.state == "completed" and len(run) > 100:
+            return  # a line per completed task would drown big workflows; the bars tell it
+        name = run.definition.tasks[action.idx].name
+        text = f"{action.state:<15} {name}"
+        if action.reason and action.state != "completed":
+            text += f"  ({action.reason.splitlines()[0][:160]})"
+        with self._lock:
+            self._lines.append((text, _STYLE.get(action.state, "")))
+
+    def _wake_workers(self) -> None:
+        for w in self.workers:
+            w.wake()
+
+    # ----------------------------------------------------------------- run
+    def start(self) -> str:
+        try:
+            self.coordinator.acquire(wait=0.5)
+        except LeaseHeldError as e:
+            self.external_coordinator = str(e)
+        self.wf_id = self.client.submit(self.definition)
+        if self.external_coordinator is None:
+            original = self.coordinator.step
+
+            def step_and_wake(now: float) -> int:
+                handled = original(now)
+                if handled:
+                    self._wake_workers()
+                return handled
+
+            self.coordinator.step = step_and_wake  # type: ignore[method-assign]
+            self._thread(self.coordinator.run, "coordinator", acquire=False)
+        for w in self.workers:
+            self._thread(w.run, f"worker-{w.id}")
+        self.coordinator.wake()
+        return self.wf_id
+
+    def _thread(self, target: Callable[..., Any], name: str, **kwargs: Any) -> None:
+        def guarded() -> None:
+            try:
+                target(**kwargs)
+            except Exception as e:
+                log.exception("%s crashed", name)
+                self.crashed.append(f"{name}: {type(e).__name__}: {e}")
+
+        t = threading.Thread(target=guarded, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def snapshot(self) -> Run | None:
+        """The freshest state: the coordinator's own (in memory) or the stored one."""
+        assert self.wf_id is not None
+        active = self.coordinator.active.get(self.wf_id)
+        if active is not None:
+            return active.run
+        with contextlib.suppress(Exception):
+            return self.client.run(self.wf_id)
+        return None
+
+    def finished(self) -> bool:
+        s = self.client.store.summary(self.wf_id) if self.wf_id else None
+        return bool(s and s.get("state") in WF_TERMINAL and not self._running_tasks(s))
+
+    @staticmethod
+    def _running_tasks(summary: dict[str, Any]) -> int:
+        return summary.get("counts", {}).get("running", 0)
+
+    def cancel(self) -> None:
+        if self.wf_id:
+            self.client.cancel(self.wf_id)
+            self.coordinator.wake()
+
+    def stop(self) -> None:
+        """Stop workers (hard: nothing of ours should still run) and the coordinator."""
+        for w in self.workers:
+            w.stop(drain=not self.interrupted)
+        for t in self.threads[1 if self.external_coordinator is None else 0 :]:
+            t.join(timeout=60)
+        self.coordinator.stop()
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def wait(self, poll: float = 0.1, on_tick: Callable[[], None] | None = None) -> None:
+        while not self.finished():
+            if self.crashed:
+                raise TuiflowError(f"run-local stopped: {self.crashed[0]} (the workflow is left as it was)")
+            if on_tick is not None:
+                on_tick()
+            time.sleep(poll)
+        if on_tick is not None:
+            on_tick()
+
+    def drain_lines(self) -> list[tuple[str, str]]:
+        with self._lock:
+            lines, self._lines = self._lines, []
+        return lines
+
+
+# -------------------------------------------------------------------- display
+class _Bars:
+    """Rich progress: overall, plus one bar per prefix group when there are at most 8."""
+
+    def __init__(self, definition: Definition):
+        self.progress = Progress(
+            TextColumn("{task.description:<18}"),
+            BarColumn(bar_width=None),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            expand=True,
+        )
+        self.total = self.progress.add_task("overall", total=len(definition), detail="")
+        self.groups: dict[str, Any] = {}
+        prefixes = definition.prefixes
+        if 1 < len(prefixes) <= 8 or (
+            len(prefixes) == 1 and any("/" not in t.name for t in definition.tasks)
+        ):
+            for prefix in prefixes:
+                n = sum(1 for t in definition.tasks if t.name.startswith(prefix + "/"))
+                self.groups[prefix] = self.progress.add_task(f"  {prefix}/", total=n, detail="")
+
+    def update(self, run: Run) -> None:
+        done = sum(run.counts[c] for c in TERMINAL)
+        self.progress.update(self.total, completed=done, detail=_detail(run.counts))
+        if self.groups:
+            per: dict[str, list[int]] = {g: [0] * 8 for g in self.groups}
+            for t, code in zip(run.definition.tasks, run.st, strict=True):
+                g = t.name.split("/", 1)[0] if "/" in t.name else None
+                if g in per:
+                    per[g][code] += 1
+            for g, counts in per.items():
+                self.progress.update(
+                    self.groups[g], completed=sum(counts[c] for c in TERMINAL), detail=_detail(counts)
+                )
+
+
+def _detail(counts: list[int]) -> str:
+    parts = []
+    for code, label, style in (
+        (2, "running", "cyan"),
+        (1, "queued", "blue"),
+        (FAILED, "failed", "red"),
+        (UPSTREAM_FAILED, "upstream", "red"),
+        (SKIPPED, "skipped", "magenta"),
+    ):
+        if counts[code]:
+            parts.append(f"[{style}]{counts[code]} {label}[/]")
+    return " ".join(parts)
+
+
+def summary_table(run: Run, wall: float, home: Home) -> Table:
+    table = Table(title=f"workflow {run.wf_id} ({run.definition.name}): {run.state}", title_justify="left")
+    table.add_column("")
+    table.add_column("", overflow="fold")
+    counts = ", ".join(f"{n} {s}" for s, n in run.count_dict().items() if n)
+    table.add_row("tasks", f"{len(run)} ({counts})")
+    table.add_row("wall time", f"{wall:.2f} s")
+    views = [v for v in task_views(run, time.time()) if v.ran_for is not None]
+    views.sort(key=lambda v: v.ran_for or 0, reverse=True)
+    if views:
+        table.add_row("slowest", "\n".join(f"{v.ran_for:8.2f} s  {v.name}" for v in views[:5]))
+    failed = [
+        (t.name, run.reason.get(i, "")) for i, t in enumerate(run.definition.tasks) if run.st[i] in (FAILED,)
+    ]
+    if failed:
+        table.add_row(
+            "[red]failed[/]", "\n".join(f"{n}: {r.splitlines()[0][:120] if r else ''}" for n, r in failed[:8])
+        )
+    table.add_row(
+        "files", f"{home.workflows_dir}/{run.wf_id}/tasks/<task>/<attempt>/  (logs, outputs, spans)"
+    )
+    table.add_row("traces", f"tuiflow trace analyze {run.wf_id} --home {home.root}")
+    return table
+
+
+def run_local(
+    home: Home,
+    definition: Definition,
+    *,
+    workers: int | None = None,
+    json_out: bool = False,
+    console: Console | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Run `definition` to the end; returns (exit code, final status)."""
+    console = console or Console(stderr=True)
+    session = LocalRun(home, definition, workers=workers, console=console)
+    wf_id = session.start()
+    if not json_out:
+        console.print(
+            f"[bold]tuiflow run-local[/] workflow [cyan]{wf_id}[/] ({definition.name}, "
+            f"{len(definition)} tasks) with {session.n_workers} worker(s) in {home.root}"
+        )
+        if session.external_coordinator:
+            console.print(f"[yellow]using the running coordinator[/] ({session.external_coordinator})")
+    bars = _Bars(definition)
+
+    def tick() -> None:
+        run = session.snapshot()
+        if run is not None:
+            bars.update(run)
+        for text, style in session.drain_lines():
+            if not json_out:
+                live.console.print(text, style=style or None, markup=False, highlight=False)
+
+    live = Live(Group(bars.progress), console=console, transient=False, refresh_per_second=10)
+    try:
+        with live if not json_out else contextlib.nullcontext():
+            session.wait(on_tick=tick)
+    except KeyboardInterrupt:
+        session.interrupted = True
+        console.print("[yellow]interrupted: cancelling the workflow[/]")
+        session.cancel()
+        deadline = time.monotonic() + 30
+        with contextlib.suppress(KeyboardInterrupt):
+            while not session.finished() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        session.stop()
+    if not json_out and not console.is_terminal:
+        console.print()
+    status = session.client.status(wf_id)
+    run = session.client.run(wf_id)
+    wall = (run.ended_at or time.time()) - (run.started_at or run.created_at)
+    if not json_out:
+        console.print(summary_table(run, wall, home))
+    code = EXIT_OK if run.state == "completed" else EXIT_FAILED
+    return code, status
+
+
+__all__ = ["COMPLETED", "EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "LocalRun", "run_local"]

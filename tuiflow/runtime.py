@@ -1,0 +1,77 @@
+"""Helpers for code running *inside* a task (python or shell tasks calling Python).
+
+    import tuiflow
+    features = tuiflow.get_upstream_output("prep/featurize")
+    tuiflow.set_output({"mae": 0.08, "model_path": "models/rf.pkl"})
+
+They read the environment the worker sets up: ``TUIFLOW_INPUTS`` (a JSON file of the
+direct dependencies' outputs), ``TUIFLOW_OUTPUT`` (where this task's output goes),
+``TUIFLOW_WORKFLOW_ID``, ``TUIFLOW_TASK``, ``TUIFLOW_ATTEMPT``, ``TUIFLOW_TASK_DIR``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+
+class NotInTask(RuntimeError):
+    """The helper was called outside a tuiflow task."""
+
+
+def _env(name: str) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        raise NotInTask(f"${name} is not set: this code is not running as a tuiflow task")
+    return value
+
+
+def set_output(value: Any) -> None:
+    """Make `value` (JSON-serializable) this task's output, visible to its dependents.
+
+    A python task's non-None return value does the same (and wins over this call).
+    """
+    data = json.dumps(value)
+    path = _env("TUIFLOW_OUTPUT")
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _load(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"$ref"}:
+        with open(value["$ref"], encoding="utf-8") as f:
+            return json.load(f)
+    return value
+
+
+def upstream_outputs() -> dict[str, Any]:
+    """All direct dependencies' outputs, by task name (large ones loaded from their files)."""
+    path = os.environ.get("TUIFLOW_INPUTS")
+    if path is None:
+        if "TUIFLOW_TASK" not in os.environ:
+            raise NotInTask("$TUIFLOW_TASK is not set: this code is not running as a tuiflow task")
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return {name: _load(v) for name, v in json.load(f).items()}
+
+
+def get_upstream_output(name: str) -> Any:
+    """The output of direct dependency `name` (None if it produced none)."""
+    outputs = upstream_outputs()
+    if name not in outputs:
+        known = ", ".join(sorted(outputs)) or "none"
+        raise KeyError(f"{name!r} is not a direct dependency of this task (dependencies: {known})")
+    return outputs[name]
+
+
+def task_info() -> dict[str, Any]:
+    """Workflow id, task name, attempt number and attempt directory of the running task."""
+    return {
+        "workflow_id": _env("TUIFLOW_WORKFLOW_ID"),
+        "task": _env("TUIFLOW_TASK"),
+        "attempt": int(_env("TUIFLOW_ATTEMPT")),
+        "task_dir": _env("TUIFLOW_TASK_DIR"),
+    }
