@@ -386,3 +386,69 @@ def test_gpus_are_assigned_per_task(fast_home, tmp_path, procs):
     assert sorted(lines) == sorted([*[x for x in lines if x in ("0", "1")], "cpu=[]", "two=0,1"])
     assert len([x for x in lines if x in ("0", "1")]) == 4  # each single-GPU task got one device
     assert status["counts"]["completed"] == 6
+
+
+def test_worker_sigterm_drains_and_second_sigterm_stops(fast_home, tmp_path, procs):
+    wf = write_wf(
+        tmp_path,
+        """
+        name: drain
+        tasks:
+          - {name: first, run: "sleep 1.5; echo '{\\"ran\\": 1}' > $TUIFLOW_OUTPUT"}
+          - {name: second, depends_on: [first], run: "sleep 30"}
+        """,
+    )
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
+    w = start("worker", "--id", "drainer", home=fast_home.root, log=tmp_path / "w.log")
+    procs.append(w)
+    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
+    client = Client(fast_home)
+    wait_for(lambda: client.status(wf_id)["counts"]["running"] == 1, what="first to run")
+    w.send_signal(signal.SIGTERM)  # drain: `first` finishes, `second` is not claimed
+    assert w.wait(30) == 0
+    status = wait_for(lambda: (s := client.status(wf_id))["counts"]["completed"] == 1 and s, what="first done")
+    assert status["tasks"][0]["output"] == {"ran": 1}
+    assert status["tasks"][1]["state"] == "ready"  # waits in the queue for another worker
+    w2 = start("worker", "--id", "stopper", home=fast_home.root, log=tmp_path / "w2.log")
+    procs.append(w2)
+    wait_for(lambda: client.status(wf_id)["counts"]["running"] == 1, what="second to run")
+    w2.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    w2.send_signal(signal.SIGTERM)  # second TERM: stop now, killing the attempt
+    assert w2.wait(30) == 0
+    second = wait_for(
+        lambda: (t := client.status(wf_id)["tasks"][1])["attempt"] == 1 and t["state"] == "ready" and t,
+        what="the stopped attempt to be queued again",
+    )
+    assert second["reason"] == "attempt 0: worker stopper stopped"
+    assert subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True).stdout.strip() == ""
+
+
+def test_admission_control_and_ready_repair(fast_home, tmp_path):
+    import threading
+
+    from tuiflow.coordinator import Coordinator
+    from tuiflow.model import load_workflow
+
+    wf = write_wf(tmp_path, "name: small\ntasks:\n  - {name: a, run: 'true'}\n")
+    client = Client(fast_home)
+    ids = [client.submit(load_workflow(wf)) for _ in range(3)]
+    coord = Coordinator(fast_home, max_running_workflows=1, sweep_interval=0.1, repair_after=0.5)
+    coord.acquire(wait=2)
+    t = threading.Thread(target=coord.run, kwargs={"acquire": False}, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: client.status(ids[0])["state"] == "running", what="the first admission")
+        time.sleep(0.5)
+        # FIFO admission: only the oldest runs (no worker serves it yet)
+        assert [client.status(i)["state"] for i in ids] == ["running", "pending", "pending"]
+        # its queued message vanishes (an operator cleaned the queue by hand): ready-repair re-queues it
+        q = fast_home.queue("default")
+        for name in q.ready_names():
+            for d in q._ready:
+                Path(d, name).unlink(missing_ok=True)
+        wait_for(lambda: q.counts().ready == 1, timeout=30, what="ready-repair")
+        assert coord.stats.repaired == 1
+    finally:
+        coord.stop()
+        t.join(30)

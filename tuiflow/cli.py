@@ -19,6 +19,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from spool import Home, LayoutError, LeaseHeldError, SpoolError
@@ -46,7 +47,7 @@ EXIT_INVALID = 2
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -455,6 +456,9 @@ def worker(
     ),
     burst: bool = typer.Option(False, "--burst", help="Exit once the queues are empty."),
     worker_id: str | None = typer.Option(None, "--id", help="Worker id (default: host-pid-random)."),
+    parent_pid: int | None = typer.Option(
+        None, "--parent-pid", hidden=True, help="Stop when this process exits."
+    ),
     home: str | None = HomeOpt,
 ) -> None:
     """Run a worker daemon. SIGTERM drains; a second SIGTERM or SIGINT stops at once."""
@@ -469,7 +473,9 @@ def worker(
         except ValueError:
             raise _fail(f"--gpus expects comma-separated integers, not {gpus!r}", EXIT_INVALID) from None
     try:
-        w = Worker(h, queue, slots=slots, gpus=gpu_ids, burst=burst, worker_id=worker_id)
+        w = Worker(
+            h, queue, slots=slots, gpus=gpu_ids, burst=burst, worker_id=worker_id, parent_pid=parent_pid
+        )
     except (ValueError, SpoolError) as e:
         raise _fail(str(e), EXIT_INVALID) from None
     _install_stop_handlers(lambda hard: w.stop(drain=not hard))
@@ -499,6 +505,10 @@ def run_local_cmd(
     workers: int | None = typer.Option(
         None, "--workers", "-w", help="Workers to start (default: CPU count)."
     ),
+    slots: int = typer.Option(1, "--slots", help="Attempts each worker runs at once."),
+    worker_mode: str = typer.Option(
+        "thread", "--worker-mode", help="thread (all in this process) or process (a process per worker)."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Override a declared param: key=value (repeatable)."),
     home: str | None = HomeOpt,
     json_out: bool = JsonOpt,
@@ -521,8 +531,22 @@ def run_local_cmd(
         raise _fail(str(e), EXIT_INVALID) from None
     if workers is not None and workers < 1:
         raise _fail("--workers must be at least 1", EXIT_INVALID)
+    if slots < 1:
+        raise _fail("--slots must be at least 1", EXIT_INVALID)
+    if worker_mode not in ("process", "thread"):
+        raise _fail("--worker-mode must be process or thread", EXIT_INVALID)
     h = _home(home, ctx, create=True)
-    code, final = _guard(lambda: run_local(h, definition, workers=workers, json_out=json_out, console=err))
+    code, final = _guard(
+        lambda: run_local(
+            h,
+            definition,
+            workers=workers,
+            json_out=json_out,
+            console=err,
+            worker_mode=worker_mode,
+            slots=slots,
+        )
+    )
     if json_out:
         _emit_json(final)
     raise typer.Exit(code)

@@ -36,7 +36,7 @@ from analyzer import contract as c
 from spool import ChangeWaiter, ConflictError, DeposedError, Home, LivenessTracker, SpoolError, SpoolQueue
 from spool.liveness import SUFFIX as HB_SUFFIX
 from workers import protocol as p
-from workers.tracing import forced_ids, make_provider, ns, set_error, traceparent, workflow_context
+from workers.tracing import Telemetry, forced_ids, ns, set_error, traceparent, workflow_context
 
 from .dag import (
     COMPLETED,
@@ -57,6 +57,11 @@ from .expr import ExpressionError, MissingValue, Template, has_template, render_
 from .store import WorkflowStore
 
 log = logging.getLogger("tuiflow.coordinator")
+
+#: longest a busy coordinator waits between state writes (seconds)
+FLUSH_INTERVAL = 0.05
+#: when the queues run dry, write at once unless the first change is younger than this
+IDLE_FLUSH = 0.002
 
 
 @dataclasses.dataclass
@@ -122,14 +127,16 @@ class Coordinator:
         self.tracker = LivenessTracker(home.settings.dead_after)
         self.stats = Stats()
         self.stop_event = threading.Event()
-        self.provider, _ = make_provider(home.root, f"tuiflow-coordinator/{self.id}")
-        self.tracer = self.provider.get_tracer("tuiflow.coordinator")
+        self.telemetry = Telemetry(home.root, f"tuiflow-coordinator/{self.id}")
+        self.tracer = self.telemetry.tracer
         self._next_sweep = 0.0
         self._next_adopt = 0.0
         self._next_repair = 0.0
         self._next_stats = 0.0
         self._last_stats = (0.0, 0)
         self._waiter: ChangeWaiter | None = None
+        self._unacked: list[tuple[SpoolQueue, Any, set[str]]] = []
+        self._unflushed_since: float | None = None
 
     # ---------------------------------------------------------------- lifecycle
     def acquire(self, *, wait: float | None = None, break_lease: bool = False) -> int:
@@ -168,11 +175,18 @@ class Coordinator:
                 if mono >= self._next_stats:
                     self._log_stats(mono)
                 if not busy:
-                    self._waiter.wait(max(0.0, min(next_renew, self._next_sweep) - time.monotonic()))
+                    timeout = max(0.0, min(next_renew, self._next_sweep) - time.monotonic())
+                    flush_in = self._next_flush_in()
+                    if flush_in is not None:
+                        timeout = min(timeout, flush_in)
+                    self._waiter.wait(timeout)
         except DeposedError:
             log.error("%s lost the coordinator lease; stopping without writing anything more", self.id)
             raise
         finally:
+            if self._unacked and self.lease.held:
+                with contextlib.suppress(SpoolError):
+                    self.commit(self.clock())
             self._waiter.close()
             if self.lease.held:
                 with contextlib.suppress(SpoolError):
@@ -228,8 +242,14 @@ class Coordinator:
             self._apply(wf_id, active, active.run.start(now), now)
 
     # ----------------------------------------------------------------- a batch
-    def step(self, now: float) -> int:
-        """Drain control and completion messages once; returns how many were handled."""
+    def step(self, now: float, *, force_flush: bool = False) -> int:
+        """Drain control and completion messages once; returns how many were handled.
+
+        Group commit: applied messages are acknowledged only after the states they touched
+        are written, and states are written at most every FLUSH_INTERVAL while messages keep
+        coming (at once when the queues run dry). Ready tasks are pushed as soon as they are
+        ready, so this delays no task; it only keeps the messages claimed a little longer.
+        """
         controls = self.control.claim(self.id, 256)
         events: list[Any] = []
         while len(events) < self.batch:
@@ -237,22 +257,42 @@ class Coordinator:
             if not got:
                 break
             events.extend(got)
-        if not controls and not events:
-            return 0
-        touched: list[tuple[SpoolQueue, Any, set[str]]] = []
         for msg in controls:
-            touched.append((self.control, msg, self._on_control(msg.payload, now)))
+            self._unacked.append((self.control, msg, self._on_control(msg.payload, now)))
         for msg in events:
-            touched.append((self.completions, msg, self._on_events(msg.payload, now)))
+            self._unacked.append((self.completions, msg, self._on_events(msg.payload, now)))
+        handled = len(controls) + len(events)
+        if handled and self._unflushed_since is None:
+            self._unflushed_since = time.monotonic()
+        if self._unflushed_since is not None:
+            age = time.monotonic() - self._unflushed_since
+            if (
+                force_flush
+                or age >= FLUSH_INTERVAL
+                or len(self._unacked) >= self.batch
+                or (not handled and age >= IDLE_FLUSH)
+            ):
+                self.commit(now)
+        if handled:
+            self.stats.batches += 1
+            self._admit(now)
+        return handled
+
+    def commit(self, now: float) -> None:
+        """Write every touched state, then ack (or give back) the messages applied to them."""
         failed = self._flush(now)
-        for queue, msg, wfs in touched:
+        for queue, msg, wfs in self._unacked:
             if wfs & failed:
                 queue.release(msg)  # applied to a state we could not write: apply again later
             else:
                 queue.ack(msg)
-        self.stats.batches += 1
-        self._admit(now)
-        return len(controls) + len(events)
+        self._unacked = []
+        self._unflushed_since = None
+
+    def _next_flush_in(self) -> float | None:
+        if self._unflushed_since is None:
+            return None
+        return max(0.0, IDLE_FLUSH - (time.monotonic() - self._unflushed_since))
 
     def _on_control(self, payload: Any, now: float) -> set[str]:
         if not isinstance(payload, dict) or "wf" not in payload or "op" not in payload:

@@ -1,8 +1,10 @@
 """`tuiflow run-local`: submit a workflow and run it to the end in this one process.
 
-The same `Coordinator` and `Worker` classes the daemons use, hosted on threads here (the
-tasks themselves still run in their own processes). If another coordinator already holds
-the home's lease, run-local leaves coordination to it and only brings workers.
+The same `Coordinator` and `Worker` classes the daemons use, hosted here: by default on
+threads of this process (the tasks themselves always run in processes of their own), or
+with ``--worker-mode process`` as worker processes (`tuiflow worker`) that stop when
+run-local stops. If another coordinator already holds the home's lease, run-local leaves
+coordination to it and only brings workers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +66,8 @@ class LocalRun:
         console: Console | None = None,
         quiet: bool = False,
         on_change: Callable[[str, Action, Run], None] | None = None,
+        worker_mode: str = "thread",
+        slots: int = 1,
     ):
         self.home = home
         self.definition = definition
@@ -75,11 +82,24 @@ class LocalRun:
         self._lines: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self.coordinator = Coordinator(home, on_change=self._on_change, sweep_interval=0.5)
-        queues = sorted({t.queue for t in definition.tasks})
-        self.workers = [
-            Worker(home, queues, slots=1, worker_id=f"local-{os.getpid()}-{i}", wake=self.coordinator.wake)
-            for i in range(self.n_workers)
-        ]
+        self.queues = sorted({t.queue for t in definition.tasks})
+        self.worker_mode = worker_mode
+        self.slots = slots
+        self.workers: list[Worker] = []
+        self.worker_procs: list[subprocess.Popen] = []
+        if worker_mode == "thread":
+            self.workers = [
+                Worker(
+                    home,
+                    self.queues,
+                    slots=slots,
+                    worker_id=f"local-{os.getpid()}-{i}",
+                    wake=self.coordinator.wake,
+                )
+                for i in range(self.n_workers)
+            ]
+        elif worker_mode != "process":
+            raise ValueError(f"worker mode must be 'process' or 'thread', not {worker_mode!r}")
         self.threads: list[threading.Thread] = []
         self.crashed: list[str] = []
         self.started = time.monotonic()
@@ -109,6 +129,8 @@ class LocalRun:
             self.coordinator.acquire(wait=0.5)
         except LeaseHeldError as e:
             self.external_coordinator = str(e)
+        if self.worker_mode == "process":
+            self._spawn_workers()  # they start up while we submit
         self.wf_id = self.client.submit(self.definition)
         if self.external_coordinator is None:
             original = self.coordinator.step
@@ -125,6 +147,40 @@ class LocalRun:
             self._thread(w.run, f"worker-{w.id}")
         self.coordinator.wake()
         return self.wf_id
+
+    def _spawn_workers(self) -> None:
+        """Worker processes (one per core by default: the GIL would serialise threads). Each
+        has its own session, so a Ctrl-C reaches run-local only, which cancels and then stops
+        them; each also stops by itself if run-local dies (--parent-pid)."""
+        log_dir = f"{self.home.workers_dir}/logs"
+        os.makedirs(log_dir, exist_ok=True)
+        queue_args = [arg for q in self.queues for arg in ("--queue", q)]
+        for i in range(self.n_workers):
+            worker_id = f"local-{os.getpid()}-{i}"
+            with open(f"{log_dir}/{worker_id}.log", "ab") as log_file:
+                self.worker_procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "tuiflow",
+                            "worker",
+                            "--home",
+                            self.home.root,
+                            "--id",
+                            worker_id,
+                            "--slots",
+                            str(self.slots),
+                            "--parent-pid",
+                            str(os.getpid()),
+                            *queue_args,
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=log_file,
+                        start_new_session=True,
+                    )
+                )
 
     def _thread(self, target: Callable[..., Any], name: str, **kwargs: Any) -> None:
         def guarded() -> None:
@@ -162,9 +218,22 @@ class LocalRun:
             self.coordinator.wake()
 
     def stop(self) -> None:
-        """Stop workers (hard: nothing of ours should still run) and the coordinator."""
+        """Stop the workers (they finish what they run), then the coordinator."""
         for w in self.workers:
             w.stop(drain=not self.interrupted)
+        for proc in self.worker_procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # drain: finish running attempts, claim no more
+        for proc in self.worker_procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)  # hard stop: kills its attempts' process groups
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         for t in self.threads[1 if self.external_coordinator is None else 0 :]:
             t.join(timeout=60)
         self.coordinator.stop()
@@ -173,6 +242,12 @@ class LocalRun:
 
     def wait(self, poll: float = 0.1, on_tick: Callable[[], None] | None = None) -> None:
         while not self.finished():
+            dead = [p for p in self.worker_procs if p.poll() is not None]
+            if dead and len(dead) == len(self.worker_procs):
+                self.crashed.append(
+                    f"all worker processes exited (codes {[p.returncode for p in dead]}; "
+                    f"logs in {self.home.workers_dir}/logs)"
+                )
             if self.crashed:
                 raise TuiflowError(f"run-local stopped: {self.crashed[0]} (the workflow is left as it was)")
             if on_tick is not None:
@@ -272,10 +347,14 @@ def run_local(
     workers: int | None = None,
     json_out: bool = False,
     console: Console | None = None,
+    worker_mode: str = "thread",
+    slots: int = 1,
 ) -> tuple[int, dict[str, Any]]:
     """Run `definition` to the end; returns (exit code, final status)."""
     console = console or Console(stderr=True)
-    session = LocalRun(home, definition, workers=workers, console=console)
+    session = LocalRun(
+        home, definition, workers=workers, console=console, worker_mode=worker_mode, slots=slots
+    )
     wf_id = session.start()
     if not json_out:
         console.print(

@@ -48,12 +48,16 @@ def _load(value: Any) -> Any:
 
 
 def upstream_outputs() -> dict[str, Any]:
-    """All direct dependencies' outputs, by task name (large ones loaded from their files)."""
+    """All direct dependencies' outputs, by task name (large ones loaded from their files).
+
+    A dependency that produced no output maps to None. (When none did, the worker writes no
+    inputs file and lists the dependencies in ``TUIFLOW_UPSTREAM`` instead.)
+    """
     path = os.environ.get("TUIFLOW_INPUTS")
     if path is None:
         if "TUIFLOW_TASK" not in os.environ:
             raise NotInTask("$TUIFLOW_TASK is not set: this code is not running as a tuiflow task")
-        return {}
+        return dict.fromkeys(json.loads(os.environ.get("TUIFLOW_UPSTREAM") or "[]"))
     with open(path, encoding="utf-8") as f:
         return {name: _load(v) for name, v in json.load(f).items()}
 

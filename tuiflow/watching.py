@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -36,7 +37,8 @@ def follow(
         TextColumn("{task.fields[detail]}"),
     )
     bar = None
-    with Live(progress, console=console, refresh_per_second=4, disable=json_lines):
+    live = Live(progress, console=console, refresh_per_second=4)
+    with live if not json_lines else contextlib.nullcontext():
         while True:
             s = client.store.summary(wf_id) or {}
             counts, total = s.get("counts", {}), s.get("total", 0)

@@ -38,12 +38,15 @@ from spool.liveness import HeartbeatWriter
 
 from . import protocol as p
 from .executors import EXECUTORS, Outcome, TaskContext, resolve_cwd
-from .tracing import add_phase, context_from_traceparent, make_provider, set_error
+from .tracing import Telemetry, context_from_traceparent, set_error
 
 log = logging.getLogger("workers.daemon")
 
 MARKER_CHECK_INTERVAL = 0.25
+HOSTNAME = socket.gethostname()
 STARTED_DELAY = 0.05
+FLUSH_DELAY = 0.01
+FLUSH_MAX = 64
 
 
 def new_worker_id() -> str:
@@ -60,6 +63,7 @@ class _Running:
     started_at: float
     future: concurrent.futures.Future | None = None
     stop_reason: str | None = None
+    fresh_dir: bool = False
 
 
 class Worker:
@@ -85,6 +89,7 @@ class Worker:
         kill_grace: float = 5.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         wake: Callable[[], None] | None = None,
+        parent_pid: int | None = None,
     ):
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -100,6 +105,7 @@ class Worker:
         self.kill_grace = kill_grace
         self.on_event = on_event
         self.wake_coordinator = wake
+        self.parent_pid = parent_pid
         self.heartbeat = HeartbeatWriter(home.workers_dir, self.id)
         self.running: dict[tuple[str, int, int], _Running] = {}
         self.held: list[tuple[Message, dict[str, Any], SpoolQueue]] = []  # claimed, waiting for GPUs
@@ -121,10 +127,10 @@ class Worker:
         self._next_heartbeat = 0.0
         self._next_marker_check = 0.0
         self._queue_cycle = 0
-        self.provider, self.span_files = make_provider(home.root, f"tuiflow-worker/{self.id}")
+        self.telemetry = Telemetry(home.root, f"tuiflow-worker/{self.id}")
         # Every task starts from this environment (copied once: os.environ decodes per key).
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUIFLOW_")}
-        self.tracer = self.provider.get_tracer("tuiflow.worker")
+        self.tracer = self.telemetry.tracer
         watch = [path for q in self.queues.values() for path in q.watch_paths()]
         self.waiter = ChangeWaiter(
             watch, mode=home.settings.watch, poll_interval=home.settings.poll_interval, step_ms=1
@@ -165,6 +171,10 @@ class Worker:
                     self._stop_everything()
                     break
                 if now >= self._next_heartbeat:
+                    if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                        log.error("worker %s: parent process %d is gone; stopping", self.id, self.parent_pid)
+                        self._hard_stop = True
+                        continue
                     self._beat()
                     self._next_heartbeat = now + self.home.settings.heartbeat_interval
                 if now >= self._next_marker_check and self.running:
@@ -188,7 +198,7 @@ class Worker:
                 if self.running:
                     timeout = min(timeout, MARKER_CHECK_INTERVAL)
                 if self.outbox:
-                    timeout = min(timeout, STARTED_DELAY)
+                    timeout = min(timeout, FLUSH_DELAY if self.to_ack else STARTED_DELAY)
                 if not self.free_slots or self._drain:
                     # New messages cannot matter until an attempt ends: wait for that directly
                     # (a queue hand-off, no filesystem watcher latency).
@@ -223,7 +233,7 @@ class Worker:
         ]
         self.heartbeat.beat(
             {
-                "host": socket.gethostname(),
+                "host": HOSTNAME,
                 "pid": os.getpid(),
                 "queues": self.queue_names,
                 "slots": self.slots,
@@ -317,7 +327,7 @@ class Worker:
         msg = run.payload
         root = self.home.root
         attempt_dir = p.resolve(root, p.attempt_dir_rel(msg["wf"], msg["task"], msg["attempt"]))
-        _make_attempt_dir(attempt_dir)
+        run.fresh_dir = _make_attempt_dir(attempt_dir)
         attrs = {
             c.ATTR_WORKFLOW_ID: msg["wf"],
             c.ATTR_WORKFLOW_NAME: msg.get("wf_name", ""),
@@ -327,7 +337,7 @@ class Worker:
             c.ATTR_DEPENDS_ON: list(msg.get("deps", [])),
             c.ATTR_READY_AT: float(msg.get("ready_at") or 0.0),
             c.ATTR_WORKER: self.id,
-            c.ATTR_HOST: socket.gethostname(),
+            c.ATTR_HOST: HOSTNAME,
             c.ATTR_QUEUE: msg.get("queue", ""),
             c.ATTR_GPUS: list(run.gpus),
             c.ATTR_EXECUTOR: msg.get("executor", ""),
@@ -369,18 +379,21 @@ class Worker:
         )
         if self.all_gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, run.gpus))
-        if msg.get("inputs") is not None:
+        inputs = msg.get("inputs")
+        if inputs is not None and any(v is not None for v in inputs.values()):
             t0 = time.time()
-            data = json.dumps(msg["inputs"]).encode()
+            data = json.dumps(inputs).encode()
             atomic_write(f"{attempt_dir}/inputs.json", data)
             env["TUIFLOW_INPUTS"] = f"{attempt_dir}/inputs.json"
-            add_phase(
-                self.tracer, root_span, c.READ_INPUTS_SPAN, t0, time.time(), **{c.ATTR_BYTES: len(data)}
-            )
+            self.telemetry.phase(root_span, c.READ_INPUTS_SPAN, t0, time.time(), **{c.ATTR_BYTES: len(data)})
+        elif inputs:
+            # No dependency produced output: name them without writing a file.
+            env["TUIFLOW_UPSTREAM"] = json.dumps(list(inputs))
         env["TRACEPARENT"] = _traceparent_of(root_span)
         output_path = f"{attempt_dir}/output.json"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(output_path)  # a previous run of this very attempt (after a crash) must not leak in
+        if not run.fresh_dir:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(output_path)  # a previous run of this very attempt (after a crash) must not leak in
         deadline = time.monotonic() + float(msg["timeout"]) if msg.get("timeout") else None
         ctx = TaskContext(
             msg=msg,
@@ -403,12 +416,11 @@ class Worker:
             return Outcome("error", f"working directory {ctx.cwd} does not exist on {socket.gethostname()}")
         outcome = executor.run(ctx)
         for phase in outcome.phases:
-            add_phase(self.tracer, root_span, phase.name, phase.start, phase.end, **phase.attributes)
+            self.telemetry.phase(root_span, phase.name, phase.start, phase.end, **phase.attributes)
         if outcome.ok:
             t0 = time.time()
             outcome = self._collect_output(run, attempt_dir, outcome)
-            add_phase(
-                self.tracer,
+            self.telemetry.phase(
                 root_span,
                 c.READY_SPAN,
                 t0,
@@ -539,8 +551,14 @@ class Worker:
         """
         if not self.outbox:
             return
-        if not force and not self.to_ack and time.time() - self.outbox[0]["at"] < STARTED_DELAY:
-            return
+        if not force:
+            age = time.time() - self.outbox[0]["at"]
+            if not self.to_ack and age < STARTED_DELAY:
+                return
+            # While attempts still run here, completions wait a few ms to share one message;
+            # with nothing running, nobody gains from waiting (a chain's next task needs it).
+            if self.to_ack and self.running and age < FLUSH_DELAY and len(self.outbox) < FLUSH_MAX:
+                return
         events = self.outbox
         # A task that started and ended within one flush needs no separate "started".
         ended = {(e["wf"], e["idx"], e["attempt"]) for e in events if e["kind"] != "started"}
@@ -587,17 +605,21 @@ class Worker:
         self._collect_finished()
 
 
-def _make_attempt_dir(attempt_dir: str) -> None:
-    """<task>/<attempt>/logs with three mkdir(2) calls in the common case (makedirs walks up)."""
+def _make_attempt_dir(attempt_dir: str) -> bool:
+    """<task>/<attempt>/logs with three mkdir(2) calls in the common case (makedirs walks up).
+    Returns True if the attempt directory is new (so it holds nothing from an earlier run)."""
     task_dir = os.path.dirname(attempt_dir)
+    fresh = False
     for d in (task_dir, attempt_dir, f"{attempt_dir}/{c.LOGS_DIR}"):
         try:
             os.mkdir(d)
+            fresh = fresh or d == attempt_dir
         except FileExistsError:
             pass
         except FileNotFoundError:
             os.makedirs(f"{attempt_dir}/{c.LOGS_DIR}", exist_ok=True)
-            return
+            return True
+    return fresh
 
 
 def _traceparent_of(span: Any) -> str:

@@ -3,12 +3,16 @@ long as it lives (so imports and loaded models stay warm between tasks).
 
 Started by `workers.executors.python` with two pipe descriptors; reads requests and
 writes replies as msgpack frames (`workers.framing`). For each task it swaps in the
-task's environment, working directory, sys.path entry and stdout/stderr files, calls
+task's environment, working directory and sys.path entry, calls
 ``module:function(**kwargs)``, writes a non-None return value as JSON to the output file,
 and puts everything back. A task that crashes or hangs takes this process down; the
 worker starts a new one.
 
-    python -m workers.pyrunner READ_FD WRITE_FD
+The task's stdout and stderr (file descriptors 1 and 2) are two scratch files of this
+process; what a task printed is copied to its attempt's ``stdout.log`` / ``stderr.log``
+afterwards, so a task that prints nothing costs no files.
+
+    python -m workers.pyrunner READ_FD WRITE_FD SCRATCH_DIR
 """
 
 from __future__ import annotations
@@ -24,69 +28,92 @@ from typing import Any
 from workers.framing import read_frame, write_frame
 
 
-def _call(req: dict[str, Any]) -> dict[str, Any]:
-    module_name, _, func_name = req["call"].partition(":")
-    t0 = time.time()
-    module = importlib.import_module(module_name)
-    func = getattr(module, func_name, None)
-    if not callable(func):
-        raise AttributeError(f"{module_name} has no function {func_name!r}")
-    t1 = time.time()
-    value = func(**req["kwargs"])
-    t2 = time.time()
-    if value is not None:
+class Runner:
+    def __init__(self, scratch_dir: str):
+        os.makedirs(scratch_dir, exist_ok=True)
+        # fds 1 and 2 point at scratch files for the life of the process
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            scratch = os.open(
+                f"{scratch_dir}/{name}.{os.getpid()}", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600
+            )
+            os.dup2(scratch, fd)
+            os.close(scratch)
+        self.scratch_dir = scratch_dir
+        self.base_env = dict(os.environ)
+        self.env = dict(self.base_env)
+        self.base_path = list(sys.path)
+
+    def _set_env(self, env: dict[str, str]) -> None:
+        # Change only what differs from the previous task: putenv for every variable of
+        # every task is the bulk of a no-op task's cost otherwise.
+        for key in [k for k in self.env if k not in env]:
+            del os.environ[key]
+        for key, value in env.items():
+            if self.env.get(key) != value:
+                os.environ[key] = value
+        self.env = dict(env)
+
+    def run_one(self, req: dict[str, Any]) -> dict[str, Any]:
+        self._set_env(req["env"])
+        if os.getcwd() != req["cwd"]:
+            os.chdir(req["cwd"])
+        sys.path[:] = [p for p in (req["cwd"], req["base_dir"]) if p not in self.base_path] + self.base_path
         try:
-            data = json.dumps(value)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"return value of {req['call']} is not JSON-serializable: {e}") from None
-        with open(req["output"], "w", encoding="utf-8") as f:
-            f.write(data)
-    return {"ok": True, "import": [t0, t1], "execute": [t1, t2]}
+            return self._call(req)
+        except SystemExit as e:
+            if e.code in (0, None):
+                return {"ok": True}
+            return {"ok": False, "error": f"the task called sys.exit({e.code!r})"}
+        except BaseException as e:  # the task's own failure, whatever it is, is reported, not fatal here
+            traceback.print_exc()
+            return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        finally:
+            self._collect_output(req)
 
+    @staticmethod
+    def _call(req: dict[str, Any]) -> dict[str, Any]:
+        module_name, _, func_name = req["call"].partition(":")
+        t0 = time.time()
+        module = importlib.import_module(module_name)
+        func = getattr(module, func_name, None)
+        if not callable(func):
+            raise AttributeError(f"{module_name} has no function {func_name!r}")
+        t1 = time.time()
+        value = func(**req["kwargs"])
+        t2 = time.time()
+        if value is not None:
+            try:
+                data = json.dumps(value)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"return value of {req['call']} is not JSON-serializable: {e}") from None
+            with open(req["output"], "w", encoding="utf-8") as f:
+                f.write(data)
+        return {"ok": True, "import": [t0, t1], "execute": [t1, t2]}
 
-def run_one(req: dict[str, Any]) -> dict[str, Any]:
-    saved_env, saved_cwd, saved_path = dict(os.environ), os.getcwd(), list(sys.path)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_fds = os.dup(1), os.dup(2)
-    out = os.open(req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
-    os.close(out)
-    os.close(err)
-    try:
-        os.environ.clear()
-        os.environ.update(req["env"])
-        os.chdir(req["cwd"])
-        for entry in (req["cwd"], req["base_dir"]):
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
-        return _call(req)
-    except SystemExit as e:
-        if e.code in (0, None):
-            return {"ok": True}
-        return {"ok": False, "error": f"the task called sys.exit({e.code!r})"}
-    except BaseException as e:  # the task's own failure, whatever it is, is reported, not fatal here
-        traceback.print_exc()
-        return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-    finally:
+    @staticmethod
+    def _collect_output(req: dict[str, Any]) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved_fds[0], 1)
-        os.dup2(saved_fds[1], 2)
-        os.close(saved_fds[0])
-        os.close(saved_fds[1])
-        os.environ.clear()
-        os.environ.update(saved_env)
-        os.chdir(saved_cwd)
-        sys.path[:] = saved_path
+        for fd, key in ((1, "stdout"), (2, "stderr")):
+            size = os.fstat(fd).st_size
+            if not size:
+                continue
+            os.lseek(fd, 0, os.SEEK_SET)
+            data = os.read(fd, size)
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            out = os.open(req[key], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(out, data)
+            finally:
+                os.close(out)
 
 
 def main() -> None:
-    rfd, wfd = int(sys.argv[1]), int(sys.argv[2])
+    rfd, wfd, scratch = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    runner = Runner(scratch)
     while (req := read_frame(rfd)) is not None:
-        write_frame(wfd, run_one(req))
+        write_frame(wfd, runner.run_one(req))
 
 
 if __name__ == "__main__":

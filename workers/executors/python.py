@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
@@ -31,6 +33,7 @@ class PythonExecutor:
         self._wfd = -1
         self._rfd = -1
         self.tasks_run = 0
+        self.scratch: str | None = None
 
     def _spawn(self) -> None:
         to_child_r, to_child_w = os.pipe()
@@ -38,9 +41,10 @@ class PythonExecutor:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.scratch = tempfile.mkdtemp(prefix="tuiflow-runner-")  # node-local, never the shared home
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.pyrunner", str(to_child_r), str(from_child_w)],
+                [sys.executable, "-m", "workers.pyrunner", str(to_child_r), str(from_child_w), self.scratch],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -64,7 +68,24 @@ class PythonExecutor:
         if proc is None:
             return None
         kill_group(proc, grace)
+        if ctx is not None:
+            self._rescue_output(proc.pid, ctx)
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
         return proc.returncode
+
+    def _rescue_output(self, pid: int, ctx: TaskContext) -> None:
+        """What a killed or crashed task printed is still in the scratch files: keep it."""
+        for name, dest in (("stdout", ctx.stdout_path), ("stderr", ctx.stderr_path)):
+            try:
+                with open(f"{self.scratch}/{name}.{pid}", "rb") as src:
+                    data = src.read()
+                if data:
+                    with open(dest, "ab") as out:
+                        out.write(data)
+            except OSError:
+                pass
 
     def run(self, ctx: TaskContext) -> Outcome:
         t0 = time.time()
@@ -114,7 +135,7 @@ class PythonExecutor:
         except (OSError, ValueError):
             reply = None
         if reply is None:
-            code = self._discard()
+            code = self._discard(ctx)
             err = tail(ctx.stderr_path, 2000)
             return Outcome(
                 "error",
