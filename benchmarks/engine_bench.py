@@ -113,7 +113,10 @@ def big(home: Home, n: int, base: str) -> dict:
     # the coordinator: loads it, dispatches the root, and after the root completes, 100k tasks
     log = open(f"{base}/coordinator.log", "w")  # noqa: SIM115
     coord = subprocess.Popen(
-        [sys.executable, "-m", "tuiflow", "coordinator", "--home", home.root], stdout=log, stderr=log, cwd=ROOT
+        [sys.executable, "-m", "tuiflow", "coordinator", "--home", home.root],
+        stdout=log,
+        stderr=log,
+        cwd=ROOT,
     )
     worker = subprocess.Popen(
         [sys.executable, "-m", "tuiflow", "worker", "--queue", "bench-root", "--burst", "--home", home.root],
@@ -156,7 +159,9 @@ def big(home: Home, n: int, base: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--home", help="directory on the filesystem to measure (default: a temp dir)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--workers", type=int, default=2)

@@ -87,7 +87,9 @@ def test_validate_ok_and_errors(tmp_path):
     code, out, _ = run("validate", good, "--json")
     assert json.loads(out) == {"valid": True, "name": "ok", "tasks": 1, "groups": []}
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\ntasks:\n  - {name: a, run: x, gpus: lots}\n  - {name: b, depends_on: [zz], run: y}\n")
+    bad.write_text(
+        "name: bad\ntasks:\n  - {name: a, run: x, gpus: lots}\n  - {name: b, depends_on: [zz], run: y}\n"
+    )
     code, _, err = run("validate", bad)
     assert code == 2 and "bad.yaml:3" in err and "unknown task 'zz'" in err and "Traceback" not in err
     code, out, _ = run("validate", bad, "--json")
@@ -145,7 +147,9 @@ def test_status_tasks_logs_and_watch(home, engine, tmp_path):
     status = json.loads(out)
     assert {"id", "name", "state", "counts", "tasks"} <= set(status)
     assert status["counts"]["completed"] == 3
-    assert {"name": "prep/a", "state": "completed", "attempt": 0, "output": {"v": 1}}.items() <= status["tasks"][0].items()
+    assert {"name": "prep/a", "state": "completed", "attempt": 0, "output": {"v": 1}}.items() <= status[
+        "tasks"
+    ][0].items()
     code, out, _ = run("tasks", wf_id, "--prefix", "prep/", "--home", home.root, "--json")
     assert [t["name"] for t in json.loads(out)] == ["prep/a", "prep/b"]
     code, out, _ = run("tasks", wf_id, "--state", "completed", "--home", home.root)

@@ -406,7 +406,9 @@ def test_worker_sigterm_drains_and_second_sigterm_stops(fast_home, tmp_path, pro
     wait_for(lambda: client.status(wf_id)["counts"]["running"] == 1, what="first to run")
     w.send_signal(signal.SIGTERM)  # drain: `first` finishes, `second` is not claimed
     assert w.wait(30) == 0
-    status = wait_for(lambda: (s := client.status(wf_id))["counts"]["completed"] == 1 and s, what="first done")
+    status = wait_for(
+        lambda: (s := client.status(wf_id))["counts"]["completed"] == 1 and s, what="first done"
+    )
     assert status["tasks"][0]["output"] == {"ran": 1}
     assert status["tasks"][1]["state"] == "ready"  # waits in the queue for another worker
     w2 = start("worker", "--id", "stopper", home=fast_home.root, log=tmp_path / "w2.log")
