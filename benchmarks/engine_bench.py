@@ -119,7 +119,7 @@ def big(home: Home, n: int, base: str) -> dict:
         cwd=ROOT,
     )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tuiflow", "worker", "--queue", "bench-root", "--burst", "--home", home.root],
+        [sys.executable, "-m", "tuiflow", "worker", "--queue", "bench-root", "--home", home.root],
         stdout=log,
         stderr=log,
         cwd=ROOT,
@@ -137,6 +137,7 @@ def big(home: Home, n: int, base: str) -> dict:
     with open(f"/proc/{coord.pid}/status") as f:
         peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     coord.terminate()
+    worker.terminate()
     worker.wait(60)
     coord.wait(60)
     log.close()

@@ -9,11 +9,20 @@ Inside a task, use `set_output`, `get_upstream_output`, `upstream_outputs` and `
 
 from typing import Any
 
-from .runtime import get_upstream_output, set_output, task_info, upstream_outputs
+from .runtime import get_upstream_output, record_asset, set_output, span, task_info, upstream_outputs
 
 __version__ = "0.1.0"
 
-__all__ = ["Workflow", "__version__", "get_upstream_output", "set_output", "task_info", "upstream_outputs"]
+__all__ = [
+    "Workflow",
+    "__version__",
+    "get_upstream_output",
+    "record_asset",
+    "set_output",
+    "span",
+    "task_info",
+    "upstream_outputs",
+]
 
 
 def __getattr__(name: str) -> Any:

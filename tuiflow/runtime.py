@@ -11,8 +11,12 @@ direct dependencies' outputs), ``TUIFLOW_OUTPUT`` (where this task's output goes
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -79,3 +83,60 @@ def task_info() -> dict[str, Any]:
         "attempt": int(_env("TUIFLOW_ATTEMPT")),
         "task_dir": _env("TUIFLOW_TASK_DIR"),
     }
+
+
+def record_asset(path: str, *, data_id: str | None = None) -> dict[str, Any]:
+    """Note a file this task wrote (path, bytes, sha256) in its attempt's assets.jsonl."""
+    info = task_info()
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    row = {
+        "path": os.path.abspath(path),
+        "bytes": size,
+        "sha256": digest.hexdigest(),
+        "owner": os.environ.get("USER"),
+        "task": info["task"],
+        "attempt": info["attempt"],
+        "data_id": data_id or f"{info['workflow_id']}/{info['task']}",
+        "at": time.time(),
+    }
+    with open(os.path.join(info["task_dir"], "logs", "assets.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+_TRACER = None
+
+
+@contextlib.contextmanager
+def span(name: str, kind: str = "compute", **attributes: Any) -> Iterator[Any]:
+    """Time a phase of this task as a child span in its trace (kind: compute, network, marker).
+
+        with tuiflow.span("load model", kind="compute", model="sdxl"):
+            pipe = load()
+
+    Works in the python executor, in shell tasks' Python, in subprocesses (they inherit
+    ``$TRACEPARENT``) and in threads (pass the context along, e.g. with
+    ``contextvars.copy_context().run``): the parent is the current span if there is one,
+    else the attempt's span named by ``$TRACEPARENT``.
+    """
+    global _TRACER
+    from opentelemetry import trace
+
+    from analyzer.contract import ATTR_KIND
+    from workers.tracing import context_from_traceparent, task_process_provider
+
+    if _TRACER is None:
+        provider = trace.get_tracer_provider()
+        if not hasattr(provider, "add_span_processor"):  # the API's no-op provider: make ours
+            provider = task_process_provider("tuiflow-task")
+        _TRACER = provider.get_tracer("tuiflow.task")
+    parent = None
+    if not trace.get_current_span().get_span_context().is_valid:
+        parent = context_from_traceparent(os.environ.get("TRACEPARENT"))
+    with _TRACER.start_as_current_span(name, context=parent, attributes={ATTR_KIND: kind, **attributes}) as s:
+        yield s

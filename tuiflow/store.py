@@ -23,11 +23,12 @@ from typing import Any
 
 import msgpack
 
-from spool import CasRecord, CorruptRecordError, Home, atomic_write, read_bytes
+from spool import CasRecord, CorruptRecordError, Home, SpoolError, atomic_write, read_bytes
 from workers import protocol as p
 
 from .dag import STATE_NAMES, WF_TERMINAL, Run
 from .errors import NotFound, TuiflowError
+from .expr import MissingValue
 from .model import Definition
 
 ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -115,8 +116,14 @@ class WorkflowStore:
             raise CorruptRecordError(f"{record.path}: {e}", path=record.path) from None
 
     def load_ref(self, rel: str) -> Any:
-        """An output kept in a file (path relative to the home)."""
-        return json.loads(read_bytes(p.resolve(self.home.root, rel)))
+        """An output kept in a file (path relative to the home).
+
+        Raises MissingValue (a condition reads it as false, a template fails its task before
+        it starts) if the file is gone or unreadable: it never takes the coordinator down."""
+        try:
+            return json.loads(read_bytes(p.resolve(self.home.root, rel)))
+        except (OSError, ValueError, SpoolError) as e:
+            raise MissingValue(f"the output stored in {rel} ({type(e).__name__}: {e})") from None
 
     def ids(self) -> list[str]:
         try:

@@ -352,13 +352,16 @@ class Worker:
             outcome = self._run_in(run, attempt_dir, root_span)
             return outcome
         finally:
-            root_span.set_attribute(c.ATTR_OUTCOME, outcome.reason)
+            root_span.set_attribute(c.ATTR_OUTCOME, "failed" if outcome.reason == "error" else outcome.reason)
             if outcome.exit_code is not None:
                 root_span.set_attribute(c.ATTR_EXIT_CODE, outcome.exit_code)
+            end_time = None
             if not outcome.ok:
                 root_span.set_attribute(c.ATTR_ERROR, (outcome.error or "")[:500])
                 set_error(root_span, outcome.error or outcome.reason)
-            root_span.end()  # synchronous export: on disk before the event is published
+                if not outcome.phases:
+                    end_time = int(run.started_at * 1e9)  # it never started executing: a zero-length span
+            root_span.end(end_time=end_time)  # synchronous export: on disk before the event is published
 
     def _run_in(self, run: _Running, attempt_dir: str, root_span: Any) -> Outcome:
         msg = run.payload
@@ -476,7 +479,10 @@ class Worker:
                     c.LINEAGE_FILE,
                     {
                         "data_id": data_id,
-                        "sources": [f"{msg['wf']}/{d}" for d in msg.get("deps", [])],
+                        # the data it was made from: the dependencies that produced some
+                        "sources": [
+                            f"{msg['wf']}/{d}" for d, v in (msg.get("inputs") or {}).items() if v is not None
+                        ],
                         "task": msg["task"],
                         "attempt": msg["attempt"],
                     },

@@ -25,7 +25,11 @@ import time
 import traceback
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from workers.framing import read_frame, write_frame
+from workers.tracing import context_from_traceparent, task_process_provider
 
 
 class Runner:
@@ -58,6 +62,12 @@ class Runner:
         if os.getcwd() != req["cwd"]:
             os.chdir(req["cwd"])
         sys.path[:] = [p for p in (req["cwd"], req["base_dir"]) if p not in self.base_path] + self.base_path
+        # Spans the task makes (tuiflow.span, or any OpenTelemetry instrumentation) are
+        # children of the worker's span for this attempt, carried over in $TRACEPARENT.
+        token = None
+        parent = context_from_traceparent(req["env"].get("TRACEPARENT"))
+        if parent is not None:
+            token = otel_context.attach(parent)
         try:
             return self._call(req)
         except SystemExit as e:
@@ -68,6 +78,8 @@ class Runner:
             traceback.print_exc()
             return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         finally:
+            if token is not None:
+                otel_context.detach(token)
             self._collect_output(req)
 
     @staticmethod
@@ -111,6 +123,7 @@ class Runner:
 
 def main() -> None:
     rfd, wfd, scratch = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    trace.set_tracer_provider(task_process_provider("tuiflow-python-executor"))
     runner = Runner(scratch)
     while (req := read_frame(rfd)) is not None:
         write_frame(wfd, runner.run_one(req))

@@ -299,6 +299,45 @@ class Telemetry:
             processor.on_end(span)
 
 
+class CurrentTaskFile(SpanProcessor):
+    """For processes that run one task at a time (the python executor, a task's own
+    subprocesses): every span goes to the spans.jsonl of the task named by the environment
+    (``$TUIFLOW_TASK_DIR``) when it ends."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        task_dir = os.environ.get("TUIFLOW_TASK_DIR")
+        if not task_dir:
+            return
+        try:
+            fd = os.open(
+                f"{task_dir}/{LOGS_DIR}/{SPANS_FILE}",
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                0o644,
+            )
+            try:
+                os.write(fd, (span_json(span) + "\n").encode())
+            finally:
+                os.close(fd)
+        except Exception as e:  # telemetry must never break the task it describes
+            log.warning("could not write span %s: %s", span.name, e)
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def task_process_provider(service: str) -> TracerProvider:
+    """A TracerProvider for code running inside a task (see `CurrentTaskFile`)."""
+    resource = Resource.create(
+        {"service.name": service, "host.name": socket.gethostname(), "process.pid": os.getpid()}
+    )
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    provider.add_span_processor(CurrentTaskFile())
+    return provider
+
+
 def ns(seconds: float) -> int:
     return int(seconds * 1e9)
 

@@ -1,0 +1,233 @@
+"""Producer-side tracing: span files per attempt, one trace per workflow, nothing missing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, Status, StatusCode
+
+from analyzer import contract as c
+from spool import Home, Settings
+from workers.tracing import span_json, workflow_span_id
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0, poll_interval=0.05)
+
+
+class _Keep(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans):
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def test_span_json_is_exactly_the_sdks_to_json():
+    keep = _Keep()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(keep))
+    tracer = provider.get_tracer("t")
+    with tracer.start_as_current_span(
+        "root", attributes={"a": 1, "l": ["x", "y"], "f": 0.5, "b": True}
+    ) as root:
+        root.add_event("checkpoint", {"step": 3})
+        with tracer.start_as_current_span(
+            "child", links=[Link(root.get_span_context(), {"why": "batch"})]
+        ) as ch:
+            ch.set_status(Status(StatusCode.ERROR, 'it failed: "quoted" \\ and\nnewline'))
+        tracer.start_span("no-attrs").end()
+    assert len(keep.spans) == 3
+    for span in keep.spans:
+        assert span_json(span) == span.to_json(indent=None)
+
+
+def trace_lines(home: Path, wf_id: str) -> list[dict]:
+    out = []
+    for path in sorted((home / "workflows" / wf_id).rglob("spans.jsonl")):
+        out.extend(json.loads(line) | {"_file": str(path)} for line in path.read_text().splitlines())
+    return out
+
+
+def run_local(tmp_path: Path, text: str, *extra: str, code: int = 0) -> tuple[Path, dict]:
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(textwrap.dedent(text))
+    home = tmp_path / "home"
+    Home.open(home, settings=FAST)
+    r = subprocess.run(
+        [sys.executable, "-m", "tuiflow", "run-local", str(wf), "--home", str(home), "--json", *extra],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert r.returncode == code, r.stderr[-3000:]
+    return home, json.loads(r.stdout)
+
+
+def roots(spans: list[dict]) -> list[dict]:
+    return [s for s in spans if s["name"] == c.TASK_SPAN]
+
+
+def test_diamond_trace_shape(tmp_path):
+    home, status = run_local(
+        tmp_path,
+        """
+        name: traced
+        tasks:
+          - {name: A, run: "sleep 0.5"}
+          - {name: B, depends_on: [A], run: "sleep 1.0"}
+          - {name: C, depends_on: [A], run: "sleep 0.2"}
+          - {name: D, depends_on: [B, C], run: "sleep 0.1"}
+        """,
+        "--workers",
+        "2",
+    )
+    wf_id = status["id"]
+    spans = trace_lines(home, wf_id)
+    trace_ids = {s["context"]["trace_id"] for s in spans}
+    assert trace_ids == {c.format_trace_id(c.trace_id_for(wf_id))}  # one workflow, one trace
+    [workflow] = [s for s in spans if s["name"] == c.WORKFLOW_SPAN]
+    assert workflow["context"]["span_id"] == f"0x{workflow_span_id(wf_id):016x}"
+    assert workflow["attributes"][c.ATTR_OUTCOME] == "completed"
+    tasks = roots(spans)
+    assert sorted(s["attributes"][c.ATTR_TASK] for s in tasks) == ["A", "B", "C", "D"]  # one root per attempt
+    for s in tasks:
+        a = s["attributes"]
+        assert s["parent_id"] == workflow["context"]["span_id"]
+        assert (
+            a[c.ATTR_WORKFLOW_NAME] == "traced" and a[c.ATTR_ATTEMPT] == 0 and a[c.ATTR_EXECUTOR] == "shell"
+        )
+        assert a[c.ATTR_WORKER] and a[c.ATTR_OUTCOME] == "completed" and a[c.ATTR_READY_AT] > 0
+        children = [x for x in spans if x["parent_id"] == s["context"]["span_id"]]
+        names = {x["name"] for x in children}
+        assert {c.EXECUTE_SPAN, c.READY_SPAN} <= names
+        assert all(x["attributes"][c.ATTR_KIND] in ("compute", "network", "marker") for x in children)
+    by_task = {s["attributes"][c.ATTR_TASK]: s for s in tasks}
+    assert by_task["D"]["attributes"][c.ATTR_DEPENDS_ON] == ["B", "C"]
+    assert status["wall_seconds"] >= 1.6
+
+
+def test_failures_before_execution_leave_zero_length_error_spans(tmp_path):
+    home, status = run_local(
+        tmp_path,
+        """
+        name: early-failures
+        tasks:
+          - {name: A, run: "echo '{\\"x\\": 1}' > $TUIFLOW_OUTPUT"}
+          - {name: bad-template, depends_on: [A], run: "echo {{ inputs.A.missing }}"}
+          - {name: bad-cwd, run: "true", cwd: /definitely/not/here}
+        """,
+        code=1,
+    )
+    spans = roots(trace_lines(home, status["id"]))
+    by_task = {s["attributes"][c.ATTR_TASK]: s for s in spans}
+    for name, reason in (("bad-template", "does not exist"), ("bad-cwd", "does not exist")):
+        s = by_task[name]
+        assert s["start_time"] == s["end_time"], name
+        assert s["status"]["status_code"] == "ERROR" and reason in s["status"]["description"]
+        assert s["attributes"][c.ATTR_OUTCOME] == "failed"
+
+
+def test_cancelled_workflow_closes_every_span(tmp_path):
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(
+        textwrap.dedent(
+            """
+            name: cancel-traced
+            tasks:
+              - {name: long, run: "sleep 60"}
+              - {name: queued, run: "sleep 60", queue: nobody}
+              - {name: later, depends_on: [long], run: "true"}
+            """
+        )
+    )
+    home = tmp_path / "home"
+    h = Home.open(home, settings=FAST)
+    import signal
+    import time
+
+    from tuiflow.client import Client
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuiflow", "run-local", str(wf), "--home", str(home), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    client = Client(h)
+    deadline = time.monotonic() + 60
+    while not (client.list() and client.list()[0]["counts"].get("running") == 1):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 1
+    wf_id = client.list()[0]["id"]
+    spans = trace_lines(home, wf_id)
+    by_task = {s["attributes"][c.ATTR_TASK]: s for s in roots(spans)}
+    assert by_task["long"]["attributes"][c.ATTR_OUTCOME] == "cancelled"
+    assert by_task["long"]["status"]["status_code"] == "ERROR" and by_task["long"]["end_time"]
+    assert by_task["queued"]["attributes"][c.ATTR_OUTCOME] == "cancelled"  # queued: zero-length, closed
+    assert by_task["queued"]["start_time"] == by_task["queued"]["end_time"]
+    assert "later" not in by_task  # never queued: no attempt, no span
+    [workflow] = [s for s in spans if s["name"] == c.WORKFLOW_SPAN]
+    assert (
+        workflow["status"]["status_code"] == "ERROR" and workflow["attributes"][c.ATTR_OUTCOME] == "cancelled"
+    )
+
+
+def test_user_spans_follow_into_threads_and_subprocesses(tmp_path):
+    (tmp_path / "usertasks.py").write_text(
+        textwrap.dedent(
+            """
+            import contextvars, subprocess, sys
+            from concurrent.futures import ThreadPoolExecutor
+            import tuiflow
+
+            def work():
+                with tuiflow.span("outer", kind="compute", model="tiny"):
+                    ctx = contextvars.copy_context()
+                    with ThreadPoolExecutor(2) as pool:
+                        pool.submit(ctx.run, lambda: tuiflow.span("in-thread", kind="network").__enter__() and None).result()
+                    subprocess.run([sys.executable, "-c", "import tuiflow\\nwith tuiflow.span('in-subprocess'): pass"], check=True)
+                return {"ok": True}
+            """
+        )
+    )
+    home, status = run_local(tmp_path, "name: user-spans\ntasks:\n  - {name: t, call: 'usertasks:work'}\n")
+    spans = trace_lines(home, status["id"])
+    by_name = {s["name"]: s for s in spans}
+    root = roots(spans)[0]
+    execute = next(s for s in spans if s["name"] == c.EXECUTE_SPAN)
+    outer = by_name["outer"]
+    assert outer["context"]["trace_id"] == root["context"]["trace_id"]
+    assert outer["parent_id"] == root["context"]["span_id"]  # the worker's attempt span, via $TRACEPARENT
+    assert outer["attributes"][c.ATTR_KIND] == "compute" and outer["attributes"]["model"] == "tiny"
+    assert by_name["in-thread"]["parent_id"] == outer["context"]["span_id"]
+    assert by_name["in-subprocess"]["parent_id"] == root["context"]["span_id"]
+    assert execute["parent_id"] == root["context"]["span_id"]
+
+
+def test_assets_and_lineage_rows(tmp_path):
+    home, status = run_local(
+        tmp_path,
+        """
+        name: lineage
+        tasks:
+          - {name: a, run: "echo '{\\"v\\": 1}' > $TUIFLOW_OUTPUT"}
+          - {name: b, run: "true"}
+          - {name: c, depends_on: [a, b], run: "echo '{\\"v\\": 2}' > $TUIFLOW_OUTPUT"}
+        """,
+    )
+    wf = home / "workflows" / status["id"] / "tasks"
+    [asset] = [json.loads(x) for x in (wf / "c" / "0" / "logs" / "assets.jsonl").read_text().splitlines()]
+    assert asset["bytes"] == len('{"v": 2}\n') and len(asset["sha256"]) == 64 and asset["task"] == "c"
+    [row] = [json.loads(x) for x in (wf / "c" / "0" / "logs" / "lineage.jsonl").read_text().splitlines()]
+    assert row["data_id"] == f"{status['id']}/c" and row["sources"] == [f"{status['id']}/a"]
+    assert not (wf / "b" / "0" / "logs" / "lineage.jsonl").exists()  # no output, no data
