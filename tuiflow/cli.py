@@ -384,7 +384,7 @@ def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = Json
     if report["problems"]:
         out.print("[red]problems:[/]")
         for problem in report["problems"]:
-            out.print(f"  - {problem}", highlight=False)
+            out.print(f"  - {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     out.print("[green]no problems found[/]")
 
