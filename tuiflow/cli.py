@@ -100,7 +100,9 @@ def root(
         stream=sys.stderr,
     )
     if ctx.invoked_subcommand is None:
-        typer.echo(ctx.get_help())
+        from .app import run_dashboard
+
+        raise typer.Exit(run_dashboard(_home(home, create=True)))
 
 
 # ------------------------------------------------------------------ workflows
@@ -495,6 +497,29 @@ def _install_stop_handlers(stop: Callable[[bool], None]) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_int)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    home: str | None = HomeOpt,
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Address to listen on. The default, 127.0.0.1, is reachable from this machine only; "
+        "anyone who can reach the page can cancel and retry workflows.",
+    ),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+) -> None:
+    """Serve the dashboard to a web browser (textual-serve), on 127.0.0.1 by default."""
+    import shlex
+
+    from textual_serve.server import Server
+
+    h = _home(home, ctx, create=True)
+    command = f"{shlex.quote(sys.executable)} -m tuiflow --home {shlex.quote(h.root)}"
+    out.print(f"dashboard of {h.root} at http://{host}:{port}/  (Ctrl-C stops)")
+    Server(command, host=host, port=port, title=f"tuiflow · {h.root}").serve()
 
 
 # -------------------------------------------------------------------- run-local

@@ -425,11 +425,11 @@ def _workers(home: Home, now: float, alive: tuple[str, ...], dead: str) -> None:
         alive[0]: {
             "queues": ["default", "gpu"],
             "gpus": [0, 1, 2, 3],
-            "slots": 4,
+            "slots": 24,
             "running": 18,
             "done": 412,
         },
-        alive[1]: {"queues": ["default"], "gpus": None, "slots": 8, "running": 12, "done": 367},
+        alive[1]: {"queues": ["default"], "gpus": None, "slots": 16, "running": 12, "done": 367},
         dead: {"queues": ["gpu"], "gpus": [0, 1], "slots": 2, "running": 1, "done": 95},
     }
     for worker, info in infos.items():

@@ -1,0 +1,279 @@
+"""The dashboard: snapshots of every screen and tab on a demo home (fixed data, fixed
+clock, fixed size), and Pilot tests of navigation, filtering, actions and live updates."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from spool import Home
+from tuiflow import demo
+from tuiflow.app import TuiflowApp
+from tuiflow.app.task import TaskScreen
+from tuiflow.app.views import TaskList
+from tuiflow.app.workflow import WorkflowScreen
+from tuiflow.client import Client
+from tuiflow.model import compile_workflow
+
+IDS = demo.IDS
+
+
+@pytest.fixture(autouse=True)
+def no_blink(monkeypatch):
+    # A blinking cursor would make screenshots depend on timing.
+    from textual.widgets import Input
+
+    monkeypatch.setattr(Input, "cursor_blink", False, raising=False)
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory) -> Home:
+    return demo.build(str(tmp_path_factory.mktemp("demo") / "home"))
+
+
+def make_app(home: Home, **kwargs) -> TuiflowApp:
+    return TuiflowApp(home, clock=lambda: demo.NOW, live=False, keymap={}, home_label="demo-home", **kwargs)
+
+
+async def settle(pilot) -> None:
+    """Wait until every fetch has run and its result is drawn."""
+    for _ in range(3):
+        await pilot.pause()
+        fetches = [
+            w for w in pilot.app.workers if w.group == "fetch" and not w.is_finished
+        ]  # not the file watcher
+        if fetches:
+            await pilot.app.workers.wait_for_complete(fetches)
+    await pilot.pause()
+
+
+# ------------------------------------------------------------------- snapshots
+def test_snapshot_overview(snap_compare, demo_home):
+    assert snap_compare(make_app(demo_home), terminal_size=(130, 36), run_before=settle)
+
+
+def test_snapshot_overview_narrow(snap_compare, demo_home):
+    assert snap_compare(make_app(demo_home), terminal_size=(80, 24), run_before=settle)
+
+
+def test_snapshot_empty_home(snap_compare, tmp_path):
+    assert snap_compare(make_app(Home.open(tmp_path / "empty")), terminal_size=(100, 28), run_before=settle)
+
+
+def test_snapshot_workflow_1000_tasks(snap_compare, demo_home):
+    app = make_app(demo_home, initial_workflow=IDS["fanout"])
+    assert snap_compare(app, terminal_size=(130, 36), run_before=settle)
+
+
+def test_snapshot_failed_workflow(snap_compare, demo_home):
+    app = make_app(demo_home, initial_workflow=IDS["diamond"])
+    assert snap_compare(app, terminal_size=(130, 30), run_before=settle)
+
+
+@pytest.mark.parametrize(
+    ("wf", "tab"),
+    [
+        ("fanout", "dag"),
+        ("ml-pipeline", "dag"),
+        ("ml-pipeline", "critical"),
+        ("ml-pipeline", "queuing"),
+        ("ml-pipeline", "breakdown"),
+        ("ml-pipeline", "timeline"),
+        ("ml-pipeline", "lineage"),
+    ],
+)
+def test_snapshot_workflow_tabs(snap_compare, demo_home, wf, tab):
+    app = make_app(demo_home, initial_workflow=IDS[wf], initial_tab=tab)
+    assert snap_compare(app, terminal_size=(130, 36), run_before=settle)
+
+
+@pytest.mark.parametrize("tab", ["logs", "error", "spans", "attempts"])
+def test_snapshot_task_detail(snap_compare, demo_home, tab):
+    async def open_task(pilot):
+        await settle(pilot)
+        pilot.app.open_task(IDS["diamond"], "broken" if tab != "attempts" else "flaky", tab)
+        await settle(pilot)
+
+    app = make_app(demo_home, initial_workflow=IDS["diamond"])
+    assert snap_compare(app, terminal_size=(120, 30), run_before=open_task)
+
+
+def test_snapshot_task_output(snap_compare, demo_home):
+    async def open_task(pilot):
+        await settle(pilot)
+        pilot.app.open_task(IDS["ml-pipeline"], "eval/compare", "output")
+        await settle(pilot)
+
+    assert snap_compare(make_app(demo_home), terminal_size=(110, 28), run_before=open_task)
+
+
+def test_snapshot_help(snap_compare, demo_home):
+    assert snap_compare(
+        make_app(demo_home), terminal_size=(120, 40), press=["question_mark"], run_before=settle
+    )
+
+
+def test_snapshot_cancel_confirmation(snap_compare, demo_home):
+    app = make_app(demo_home, initial_workflow=IDS["fanout"])
+    assert snap_compare(app, terminal_size=(110, 30), press=["c"], run_before=settle)
+
+
+def test_snapshot_filtered_tasks(snap_compare, demo_home):
+    app = make_app(demo_home, initial_workflow=IDS["fanout"])
+    assert snap_compare(
+        app,
+        terminal_size=(120, 30),
+        press=["slash", *"work[1", "enter", "s", "s", "s", "s"],
+        run_before=settle,
+    )
+
+
+# ----------------------------------------------------------------- pilot tests
+async def test_navigate_overview_workflow_task_logs(demo_home):
+    app = make_app(demo_home)
+    async with app.run_test(size=(130, 36)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one("#workflows")
+        keys = [k.value for k in table.rows]
+        await pilot.press(*["down"] * keys.index(IDS["diamond"]), "enter")
+        await settle(pilot)
+        assert isinstance(app.screen, WorkflowScreen) and app.screen.wf_id == IDS["diamond"]
+        tasks = app.screen.query_one(TaskList)
+        tasks.select_key("broken")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, TaskScreen) and app.screen.task_name == "broken"
+        log_text = "\n".join(app.screen.query_one("#task-log").lines)
+        assert "[broken] attempt 0" in log_text and "RuntimeError: this task always fails" in log_text
+        await pilot.press("escape")
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen.id == "overview"
+
+
+async def test_filter_and_state_filter(demo_home):
+    app = make_app(demo_home, initial_workflow=IDS["fanout"])
+    async with app.run_test(size=(130, 36)) as pilot:
+        await settle(pilot)
+        tasks = app.screen.query_one(TaskList)
+        assert len(tasks.keys) == 1002
+        await pilot.press("slash", *"work[10")
+        await pilot.press("enter")
+        assert tasks.keys == [
+            "work[10]",
+            *[f"work[10{k}]" for k in range(10)],
+            *[f"work[10{k:02d}]" for k in []],
+        ]
+        await pilot.press("escape")  # clears the filter
+        assert len(tasks.keys) == 1002
+        for _ in range(4):  # all -> running -> ready -> pending -> failed
+            await pilot.press("s")
+        assert tasks.state_filter == "failed"
+        assert sorted(tasks.keys) == ["work[101]", "work[502]"]
+
+
+async def test_cancel_sends_the_control_message(demo_home, tmp_path):
+    home_dir = tmp_path / "home"
+    shutil.copytree(demo_home.root, home_dir)
+    home = Home.open(home_dir)
+    app = make_app(home, initial_workflow=IDS["fanout"])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")
+        await settle(pilot)
+    [msg] = home.control().claim("test", 10)
+    assert (
+        msg.payload["op"] == "cancel"
+        and msg.payload["wf"] == IDS["fanout"]
+        and msg.payload["by"] == "dashboard"
+    )
+
+
+async def test_retry_refusal_is_shown_not_raised(demo_home, tmp_path):
+    home_dir = tmp_path / "home"
+    shutil.copytree(demo_home.root, home_dir)
+    app = make_app(Home.open(home_dir), initial_workflow=IDS["ml-pipeline"])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("R", "y")
+        await settle(pilot)
+        assert any("no failed" in n.message for n in app._notifications)
+
+
+async def test_live_update_after_files_change(tmp_path):
+    home = Home.open(tmp_path / "home")
+    app = TuiflowApp(home, live=True, keymap={}, home_label="live")
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#workflows").row_count == 0
+        wf_id = Client(home).submit(
+            compile_workflow({"name": "appears", "tasks": [{"name": "a", "run": "true"}]})
+        )
+        deadline = time.monotonic() + 15
+        table = app.screen.query_one("#workflows")
+        while table.row_count == 0:
+            assert time.monotonic() < deadline, "the new workflow never showed up"
+            await asyncio.sleep(0.05)
+        assert [k.value for k in table.rows] == [wf_id]
+
+
+async def test_keymap_rebinds_by_id(demo_home, tmp_path):
+    home_dir = tmp_path / "home"
+    shutil.copytree(demo_home.root, home_dir)
+    home = Home.open(home_dir)
+    app = TuiflowApp(
+        home,
+        clock=lambda: demo.NOW,
+        live=False,
+        keymap={"workflow.cancel": "x"},
+        initial_workflow=IDS["fanout"],
+    )
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        await pilot.press("x")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "ConfirmScreen"
+
+
+def test_serve_binds_localhost_and_serves_the_page(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuiflow", "serve", "--home", str(tmp_path / "home"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+                    page = r.read().decode()
+                    status = r.status
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read().decode()
+                assert time.monotonic() < deadline, "tuiflow serve did not answer"
+                time.sleep(0.2)
+        assert status == 200 and "textual" in page.lower()
+        help_text = subprocess.run(
+            [sys.executable, "-m", "tuiflow", "serve", "--help"], capture_output=True, text=True, cwd=root
+        ).stdout
+        assert "127.0.0.1" in help_text
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -1,0 +1,279 @@
+"""The tuiflow dashboard (`tuiflow`, `tuiflow serve`).
+
+Deterministic by construction: the app takes its home, a clock and a `live` switch, so
+tests and screenshots run it on fixed data at a fixed time with no watchers or timers.
+Live, a watcher thread wakes on file changes in the home (events, or stat polling where
+events do not cross machines) and asks the screen on top to refresh; screens fetch on
+worker threads and coalesce bursts (see `base.LiveScreen`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.screen import Screen
+
+from spool import ChangeWaiter, Home
+
+from ..client import Client
+from ..store import WorkflowStore
+from .base import LiveScreen
+from .modals import ConfirmScreen, HelpScreen
+from .overview import OverviewScreen
+from .task import TaskScreen
+from .workflow import WorkflowScreen
+
+TICK = 2.0  # seconds between refreshes when nothing changes (ages, ETAs move)
+
+
+class WorkflowCommands(Provider):
+    """Command palette: open, cancel or retry any workflow by id or name."""
+
+    async def _items(self) -> list[tuple[str, str, Callable[[], None]]]:
+        app: TuiflowApp = self.app  # type: ignore[assignment]
+        summaries = await asyncio.to_thread(app.store.summaries)
+        items = []
+        for s in summaries:
+            wf, name, state = s["id"], s.get("name", ""), s.get("state", "")
+            items.append(
+                (
+                    f"Open workflow {wf} {name} ({state})",
+                    "Show its tasks, DAG and trace",
+                    partial(app.open_workflow, wf),
+                )
+            )
+            if state in ("pending", "running"):
+                items.append(
+                    (f"Cancel workflow {wf} {name}", "Asks to confirm", partial(app.confirm_cancel, wf))
+                )
+            if state in ("failed", "cancelled"):
+                items.append(
+                    (f"Retry failed tasks of {wf} {name}", "Asks to confirm", partial(app.confirm_retry, wf))
+                )
+        screen = app.screen
+        if isinstance(screen, WorkflowScreen):
+            for tab, label in (
+                ("tasks", "Tasks"),
+                ("dag", "DAG"),
+                ("critical", "Critical path"),
+                ("queuing", "Queuing"),
+                ("breakdown", "Compute/network breakdown"),
+                ("timeline", "Timeline"),
+                ("lineage", "Lineage"),
+            ):
+                items.append(
+                    (f"Show {label} of {screen.wf_id}", "Switch tab", partial(screen.action_tab, tab))
+                )
+        items.append(("Go to the overview", "All workflows, workers and queues", app.action_overview))
+        items.append(("Show keys", "Every binding, with its id", app.action_help))
+        return items
+
+    async def discover(self) -> Hits:
+        for title, help_, command in await self._items():
+            yield DiscoveryHit(title, command, help=help_)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, help_, command in await self._items():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), command, help=help_)
+
+
+class TuiflowApp(App):
+    CSS_PATH = "tuiflow.tcss"
+    TITLE = "tuiflow"
+    COMMANDS: ClassVar[set] = App.COMMANDS | {WorkflowCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("r", "refresh", "Refresh", id="app.refresh"),
+        Binding("o", "overview", "Overview", show=False, id="app.overview"),
+    ]
+
+    def __init__(
+        self,
+        home: Home,
+        *,
+        clock: Callable[[], float] = time.time,
+        live: bool = True,
+        keymap: dict[str, str] | None = None,
+        initial_workflow: str | None = None,
+        initial_tab: str = "tasks",
+        home_label: str | None = None,
+    ):
+        super().__init__()
+        self.home = home
+        #: how the home is shown (tests pass a fixed label: tmp paths differ per run)
+        self.home_label = home_label or home.root
+        self.store = WorkflowStore(home)
+        self.clock = clock
+        self.live = live
+        self.initial_workflow = initial_workflow
+        self.initial_tab = initial_tab
+        self._keymap = keymap if keymap is not None else load_keymap()
+        self._stop_watch = threading.Event()
+        self._focus_dir: str | None = None
+
+    # ------------------------------------------------------------- lifecycle
+    def on_mount(self) -> None:
+        self.title = "tuiflow"
+        self.sub_title = self.home_label
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        self.push_screen(OverviewScreen())
+        if self.initial_workflow:
+            self.open_workflow(self.initial_workflow, self.initial_tab)
+        if self.live:
+            self.watch_home()
+            self.set_interval(TICK, self._tick)
+
+    def on_unmount(self) -> None:
+        self._stop_watch.set()
+
+    def _tick(self) -> None:
+        if isinstance(self.screen, LiveScreen):
+            self.screen.request_refresh()
+
+    def files_changed(self) -> None:
+        if isinstance(self.screen, LiveScreen):
+            self.screen.request_refresh()
+
+    def _watch_paths(self) -> list[str]:
+        h = self.home
+        paths = [h.workflows_dir, h.workers_dir, h.coordinator_dir, h.completions_dir + "/ready"]
+        for q in h.list_queues():
+            paths.extend(f"{h.queues_dir}/{q}/ready/{d}" for d in _listdir(f"{h.queues_dir}/{q}/ready"))
+        if self._focus_dir:
+            paths.append(self._focus_dir)
+        return [p for p in paths if os.path.isdir(p)]
+
+    @work(thread=True, exclusive=True, group="watch")
+    def watch_home(self) -> None:
+        """Wake the screen on top when files in the home change (the set of watched
+        directories follows the workflow shown)."""
+        while not self._stop_watch.is_set():
+            paths = self._watch_paths()
+            focus = self._focus_dir
+            try:
+                waiter = ChangeWaiter(
+                    paths, mode=self.home.settings.watch, poll_interval=self.home.settings.poll_interval
+                )
+            except (FileNotFoundError, ValueError):
+                self._stop_watch.wait(1.0)
+                continue
+            try:
+                deadline = time.monotonic() + 10
+                while (
+                    not self._stop_watch.is_set() and focus == self._focus_dir and time.monotonic() < deadline
+                ):
+                    if waiter.wait(0.5):
+                        self.call_from_thread(self.files_changed)
+            finally:
+                waiter.close()
+
+    # -------------------------------------------------------------- navigation
+    def open_workflow(self, wf_id: str, tab: str = "tasks") -> None:
+        self._focus_dir = self.store.dir(wf_id)
+        self.push_screen(WorkflowScreen(wf_id, tab))
+
+    def open_task(self, wf_id: str, task: str, tab: str = "logs") -> None:
+        self.push_screen(TaskScreen(wf_id, task, tab))
+
+    def action_overview(self) -> None:
+        while len(self.screen_stack) > 2:
+            self.pop_screen()
+        self._focus_dir = None
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_refresh(self) -> None:
+        if isinstance(self.screen, LiveScreen):
+            self.screen.request_refresh()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Show keys", "Every key binding, with its id", self.action_help)
+        yield SystemCommand("Refresh", "Read the home again now", self.action_refresh)
+
+    # ---------------------------------------------------------------- actions
+    def confirm_cancel(self, wf_id: str) -> None:
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._request(
+                    lambda: Client(self.home, who="dashboard").cancel(wf_id), f"cancel requested for {wf_id}"
+                )
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Cancel workflow {wf_id}?", "Queued tasks are cancelled; running ones are killed."
+            ),
+            done,
+        )
+
+    def confirm_retry(self, wf_id: str) -> None:
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._request(
+                    lambda: Client(self.home, who="dashboard").retry(wf_id), f"retry requested for {wf_id}"
+                )
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Retry the failed tasks of {wf_id}?",
+                "Failed, upstream_failed and cancelled tasks run again.",
+            ),
+            done,
+        )
+
+    def _request(self, action: Callable[[], Any], message: str) -> None:
+        try:
+            action()
+        except Exception as e:  # a refused request is shown, never a crash
+            self.notify(str(e), severity="error", timeout=8)
+            return
+        self.notify(message, timeout=4)
+        self.action_refresh()
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(path) if not n.startswith("."))
+    except OSError:
+        return []
+
+
+def load_keymap() -> dict[str, str]:
+    """User key bindings by binding id, from $TUIFLOW_KEYMAP or ~/.config/tuiflow/keymap.json."""
+    path = os.environ.get("TUIFLOW_KEYMAP") or os.path.expanduser("~/.config/tuiflow/keymap.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: keymap {path}: {e}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise SystemExit(
+            f'error: keymap {path} must map binding ids to keys, e.g. {{"workflow.cancel": "x"}}'
+        )
+    return data
+
+
+def run_dashboard(home: Home, initial_workflow: str | None = None) -> int:
+    TuiflowApp(home, initial_workflow=initial_workflow).run()
+    return 0

@@ -1,0 +1,84 @@
+"""What every live screen shares: fetch on a worker thread, draw on the UI thread.
+
+A screen's `load(now)` runs on a thread (it reads files); `apply(data)` runs on the UI
+thread and only draws. A refresh never overlaps another: a request that arrives while one
+is running is remembered and runs after it, at most every `MIN_INTERVAL` seconds, so any
+burst of file changes collapses into at most ten redraws a second. Only the screen on top
+refreshes; screens underneath wait until they are shown again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from textual import work
+from textual.screen import Screen
+
+MIN_INTERVAL = 0.1
+
+
+class LiveScreen(Screen):
+    """Subclasses define `load(now) -> data` (worker thread) and `apply(data)` (UI thread)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._fetching = False
+        self._pending = False
+        self._last_fetch = 0.0
+        self.loaded = False
+        self.last_apply_ms = 0.0
+
+    def on_mount(self) -> None:
+        self.request_refresh()
+
+    def on_screen_resume(self) -> None:
+        if self.loaded:
+            self.request_refresh()
+
+    def request_refresh(self) -> None:
+        if not self.is_attached:
+            return
+        if self._fetching:
+            self._pending = True
+            return
+        wait = MIN_INTERVAL - (time.monotonic() - self._last_fetch)
+        if wait > 0 and self.loaded:
+            self._fetching = True
+            self.set_timer(wait, self._start_fetch)
+            return
+        self._fetching = True
+        self._start_fetch()
+
+    def _start_fetch(self) -> None:
+        self._last_fetch = time.monotonic()
+        self._fetch()
+
+    # Not `exclusive`: `_done` runs before the worker thread has quite finished, so the
+    # next fetch may start while the last one is winding down; cancelling it would lose
+    # nothing but would make waiting on fetches (tests, benchmarks) fail spuriously.
+    @work(thread=True, group="fetch")
+    def _fetch(self) -> None:
+        try:
+            data: Any = self.load(self.app.clock())  # type: ignore[attr-defined]  # defined by subclasses
+        except Exception as e:  # shown on the screen; the next refresh may succeed
+            data = e
+        self.app.call_from_thread(self._done, data)
+
+    def _done(self, data: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            if isinstance(data, Exception):
+                self.show_error(data)
+            else:
+                self.apply(data)  # type: ignore[attr-defined]
+                self.loaded = True
+        finally:
+            self.last_apply_ms = (time.perf_counter() - t0) * 1000
+            self._fetching = False
+        if self._pending:
+            self._pending = False
+            self.request_refresh()
+
+    def show_error(self, error: Exception) -> None:
+        self.notify(f"{type(error).__name__}: {error}", severity="error", timeout=6)

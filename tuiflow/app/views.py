@@ -1,0 +1,436 @@
+"""The big lists of the dashboard, on `RowsView`: tasks, the DAG, the timeline."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.binding import Binding, BindingType
+from textual.message import Message
+
+from ..client import TaskView
+from .data import STATE_STYLE, WorkflowSnapshot, group_of, layers
+from .render import fmt_secs, segment_bar
+from .rows import RowsView
+
+GLYPH = {
+    "completed": "✔",
+    "failed": "✘",
+    "upstream_failed": "⊘",
+    "cancelled": "■",
+    "running": "▶",
+    "ready": "◷",
+    "skipped": "↷",
+    "pending": "·",
+}
+STATE_FILTERS = (
+    "all",
+    "running",
+    "ready",
+    "pending",
+    "failed",
+    "upstream_failed",
+    "completed",
+    "skipped",
+    "cancelled",
+)
+SORTS = ("name", "state", "ran", "queued", "attempt")
+
+
+def _cell(text: str, width: int) -> str:
+    if len(text) > width:
+        return text[: max(0, width - 1)] + "…"
+    return text.ljust(width)
+
+
+class TaskList(RowsView):
+    """Every task of a workflow: state, attempt, worker, queued for, ran for, exit/error.
+
+    `/` filters by name, `s` cycles the state filter, `o` cycles the sort order.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("s", "cycle_state", "State filter", id="tasks.state_filter"),
+        Binding("o", "cycle_sort", "Sort", id="tasks.sort"),
+    ]
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.views: list[TaskView] = []
+        self.text_filter = ""
+        self.state_filter = "all"
+        self.sort = "name"
+        self._name_width = 24
+
+    class Shown(Message):
+        """The rows shown changed: how many of how many, under which filters."""
+
+        def __init__(self, view: TaskList, shown: int) -> None:
+            super().__init__()
+            self.view = view
+            self.shown = shown
+
+    def show(self, views: list[TaskView]) -> None:
+        self.views = views
+        self._apply()
+
+    def status(self, shown: int) -> Text:
+        """One line saying what the list shows: `12 of 1,002 tasks · state failed · …`."""
+        text = Text(f"{shown:,} of {len(self.views):,} tasks", style="bold")
+        for label, value, on in (
+            ("name contains", repr(self.text_filter), bool(self.text_filter)),
+            ("state", self.state_filter, self.state_filter != "all"),
+            ("sorted by", self.sort, True),
+        ):
+            text.append("  ·  ", style="grey50")
+            text.append(f"{label} ", style="grey62")
+            text.append(value, style="bold yellow" if on and label != "sorted by" else "")
+        return text
+
+    def _apply(self) -> None:
+        views = self.views
+        if self.text_filter:
+            needle = self.text_filter.lower()
+            views = [v for v in views if needle in v.name.lower()]
+        if self.state_filter != "all":
+            views = [v for v in views if v.state == self.state_filter]
+        if self.sort == "state":
+            views = sorted(views, key=lambda v: (v.state, v.name))
+        elif self.sort == "ran":
+            views = sorted(views, key=lambda v: -(v.ran_for or 0))
+        elif self.sort == "queued":
+            views = sorted(views, key=lambda v: -(v.queued_for or 0))
+        elif self.sort == "attempt":
+            views = sorted(views, key=lambda v: (-v.attempt, v.name))
+        self._name_width = max(12, min(48, max((len(v.name) for v in views), default=12)))
+        self.header = Text(self._line("", "TASK", "STATE", "ATT", "WORKER", "QUEUED", "RAN", "EXIT / ERROR"))
+        self.post_message(self.Shown(self, len(views)))
+        self.set_rows(
+            [
+                (
+                    v.name,
+                    (
+                        v.name,
+                        v.state,
+                        v.attempt,
+                        v.worker or "",
+                        fmt_secs(v.queued_for) if v.queued_for is not None else "",
+                        fmt_secs(v.ran_for) if v.ran_for is not None else "",
+                        _detail(v),
+                    ),
+                )
+                for v in views
+            ]
+        )
+
+    def _line(
+        self, glyph: str, name: str, state: str, att: str, worker: str, queued: str, ran: str, detail: str
+    ) -> str:
+        return (
+            f"{glyph:1} {_cell(name, self._name_width)} {_cell(state, 15)} {att:>3} {_cell(worker, 20)} "
+            f"{queued:>7} {ran:>7}  {detail}"
+        )
+
+    def format_row(self, data: Any, width: int) -> Text:
+        name, state, attempt, worker, queued, ran, detail = data
+        line = self._line(GLYPH.get(state, "?"), name, state, str(attempt), worker, queued, ran, detail)
+        text = Text(line)
+        style = STATE_STYLE.get(state, "")
+        text.stylize(style, 0, 1)
+        start = 2 + self._name_width + 1
+        text.stylize(style, start, start + 15)
+        if detail and state in ("failed", "upstream_failed"):
+            text.stylize("red", len(line) - len(detail), len(line))
+        return text
+
+    def set_filter(self, text: str) -> None:
+        self.text_filter = text
+        self._apply()
+
+    def action_cycle_state(self) -> None:
+        self.state_filter = STATE_FILTERS[(STATE_FILTERS.index(self.state_filter) + 1) % len(STATE_FILTERS)]
+        self._apply()
+
+    def action_cycle_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self._apply()
+
+
+def _detail(v: TaskView) -> str:
+    parts = []
+    if v.exit_code not in (None, 0):
+        parts.append(f"exit {v.exit_code}")
+    if v.reason:
+        parts.append(v.reason.splitlines()[0][:120])
+    return " · ".join(parts)
+
+
+# ------------------------------------------------------------------------- DAG
+class DagView(RowsView):
+    """The task graph by layers (longest dependency chain from a root). A foreach task's
+    items fold into one line with a progress bar (enter unfolds it); prefix groups with
+    more than `fold_over` tasks in a layer fold too, so 10,000 tasks stay navigable."""
+
+    fold_over = 12
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.expanded: set[str] = set()
+        self.snapshot: WorkflowSnapshot | None = None
+        self._layers: list[int] | None = None
+        self._layers_for: str | None = None
+
+    def show(self, snap: WorkflowSnapshot) -> None:
+        self.snapshot = snap
+        if self._layers_for != snap.id:
+            self._layers = layers(snap.run)
+            self._layers_for = snap.id
+        self._build()
+
+    def _build(self) -> None:
+        snap = self.snapshot
+        if snap is None or self._layers is None:
+            return
+        run, d = snap.run, snap.run.definition
+        by_layer: dict[int, list[int]] = {}
+        for i, layer in enumerate(self._layers):
+            by_layer.setdefault(layer, []).append(i)
+        rows: list[tuple[Hashable, Any]] = []
+        for layer in sorted(by_layer):
+            members = by_layer[layer]
+            rows.append((("layer", layer), ("layer", layer, len(members))))
+            groups: dict[str, list[int]] = {}
+            order: list[tuple[str, Any]] = []
+            for i in members:
+                name = d.tasks[i].name
+                g = group_of(name)
+                if g is None and "/" in name:
+                    prefix = name.split("/", 1)[0] + "/"
+                    if sum(1 for j in members if d.tasks[j].name.startswith(prefix)) > self.fold_over:
+                        g = prefix + "*"
+                if g is not None:
+                    if g not in groups:
+                        groups[g] = []
+                        order.append(("group", g))
+                    groups[g].append(i)
+                else:
+                    order.append(("task", i))
+            for kind, value in order:
+                if kind == "group":
+                    idx = groups[value]
+                    counts: dict[str, int] = {}
+                    for i in idx:
+                        s = run.state_of(i)
+                        counts[s] = counts.get(s, 0) + 1
+                    open_ = value in self.expanded
+                    deps = sorted({d.tasks[dep].name for i in idx[:50] for dep in d.deps[i]})
+                    rows.append(
+                        (
+                            ("group", value),
+                            (
+                                "group",
+                                value,
+                                tuple(sorted(counts.items())),
+                                len(idx),
+                                open_,
+                                _deps_text(deps, d),
+                            ),
+                        )
+                    )
+                    if open_:
+                        for i in idx:
+                            rows.append(((("task", i)), self._task_row(i, indent=True)))
+                else:
+                    rows.append((("task", value), self._task_row(value)))
+        self.set_rows(rows)
+
+    def _task_row(self, i: int, indent: bool = False) -> tuple[Any, ...]:
+        run = self.snapshot.run  # type: ignore[union-attr]
+        d = run.definition
+        deps = [d.tasks[dep].name for dep in d.deps[i]]
+        return ("task", d.tasks[i].name, run.state_of(i), _deps_text(deps, d), indent)
+
+    def format_row(self, data: Any, width: int) -> Text:
+        kind = data[0]
+        if kind == "layer":
+            _, layer, n = data
+            label = f"── layer {layer} · {n} task{'s' if n != 1 else ''} "
+            return Text(label + "─" * max(0, width - len(label)), style="bold grey62")
+        if kind == "group":
+            _, name, counts, total, open_, deps = data
+            counts = dict(counts)
+            text = Text(f"  {'▾' if open_ else '▸'} ", style="bold")
+            text.append(f"{name:<28}", style="bold")
+            text.append_text(segment_bar(counts, total, 20))
+            done = sum(v for k, v in counts.items() if k not in ("pending", "ready", "running"))
+            text.append(f" {done}/{total}", style="grey70")
+            if deps:
+                text.append(f"  ← {deps}", style="grey50")
+            return text
+        _, name, state, deps, indent = data
+        text = Text("      " if indent else "  ")
+        text.append(f"{GLYPH.get(state, '?')} ", style=STATE_STYLE.get(state, ""))
+        text.append(f"{name:<30}", style=STATE_STYLE.get(state, ""))
+        text.append(f" {state:<15}", style="grey70")
+        if deps:
+            text.append(f" ← {deps}", style="grey50")
+        return text
+
+    def action_select(self) -> None:
+        cur = self.current
+        if cur is None:
+            return
+        _key, data = cur
+        if data[0] == "group":
+            name = data[1]
+            self.expanded.symmetric_difference_update({name})
+            self._build()
+            return
+        if data[0] == "task":
+            self.post_message(self.Selected(self, data[1], data))
+
+
+def _deps_text(deps: list[str], d: Any) -> str:
+    if not deps:
+        return ""
+    folded: dict[str, int] = {}
+    out: list[str] = []
+    for name in deps:
+        g = group_of(name)
+        if g is not None:
+            if g not in folded:
+                out.append(g)
+            folded[g] = folded.get(g, 0) + 1
+        else:
+            out.append(name)
+    return ", ".join(f"{n}[×{folded[n]}]" if n in folded else n for n in out[:6]) + (
+        " …" if len(out) > 6 else ""
+    )
+
+
+# -------------------------------------------------------------------- timeline
+class Timeline(RowsView):
+    """A Gantt chart: one row per task (or per worker lane with `l`), a dim queued segment
+    then a running segment coloured by outcome. `+`/`-` zoom, `←`/`→` pan, `f` fits."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("plus,equals_sign", "zoom(0.5)", "Zoom in", id="timeline.zoom_in"),
+        Binding("minus", "zoom(2.0)", "Zoom out", id="timeline.zoom_out"),
+        Binding("left,h", "pan(-0.25)", "Pan left", show=False, id="timeline.pan_left"),
+        Binding("right,l", "pan(0.25)", "Pan right", show=False, id="timeline.pan_right"),
+        Binding("f", "fit", "Fit", id="timeline.fit"),
+        Binding("w", "toggle_lanes", "Task/worker rows", id="timeline.lanes"),
+    ]
+    label_width = 28
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.items: list[Any] = []  # TimelineRow-like: task, worker, queued_start, start, end, outcome
+        self.by_worker = False
+        self.t0 = 0.0
+        self.span = 1.0
+        self._fit_range = (0.0, 1.0)
+
+    def show(self, items: list[Any]) -> None:
+        fresh = not self.items
+        self.items = items
+        starts = [x.queued_start or x.start for x in items if (x.queued_start or x.start)]
+        ends = [x.end for x in items if x.end]
+        if starts and ends:
+            self._fit_range = (min(starts), max(ends))
+        if fresh:
+            self.action_fit()
+        else:
+            self._build()
+
+    def _build(self) -> None:
+        self._cache.clear()
+        if self.by_worker:
+            lanes: dict[str, list[Any]] = {}
+            for x in self.items:
+                lanes.setdefault(x.worker or "(no worker)", []).append(x)
+            rows = [((("lane", w)), ("lane", w, tuple(lanes[w]))) for w in sorted(lanes)]
+        else:
+            rows = [(("task", x.task, x.attempt), ("task", x)) for x in sorted(self.items, key=_start)]
+        width = max(10, self.size.width - self.label_width - 2)
+        self.header = Text(f"{'':<{self.label_width}}  {self._axis(width)}", style="grey62")
+        self.set_rows(rows)
+
+    def _axis(self, width: int) -> str:
+        ticks = 4
+        cells = [" "] * width
+        for k in range(ticks + 1):
+            pos = min(width - 1, int(k * (width - 1) / ticks))
+            label = f"+{fmt_secs(self.t0 - self._fit_range[0] + k * self.span / ticks)}"
+            for j, ch in enumerate(label):
+                if pos + j < width:
+                    cells[pos + j] = ch
+        return "".join(cells)
+
+    def _x(self, t: float, width: int) -> int:
+        return round((t - self.t0) / self.span * width)
+
+    def _paint(self, cells: list[tuple[str, str]], x: Any, width: int) -> None:
+        q, s, e = x.queued_start, x.start, x.end or (x.start if x.start else None)
+        if q and s:
+            for c in range(
+                max(0, self._x(q, width)), min(width, max(self._x(s, width), self._x(q, width) + 1))
+            ):
+                cells[c] = ("░", "grey42")
+        if s and e is not None:
+            style = STATE_STYLE.get(_outcome_state(x.outcome), "cyan")
+            a, b = self._x(s, width), max(self._x(e, width), self._x(s, width) + 1)
+            for c in range(max(0, a), min(width, b)):
+                cells[c] = ("█", style)
+
+    def format_row(self, data: Any, width: int) -> Text:
+        bar_width = max(10, width - self.label_width - 2)
+        cells: list[tuple[str, str]] = [(" ", "")] * bar_width
+        if data[0] == "lane":
+            label = data[1]
+            for x in data[2]:
+                self._paint(cells, x, bar_width)
+        else:
+            x = data[1]
+            label = x.task + (f" #{x.attempt}" if x.attempt else "")
+            self._paint(cells, x, bar_width)
+        text = Text(_cell(label, self.label_width) + "  ")
+        for ch, style in cells:
+            text.append(ch, style=style or None)
+        return text
+
+    def action_zoom(self, factor: float) -> None:
+        center = self.t0 + self.span / 2
+        self.span = max(1e-3, self.span * factor)
+        self.t0 = center - self.span / 2
+        self._build()
+
+    def action_pan(self, fraction: float) -> None:
+        self.t0 += self.span * fraction
+        self._build()
+
+    def action_fit(self) -> None:
+        lo, hi = self._fit_range
+        self.t0 = lo
+        self.span = max(1e-3, hi - lo) * 1.02
+        self._build()
+
+    def action_toggle_lanes(self) -> None:
+        self.by_worker = not self.by_worker
+        self._build()
+
+
+def _start(x: Any) -> float:
+    return x.start or x.queued_start or math.inf
+
+
+def _outcome_state(outcome: str | None) -> str:
+    if outcome in (None, "", "completed"):
+        return "completed"
+    if outcome in ("cancelled", "worker stopped"):
+        return "cancelled"
+    if outcome == "running":
+        return "running"
+    return "failed"
