@@ -17,7 +17,7 @@ from tuiflow.app.task import TaskScreen
 from tuiflow.app.views import TaskList
 from tuiflow.app.workflow import WorkflowScreen
 from tuiflow.client import Client
-from tuiflow.model import compile_workflow
+from tuiflow.compiler import compile_workflow
 
 IDS = demo.IDS
 

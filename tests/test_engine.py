@@ -429,8 +429,8 @@ def test_worker_sigterm_drains_and_second_sigterm_stops(fast_home, tmp_path, pro
 def test_admission_control_and_ready_repair(fast_home, tmp_path):
     import threading
 
+    from tuiflow.compiler import load_workflow
     from tuiflow.coordinator import Coordinator
-    from tuiflow.model import load_workflow
 
     wf = write_wf(tmp_path, "name: small\ntasks:\n  - {name: a, run: 'true'}\n")
     client = Client(fast_home)

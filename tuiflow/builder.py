@@ -14,7 +14,8 @@ import json
 import os
 from typing import Any
 
-from .model import Definition, compile_workflow
+from .compiler import compile_workflow
+from .model import Definition
 
 
 class TaskRef(str):

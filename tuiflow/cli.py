@@ -111,7 +111,8 @@ def validate(
     file: str, json_out: bool = JsonOpt, set_: list[str] = typer.Option([], "--set", help="key=value param.")
 ) -> None:
     """Check a workflow file; print every problem (file, line, task, field)."""
-    from .model import WorkflowValidationError, load_workflow, parse_set_values
+    from .compiler import load_workflow, parse_set_values
+    from .model import WorkflowValidationError
 
     try:
         d = load_workflow(file, parse_set_values(set_))
@@ -131,7 +132,7 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of workflow files (for editor completion and checks)."""
-    from .model import json_schema
+    from .compiler import json_schema
 
     _emit_json(json_schema())
 
@@ -146,7 +147,7 @@ def submit(
 ) -> None:
     """Submit a workflow file; prints its id. A coordinator (or run-local) runs it."""
     from .client import Client
-    from .model import parse_set_values
+    from .compiler import parse_set_values
 
     h = _home(home, ctx, create=True)
     try:
@@ -543,7 +544,8 @@ def run_local_cmd(
     Exit code 0 when it completed, 1 when it failed or was cancelled (Ctrl-C cancels), 2 when
     the workflow file is invalid.
     """
-    from .model import WorkflowValidationError, load_workflow, parse_set_values
+    from .compiler import load_workflow, parse_set_values
+    from .model import WorkflowValidationError
     from .runlocal import run_local
 
     try:

@@ -24,7 +24,7 @@ from workers import protocol as p
 
 from .dag import RUNNING, STATE_NAMES, TERMINAL, WF_TERMINAL, NotRetryable, Run
 from .errors import NotFound
-from .model import Definition, load_workflow
+from .model import Definition
 from .store import WorkflowStore
 
 
@@ -101,6 +101,8 @@ class Client:
         return wf_id
 
     def submit_file(self, path: str, set_values: dict[str, Any] | None = None) -> str:
+        from .compiler import load_workflow  # the compiler's pydantic costs startup time elsewhere
+
         return self.submit(load_workflow(path, set_values))
 
     def cancel(self, wf: str) -> str:
