@@ -4,6 +4,8 @@ clock, fixed size), and Pilot tests of navigation, filtering, actions and live u
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import shutil
 import time
 from pathlib import Path
@@ -132,13 +134,20 @@ def test_snapshot_filtered_tasks(snap_compare, demo_home):
     )
 
 
+def screen_lines(app) -> list[str]:
+    svg = app.export_screenshot()
+    rows: dict[float, list[str]] = {}
+    for y, text in re.findall(r'<text[^>]*y="([0-9.]+)"[^>]*>(.*?)</text>', svg):
+        rows.setdefault(float(y), []).append(html.unescape(re.sub("<[^>]+>", "", text)).replace("\xa0", " "))
+    return ["".join(parts) for _, parts in sorted(rows.items())]
+
+
 # ----------------------------------------------------------------- pilot tests
 async def test_navigate_overview_workflow_task_logs(demo_home):
     app = make_app(demo_home)
     async with app.run_test(size=(130, 36)) as pilot:
         await settle(pilot)
-        table = app.screen.query_one("#workflows")
-        keys = [k.value for k in table.rows]
+        keys = list(app.screen.query_one("#workflows").keys)
         await pilot.press(*["down"] * keys.index(IDS["diamond"]), "enter")
         await settle(pilot)
         assert isinstance(app.screen, WorkflowScreen) and app.screen.wf_id == IDS["diamond"]
@@ -211,16 +220,46 @@ async def test_live_update_after_files_change(tmp_path):
     app = TuiflowApp(home, live=True, keymap={}, home_label="live")
     async with app.run_test(size=(120, 30)) as pilot:
         await settle(pilot)
-        assert app.screen.query_one("#workflows").row_count == 0
+        assert not app.screen.query_one("#workflows").keys
         wf_id = Client(home).submit(
             compile_workflow({"name": "appears", "tasks": [{"name": "a", "run": "true"}]})
         )
         deadline = time.monotonic() + 15
         table = app.screen.query_one("#workflows")
-        while table.row_count == 0:
+        while not table.keys:
             assert time.monotonic() < deadline, "the new workflow never showed up"
             await asyncio.sleep(0.05)
-        assert [k.value for k in table.rows] == [wf_id]
+        assert list(table.keys) == [wf_id]
+
+
+async def test_live_task_list_repaints_the_rows_that_changed(demo_home, tmp_path):
+    """A state written by another process shows on the open task list: the line of the
+    changed task is redrawn (lines are repainted one by one, so a missed one would show)."""
+    from tuiflow.store import WorkflowStore
+
+    home_dir = tmp_path / "home"
+    shutil.copytree(demo_home.root, home_dir)
+    home = Home.open(home_dir)
+    app = TuiflowApp(home, clock=lambda: demo.NOW, live=True, keymap={}, initial_workflow=IDS["diamond"])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+
+        def line_of(name: str) -> str:
+            # what is on screen (a screenshot reuses every line not marked for repaint)
+            return next(line for line in screen_lines(app) if f"{name} " in line)
+
+        assert " failed " in line_of("broken") and "upstream_failed" in line_of("publish")
+        before = line_of("score")
+        store = WorkflowStore(home)
+        run, version = store.load_run(IDS["diamond"])
+        run.retry(["broken"], demo.NOW)  # what the coordinator does on `tuiflow retry`
+        store.write_run(run, version)
+        deadline = time.monotonic() + 15
+        while " failed " in line_of("broken"):
+            assert time.monotonic() < deadline, "the retried task never changed on screen"
+            await asyncio.sleep(0.05)
+        assert " ready " in line_of("broken") and " pending " in line_of("publish")
+        assert line_of("score") == before
 
 
 async def test_keymap_rebinds_by_id(demo_home, tmp_path):

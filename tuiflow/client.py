@@ -51,17 +51,25 @@ class TaskView:
         return dataclasses.asdict(self)
 
 
+def task_times(run: Run, i: int, now: float) -> tuple[float | None, float | None]:
+    """Seconds task `i` waited in its queue and ran (its current attempt; up to `now`
+    while it still waits or runs); None where it never became ready or never started."""
+    ready, started, ended = run.ready_at[i], run.started[i], run.ended[i]
+    queued_for = None
+    if ready:
+        queued_for = max(0.0, (started or (ended if run.st[i] in TERMINAL else now)) - ready)
+    ran_for = max(0.0, (ended or now) - started) if started else None
+    return queued_for, ran_for
+
+
 def task_views(run: Run, now: float, indices: list[int] | None = None) -> list[TaskView]:
     d = run.definition
     out = []
     for i in range(len(run)) if indices is None else indices:
         t = d.tasks[i]
-        code = run.st[i]
         ready, started, ended = run.ready_at[i], run.started[i], run.ended[i]
-        queued_for = None
-        if ready:
-            queued_for = max(0.0, (started or (ended if code in TERMINAL else now)) - ready)
-        ran_for = max(0.0, (ended or now) - started) if started else None
+        queued_for, ran_for = task_times(run, i, now)
+        code = run.st[i]
         ref = run.output_refs.get(i)
         out.append(
             TaskView(

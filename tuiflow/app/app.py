@@ -125,6 +125,9 @@ class TuiflowApp(App):
         self._keymap = keymap if keymap is not None else load_keymap()
         self._stop_watch = threading.Event()
         self._focus_dir: str | None = None
+        #: directories of the workflows still running (set by the overview), watched while
+        #: no workflow is open
+        self.active_dirs: tuple[str, ...] = ()
 
     # ------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
@@ -157,6 +160,8 @@ class TuiflowApp(App):
             paths.extend(f"{h.queues_dir}/{q}/ready/{d}" for d in _listdir(f"{h.queues_dir}/{q}/ready"))
         if self._focus_dir:
             paths.append(self._focus_dir)
+        else:
+            paths.extend(self.active_dirs)  # the overview's progress bars move with their summaries
         return [p for p in paths if os.path.isdir(p)]
 
     @work(thread=True, exclusive=True, group="watch")
@@ -165,7 +170,7 @@ class TuiflowApp(App):
         directories follows the workflow shown)."""
         while not self._stop_watch.is_set():
             paths = self._watch_paths()
-            focus = self._focus_dir
+            focus = (self._focus_dir, self.active_dirs)
             try:
                 waiter = ChangeWaiter(
                     paths, mode=self.home.settings.watch, poll_interval=self.home.settings.poll_interval
@@ -176,7 +181,9 @@ class TuiflowApp(App):
             try:
                 deadline = time.monotonic() + 10
                 while (
-                    not self._stop_watch.is_set() and focus == self._focus_dir and time.monotonic() < deadline
+                    not self._stop_watch.is_set()
+                    and focus == (self._focus_dir, self.active_dirs)
+                    and time.monotonic() < deadline
                 ):
                     if waiter.wait(0.5):
                         self.call_from_thread(self.files_changed)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.text import Text
 from textual import work
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Static
 
 MIN_INTERVAL = 0.1
 
@@ -33,11 +35,20 @@ class LiveScreen(Screen):
         self.request_refresh()
 
     def on_screen_resume(self) -> None:
-        if self.loaded:
-            self.request_refresh()
+        self.request_refresh()
+
+    @property
+    def on_top(self) -> bool:
+        """Shown, or shown under a dialog. A screen under another one waits: it refreshes
+        when it is shown again. (`Screen.is_current` also counts screens merely waiting
+        under a newly pushed one.)"""
+        stack = self.app.screen_stack
+        if stack and stack[-1] is self:
+            return True
+        return len(stack) > 1 and stack[-2] is self and isinstance(stack[-1], ModalScreen)
 
     def request_refresh(self) -> None:
-        if not self.is_attached:
+        if not self.is_attached or not self.on_top:
             return
         if self._fetching:
             self._pending = True
@@ -82,3 +93,15 @@ class LiveScreen(Screen):
 
     def show_error(self, error: Exception) -> None:
         self.notify(f"{type(error).__name__}: {error}", severity="error", timeout=6)
+
+
+def set_text(widget: Static, text: Text) -> None:
+    """Show `text` in `widget`, doing as little as possible: nothing when it is what is
+    shown already, a repaint without a layout pass when its height is unchanged (a
+    layout pass of a whole screen costs tens of milliseconds; a refresh does this often)."""
+    previous: Text | None = getattr(widget, "_tuiflow_text", None)
+    if previous is not None and previous == text:
+        return
+    same_height = previous is not None and previous.plain.count("\n") == text.plain.count("\n")
+    widget._tuiflow_text = text  # type: ignore[attr-defined]
+    widget.update(text, layout=not same_height)

@@ -9,6 +9,7 @@ never a decision (the coordinator decides liveness by watching records change).
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import os
 from collections import deque
@@ -19,8 +20,9 @@ from spool.liveness import SUFFIX as HB_SUFFIX
 from spool.liveness import decode, read_raw
 from workers import protocol as p
 
-from ..client import TaskView, task_views
-from ..dag import STATE_NAMES, TERMINAL, WF_TERMINAL, Run
+from ..client import task_times
+from ..dag import STATE_CODES, STATE_NAMES, TERMINAL, WF_TERMINAL, Run
+from ..model import Definition
 from ..store import WorkflowStore
 
 #: the order of segments in progress bars, with their colours
@@ -206,13 +208,71 @@ class GroupRow:
     total: int
 
 
+class TaskIndex:
+    """What never changes about a workflow's tasks, worked out once per workflow (its
+    definition is immutable) so that a refresh of 10,000 tasks touches only their states:
+    names, lower-cased names for the filter, prefix groups, and the DAG's layers."""
+
+    def __init__(self, definition: Definition):
+        tasks = definition.tasks
+        self.names = [t.name for t in tasks]
+        self.index = definition.index
+        self.lower = [n.lower() for n in self.names]
+        self.name_width = max(12, min(48, max(map(len, self.names), default=12)))
+        self.prefixes: list[str] = []
+        seen: dict[str, int] = {}
+        group = array.array("I", bytes(4 * len(tasks)))
+        for i, name in enumerate(self.names):
+            prefix = name.split("/", 1)[0] if "/" in name else ""
+            g = seen.get(prefix)
+            if g is None:
+                g = seen[prefix] = len(self.prefixes)
+                self.prefixes.append(prefix)
+            group[i] = g
+        self.group = group
+        self._layout: list[DagLayer] | None = None
+        self._definition = definition
+
+    def group_counts(self, st: bytes | bytearray) -> list[GroupRow]:
+        if len(self.prefixes) == 1:
+            counts = dict(zip(STATE_NAMES, map(st.count, range(len(STATE_NAMES))), strict=True))
+            return [GroupRow(self.prefixes[0] or "(no group)", counts, len(st))]
+        per = [[0] * len(STATE_NAMES) for _ in self.prefixes]
+        for g, code in zip(self.group, st, strict=True):
+            per[g][code] += 1
+        return [
+            GroupRow(prefix or "(no group)", dict(zip(STATE_NAMES, row, strict=True)), sum(row))
+            for prefix, row in zip(self.prefixes, per, strict=True)
+        ]
+
+    def dag_layout(self) -> list[DagLayer]:
+        """The DAG by layers; in each layer a foreach task's items fold into one group, and
+        so does a name prefix with more than `FOLD_OVER` tasks in the layer."""
+        if self._layout is None:
+            self._layout = _dag_layout(self._definition)
+        return self._layout
+
+
+_INDEXES: dict[str, TaskIndex] = {}
+
+
+def task_index(wf_id: str, definition: Definition) -> TaskIndex:
+    cached = _INDEXES.get(wf_id)
+    if cached is None or cached._definition is not definition:
+        if len(_INDEXES) > 32:
+            _INDEXES.clear()
+        cached = _INDEXES[wf_id] = TaskIndex(definition)
+    return cached
+
+
 @dataclasses.dataclass
 class WorkflowSnapshot:
     id: str
     name: str
     state: str
     run: Run
-    tasks: list[TaskView]
+    index: TaskIndex
+    now: float
     groups: list[GroupRow]
     counts: dict[str, int]
     total: int
@@ -225,16 +285,7 @@ class WorkflowSnapshot:
 
 def load_workflow(store: WorkflowStore, wf_id: str, now: float) -> WorkflowSnapshot:
     run, version = store.load_run(wf_id)
-    views = task_views(run, now)
-    per: dict[str, dict[str, int]] = {}
-    order: list[str] = []
-    for v in views:
-        prefix = v.name.split("/", 1)[0] if "/" in v.name else ""
-        if prefix not in per:
-            per[prefix] = dict.fromkeys(STATE_NAMES, 0)
-            order.append(prefix)
-        per[prefix][v.state] += 1
-    groups = [GroupRow(g or "(no group)", per[g], sum(per[g].values())) for g in order]
+    index = task_index(wf_id, run.definition)
     counts = run.count_dict()
     done = done_count(counts)
     rate, eta = rate_eta(done, len(run), run.started_at, run.ended_at, now)
@@ -243,8 +294,9 @@ def load_workflow(store: WorkflowStore, wf_id: str, now: float) -> WorkflowSnaps
         name=run.definition.name,
         state=run.state,
         run=run,
-        tasks=views,
-        groups=groups,
+        index=index,
+        now=now,
+        groups=index.group_counts(run.st),
         counts=counts,
         total=len(run),
         done=done,
@@ -255,10 +307,69 @@ def load_workflow(store: WorkflowStore, wf_id: str, now: float) -> WorkflowSnaps
     )
 
 
+# ------------------------------------------------------------------- task rows
+def task_order(snap: WorkflowSnapshot, text: str, state: str, sort: str) -> range | list[int]:
+    """The task indices the task list shows, filtered and sorted. Unfiltered in
+    definition order it is a `range`: nothing is built for the common case."""
+    run, n = snap.run, len(snap.run)
+    order: range | list[int] = range(n)
+    if state != "all":
+        code, st = STATE_CODES[state], run.st
+        order = [i for i in order if st[i] == code]
+    if text:
+        needle, lower = text.lower(), snap.index.lower
+        order = [i for i in order if needle in lower[i]]
+    if sort == "state":
+        st = run.st
+        order = sorted(order, key=lambda i: (STATE_NAMES[st[i]], i))
+    elif sort == "ran":
+        order = sorted(order, key=lambda i: -(task_times(run, i, snap.now)[1] or 0.0))
+    elif sort == "queued":
+        order = sorted(order, key=lambda i: -(task_times(run, i, snap.now)[0] or 0.0))
+    elif sort == "attempt":
+        attempt = run.attempt
+        order = sorted(order, key=lambda i: -attempt[i])
+    return order
+
+
+def task_row(snap: WorkflowSnapshot, i: int) -> tuple[Any, ...]:
+    """What the task list draws for task `i`: name, state, attempt, worker, seconds queued,
+    seconds run (None where it does not apply), exit/error."""
+    run = snap.run
+    queued, ran = task_times(run, i, snap.now)
+    parts = []
+    exit_code = run.exit_code.get(i)
+    if exit_code not in (None, 0):
+        parts.append(f"exit {exit_code}")
+    reason = run.reason.get(i)
+    if reason:
+        parts.append(reason.splitlines()[0][:120])
+    return (
+        snap.index.names[i],
+        STATE_NAMES[run.st[i]],
+        run.attempt[i],
+        run.worker.get(i) or "",
+        queued,
+        ran,
+        " · ".join(parts),
+    )
+
+
 # ----------------------------------------------------------------- the task DAG
-def layers(run: Run) -> list[int]:
+FOLD_OVER = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class DagLayer:
+    layer: int
+    size: int
+    #: ("group", name, member indices, deps text) or ("task", index, deps text)
+    items: list[tuple[Any, ...]]
+
+
+def layers(definition: Definition) -> list[int]:
     """Each task's layer: the length of the longest dependency chain leading to it."""
-    d = run.definition
+    d = definition
     layer = [0] * len(d)
     indegree = [len(deps) for deps in d.deps]
     order = [i for i, n in enumerate(indegree) if n == 0]
@@ -271,11 +382,84 @@ def layers(run: Run) -> list[int]:
     return layer
 
 
-def group_of(name: str) -> str | None:
-    """The collapsible group of a task: its foreach task, else its prefix group."""
-    if name.endswith("]") and "[" in name:
-        return name[: name.rindex("[")]
-    return None
+def _dag_layout(d: Definition) -> list[DagLayer]:
+    by_layer: dict[int, list[int]] = {}
+    for i, layer in enumerate(layers(d)):
+        by_layer.setdefault(layer, []).append(i)
+    out = []
+    for layer in sorted(by_layer):
+        members = by_layer[layer]
+        per_prefix: dict[str, int] = {}
+        for i in members:
+            name = d.tasks[i].name
+            if "/" in name:
+                prefix = name.split("/", 1)[0] + "/*"
+                per_prefix[prefix] = per_prefix.get(prefix, 0) + 1
+        groups: dict[str, list[int]] = {}
+        items: list[tuple[Any, ...]] = []
+        for i in members:
+            t = d.tasks[i]
+            g = t.group
+            if g is None and "/" in t.name:
+                prefix = t.name.split("/", 1)[0] + "/*"
+                g = prefix if per_prefix[prefix] > FOLD_OVER else None
+            if g is None:
+                items.append(("task", i, deps_text(d, d.deps[i])))
+            elif g in groups:
+                groups[g].append(i)
+            else:
+                groups[g] = [i]
+                items.append(("group", g, groups[g]))
+        # a group's upstreams: those of its first members (items of one foreach share them)
+        items = [
+            (*item, deps_text(d, sorted({dep for i in item[2][:50] for dep in d.deps[i]})))
+            if item[0] == "group"
+            else item
+            for item in items
+        ]
+        out.append(DagLayer(layer, len(members), items))
+    return out
+
+
+def deps_text(d: Definition, deps: Any) -> str:
+    """Upstream names, a foreach group's items folded to `group[×n]`, at most six."""
+    folded: dict[str, int] = {}
+    out: list[str] = []
+    for dep in deps:
+        t = d.tasks[dep]
+        if t.group is not None:
+            if t.group not in folded:
+                out.append(t.group)
+            folded[t.group] = folded.get(t.group, 0) + 1
+        else:
+            out.append(t.name)
+    text = ", ".join(f"{n}[×{folded[n]}]" if n in folded else n for n in out[:6])
+    return text + (" …" if len(out) > 6 else "")
+
+
+def dag_rows(snap: WorkflowSnapshot, expanded: set[str] | frozenset[str]) -> list[tuple[Any, Any]]:
+    """(key, row) pairs of the DAG view: layer rules, folded groups with their state
+    counts, tasks; the members of `expanded` groups under them."""
+    run = snap.run
+    st, names = run.st, snap.index.names
+    rows: list[tuple[Any, Any]] = []
+    for layer in snap.index.dag_layout():
+        rows.append((("layer", layer.layer), ("layer", layer.layer, layer.size)))
+        for item in layer.items:
+            if item[0] == "task":
+                _, i, deps = item
+                rows.append((("task", i), ("task", names[i], STATE_NAMES[st[i]], deps, False)))
+                continue
+            _, name, members, deps = item
+            codes = [0] * len(STATE_NAMES)
+            for i in members:
+                codes[st[i]] += 1
+            counts = tuple((s, c) for s, c in zip(STATE_NAMES, codes, strict=True) if c)
+            open_ = name in expanded
+            rows.append((("group", name), ("group", name, counts, len(members), open_, deps)))
+            if open_:
+                rows.extend((("task", i), ("task", names[i], STATE_NAMES[st[i]], "", True)) for i in members)
+    return rows
 
 
 # ------------------------------------------------------------------ task detail

@@ -14,7 +14,8 @@ from textual.widgets import DataTable, Footer, Header, Label, Static
 
 from .base import LiveScreen
 from .data import HomeReader, HomeSnapshot, QueueRow, WorkerRow, WorkflowRow
-from .render import fmt_rate, fmt_secs, segment_bar, sparkline, state_text
+from .render import fmt_age, fmt_rate, fmt_secs, segment_bar, sparkline, state_text
+from .rows import RowsView
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +98,71 @@ def _pick(cells: dict[str, Any], columns: tuple[str, ...]) -> tuple[Any, ...]:
     return tuple(cells[c] for c in columns)
 
 
+class WorkflowList(RowsView):
+    """The workflows of the home, one line each, drawn with the Line API: a home with
+    hundreds of workflows refreshes by repainting the lines that changed (a DataTable
+    re-renders every visible cell when one changes)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select", "Open workflow", id="overview.open"),
+    ]
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.columns: tuple[tuple[Column, int], ...] = ()
+
+    def set_columns(self, fit: tuple[tuple[Column, int], ...]) -> None:
+        self.columns = fit
+        self._cache.clear()
+        header = Text()
+        for col, width in fit:
+            header.append(f" {col.label:<{width}} ")
+        self.set_header(header)
+        self.refresh()
+
+    def show(self, rows: list[WorkflowRow]) -> None:
+        # a row is the plain values it is drawn from: hashable, so drawn lines are cached
+        self.set_rows([(w.id, _wf_values(w)) for w in rows])
+
+    @property
+    def bar_width(self) -> int:
+        return next((w for c, w in self.columns if c.key == "progress"), 24)
+
+    def format_row(self, data: Any, width: int) -> Text:
+        values = dict(data)
+        text = Text()
+        for col, w in self.columns:
+            text.append(" ")
+            value = values[col.key]
+            if col.key == "progress":
+                counts, total = value
+                cell = segment_bar(dict(counts), total, w)
+            elif col.key == "state":
+                cell = state_text(value)
+            else:
+                cell = Text(value)
+            cell.truncate(w, overflow="ellipsis", pad=True)
+            text.append_text(cell)
+            text.append(" ")
+        return text
+
+
+def _wf_values(w: WorkflowRow) -> tuple[tuple[str, Any], ...]:
+    running = w.state == "running"
+    return (
+        ("id", w.id),
+        ("name", w.name),
+        ("state", w.state),
+        ("progress", (tuple(sorted(w.counts.items())), w.total)),
+        ("done", f"{w.done}/{w.total}"),
+        ("rate", fmt_rate(w.rate) if running else ""),
+        ("eta", fmt_secs(w.eta) if running and w.eta is not None else ""),
+        ("age", fmt_age(w.age)),
+    )
+
+
 class OverviewScreen(LiveScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "open", "Open workflow", id="overview.open"),
         Binding("c", "cancel", "Cancel workflow", id="overview.cancel"),
         Binding("R", "retry", "Retry failed", id="overview.retry"),
         Binding("tab", "focus_next", "Next table", show=False, id="overview.next"),
@@ -117,7 +180,7 @@ class OverviewScreen(LiveScreen):
         with Vertical(id="overview-body"):
             yield Static(id="empty-home", markup=False)
             yield Label("Workflows", classes="section")
-            yield DataTable(id="workflows", cursor_type="row", zebra_stripes=True)
+            yield WorkflowList(id="workflows")
             with Horizontal(id="lower"):
                 with Vertical(id="workers-box"):
                     yield Label("Workers", classes="section")
@@ -130,9 +193,8 @@ class OverviewScreen(LiveScreen):
     def on_mount(self) -> None:
         self.reader = HomeReader(self.app.home)  # type: ignore[attr-defined]
         self._fit_tables(self.size.width)
-        wf = self.query_one("#workflows", DataTable)
         self.query_one("#empty-home").display = False
-        wf.focus()
+        self.query_one(WorkflowList).focus()
         super().on_mount()
 
     # ---------------------------------------------------------------- refresh
@@ -158,17 +220,20 @@ class OverviewScreen(LiveScreen):
                 "This screen updates by itself."
             )
         self._sync_tables(snap)
+        store = self.app.store  # type: ignore[attr-defined]
+        self.app.active_dirs = tuple(  # type: ignore[attr-defined]
+            store.dir(w.id) for w in snap.workflows if w.state in ("pending", "running")
+        )
         for err in snap.errors:
             self.notify(err, severity="error", timeout=8)
 
     def _sync_tables(self, snap: HomeSnapshot) -> None:
-        bar = next((w for c, w in self._widths["workflows"] if c.key == "progress"), 24)
         tables = {
-            "workflows": {w.id: self._wf_cells(w, bar) for w in snap.workflows},
             "workers": {w.id: self._worker_cells(w) for w in snap.workers},
             "queues": {q.name: self._queue_cells(q) for q in snap.queues},
         }
         with self.app.batch_update():
+            self.query_one(WorkflowList).show(snap.workflows)
             for name, rows in tables.items():
                 keys = self._layout[name]
                 sync_table(
@@ -189,27 +254,15 @@ class OverviewScreen(LiveScreen):
         if self._widths == fits:
             return False
         self._widths = fits
-        for name, fit in fits.items():
+        self.query_one(WorkflowList).set_columns(fits["workflows"])
+        for name in ("workers", "queues"):
+            fit = fits[name]
             table = self.query_one(f"#{name}", DataTable)
             table.clear(columns=True)
             for col, w in fit:
                 table.add_column(col.label, key=col.key, width=w)
             self._layout[name] = tuple(c.key for c, _ in fit)
         return True
-
-    @staticmethod
-    def _wf_cells(w: WorkflowRow, bar: int) -> dict[str, Any]:
-        running = w.state == "running"
-        return {
-            "id": w.id,
-            "name": w.name,
-            "state": state_text(w.state),
-            "progress": segment_bar(w.counts, w.total, bar),
-            "done": f"{w.done}/{w.total}",
-            "rate": fmt_rate(w.rate) if running else "",
-            "eta": fmt_secs(w.eta) if running and w.eta is not None else "",
-            "age": fmt_secs(w.age),
-        }
 
     @staticmethod
     def _worker_cells(w: WorkerRow) -> dict[str, Any]:
@@ -236,19 +289,12 @@ class OverviewScreen(LiveScreen):
 
     # ---------------------------------------------------------------- actions
     def _selected_workflow(self) -> str | None:
-        table = self.query_one("#workflows", DataTable)
-        if not table.row_count:
-            return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        current = self.query_one(WorkflowList).current
+        return str(current[0]) if current is not None else None
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        if event.data_table.id == "workflows" and event.row_key.value:
-            self.app.open_workflow(event.row_key.value)  # type: ignore[attr-defined]
-
-    def action_open(self) -> None:
-        wf = self._selected_workflow()
-        if wf:
-            self.app.open_workflow(wf)  # type: ignore[attr-defined]
+    def on_rows_view_selected(self, event: RowsView.Selected) -> None:
+        if isinstance(event.view, WorkflowList):
+            self.app.open_workflow(str(event.key))  # type: ignore[attr-defined]
 
     def action_cancel(self) -> None:
         wf = self._selected_workflow()

@@ -58,6 +58,26 @@ def fmt_secs(value: float | None) -> str:
     return f"{value / 86400:.1f}d"
 
 
+def fmt_age(value: float | None) -> str:
+    """An age at the precision people read ages (`42s`, `5m12s`, `45m`, `3h12m`, `30h`,
+    `5d`): it changes at most once a second, so lists of ages are not repainted at every
+    refresh."""
+    if value is None:
+        return "–"
+    s = max(0, int(value))
+    if s < 120:
+        return f"{s}s"
+    if s < 600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 3 * 3600:
+        return f"{s // 60}m"
+    if s < 8 * 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s < 2 * 86400:
+        return f"{s // 3600}h"
+    return f"{s // 86400}d"
+
+
 def fmt_rate(rate: float | None) -> str:
     if rate is None:
         return "–"

@@ -9,14 +9,14 @@ same index: the cursor does not jump when rows above it change.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding, BindingType
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -37,8 +37,27 @@ class RowsView(ScrollView, can_focus=True):
         Binding("enter", "select", "Open", id="rows.select"),
     ]
 
+    COMPONENT_CLASSES: ClassVar[set[str]] = {"rows--header", "rows--cursor"}
+
     DEFAULT_CSS = """
-    RowsView { height: 1fr; }
+    RowsView {
+        height: 1fr;
+        & > .rows--header {
+            text-style: bold;
+            background: $panel;
+            color: $foreground;
+        }
+        & > .rows--cursor {
+            background: $block-cursor-blurred-background;
+            color: $block-cursor-blurred-foreground;
+            text-style: $block-cursor-blurred-text-style;
+        }
+        &:focus > .rows--cursor {
+            background: $block-cursor-background;
+            color: $block-cursor-foreground;
+            text-style: $block-cursor-text-style;
+        }
+    }
     """
 
     class Selected(Message):
@@ -52,26 +71,75 @@ class RowsView(ScrollView, can_focus=True):
 
     def __init__(self, *, id: str | None = None, classes: str | None = None):
         super().__init__(id=id, classes=classes)
-        self.keys: list[Hashable] = []
-        self.data: list[Any] = []
+        self.keys: Sequence[Hashable] = []
+        self.data: Sequence[Any] = []
         self.cursor = 0
-        self._index: dict[Hashable, int] = {}
+        self._index: Mapping[Hashable, int] = {}
         self._cache: OrderedDict[tuple[Any, int, bool], Strip] = OrderedDict()
         self._width = 0
 
     # ----------------------------------------------------------------- data
     def set_rows(self, rows: Sequence[tuple[Hashable, Any]]) -> None:
         """Replace the rows (key, data); the cursor stays on its key when it still exists."""
+        self.set_keyed([k for k, _ in rows], [d for _, d in rows])
+
+    def set_keyed(
+        self,
+        keys: Sequence[Hashable],
+        data: Sequence[Any],
+        index: Mapping[Hashable, int] | None = None,
+        *,
+        repaint_all: bool = False,
+    ) -> None:
+        """Replace the rows by parallel sequences. `data` may be lazy (a sequence that
+        builds a row when indexed): only rows on screen are ever asked for. `index`
+        (key -> position) may be passed when the caller already has it.
+
+        Only the lines whose row changed are repainted (a refresh of a live list usually
+        changes a few lines or none); `repaint_all` when the drawing itself changed."""
+        before = self._on_screen()
+        top, cursor_line = self.scroll_offset.y, self.cursor - self.scroll_offset.y
         current = self.keys[self.cursor] if self.keys and self.cursor < len(self.keys) else None
-        self.keys = [k for k, _ in rows]
-        self.data = [d for _, d in rows]
-        self._index = {k: i for i, k in enumerate(self.keys)}
-        if current is not None and current in self._index:
-            self.cursor = self._index[current]
+        self.keys = keys
+        self.data = data
+        self._index = index if index is not None else {k: i for i, k in enumerate(keys)}
+        position = self._index.get(current) if current is not None else None
+        if position is not None:
+            self.cursor = position
         else:
             self.cursor = min(self.cursor, max(0, len(self.keys) - 1))
         self._update_size()
-        self.refresh()
+        after = self._on_screen()
+        if repaint_all or before is None or len(before) != len(after) or self.scroll_offset.y != top:
+            self.refresh()
+            return
+        lines = {y for y, (old, new) in enumerate(zip(before, after, strict=True)) if old != new}
+        if self.cursor - top != cursor_line:
+            lines.update((cursor_line, self.cursor - top))
+        offset = 1 if self.header is not None else 0
+        width = self.size.width
+        for y in lines:
+            if 0 <= y < len(after):
+                self.refresh(Region(0, y + offset, width, 1))
+
+    def set_header(self, header: Text | None) -> None:
+        if header == self.header:
+            return
+        shifted = (header is None) != (self.header is None)  # every row moves a line
+        self.header = header
+        if shifted:
+            self._update_size()
+            self.refresh()
+        else:
+            self.refresh(Region(0, 0, self.size.width, 1))
+
+    def _on_screen(self) -> list[tuple[Hashable, Any]] | None:
+        """The (key, row) of each line on screen now; None before the first layout."""
+        if not self.size.height:
+            return None
+        top = self.scroll_offset.y
+        end = min(len(self.keys), top + self.size.height - (1 if self.header is not None else 0))
+        return [(self.keys[i], self.data[i]) for i in range(top, end)]
 
     def _update_size(self) -> None:
         extra = 1 if self.header is not None else 0
@@ -102,7 +170,8 @@ class RowsView(ScrollView, can_focus=True):
         base = self.rich_style
         if self.header is not None:
             if y == 0:
-                return self._strip(self.header, width + scroll_x, base + Style(bold=True)).crop_extend(
+                header_style = base + self.get_component_rich_style("rows--header")
+                return self._strip(self.header, width + scroll_x, header_style).crop_extend(
                     scroll_x, scroll_x + width, base
                 )
             y -= 1
@@ -115,11 +184,7 @@ class RowsView(ScrollView, can_focus=True):
         strip = self._cache.get(key)
         if strip is None:
             text = self.format_row(data, width + scroll_x)
-            style = base
-            if selected:
-                style = (
-                    base + Style(reverse=True, bold=True) if self.has_focus else base + Style(underline=True)
-                )
+            style = base + self.get_component_rich_style("rows--cursor") if selected else base
             strip = self._strip(text, width + scroll_x, style)
             self._cache[key] = strip
             if len(self._cache) > _CACHE:

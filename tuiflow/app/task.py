@@ -18,7 +18,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
 from ..client import TaskView, task_views
-from .base import LiveScreen
+from .base import LiveScreen, set_text
 from .data import AttemptInfo, load_attempt
 from .overview import sync_table
 from .render import fmt_secs, state_text
@@ -125,7 +125,7 @@ class TaskScreen(LiveScreen):
         if v.worker:
             head.append(f"  on {v.worker}", style="grey70")
         head.append(f"\n{os.path.relpath(data.info.dir, self.app.home.root)}", style="grey50")  # type: ignore[attr-defined]
-        self.query_one("#task-head", Static).update(head)
+        set_text(self.query_one("#task-head", Static), head)
         self._logs(data.info)
         with self.app.batch_update():
             sync_table(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Hashable
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.message import Message
 
-from ..client import TaskView
-from .data import STATE_STYLE, WorkflowSnapshot, group_of, layers
+from .data import STATE_STYLE, WorkflowSnapshot, dag_rows, task_order, task_row
 from .render import fmt_secs, segment_bar
 from .rows import RowsView
 
@@ -45,24 +45,44 @@ def _cell(text: str, width: int) -> str:
     return text.ljust(width)
 
 
+class TaskRows(Sequence[tuple[Any, ...]]):
+    """The task list's rows, built only when asked for: a screenful per frame, never all."""
+
+    def __init__(self, snap: WorkflowSnapshot, order: Sequence[int]):
+        self.snap = snap
+        self.order = order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [task_row(self.snap, i) for i in self.order[k]]
+        return task_row(self.snap, self.order[k])
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskFilter:
+    text: str = ""
+    state: str = "all"
+    sort: str = "name"
+
+    def order(self, snap: WorkflowSnapshot) -> Sequence[int]:
+        return task_order(snap, self.text, self.state, self.sort)
+
+
 class TaskList(RowsView):
     """Every task of a workflow: state, attempt, worker, queued for, ran for, exit/error.
 
-    `/` filters by name, `s` cycles the state filter, `o` cycles the sort order.
+    `/` filters by name, `s` cycles the state filter, `o` cycles the sort order. With
+    10,000 tasks a refresh costs the same as with ten: the order is computed off the UI
+    thread (`TaskFilter.order`) and rows are built only for the lines on screen.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "cycle_state", "State filter", id="tasks.state_filter"),
         Binding("o", "cycle_sort", "Sort", id="tasks.sort"),
     ]
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.views: list[TaskView] = []
-        self.text_filter = ""
-        self.state_filter = "all"
-        self.sort = "name"
-        self._name_width = 24
 
     class Shown(Message):
         """The rows shown changed: how many of how many, under which filters."""
@@ -72,13 +92,50 @@ class TaskList(RowsView):
             self.view = view
             self.shown = shown
 
-    def show(self, views: list[TaskView]) -> None:
-        self.views = views
-        self._apply()
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.snap: WorkflowSnapshot | None = None
+        self.filter = TaskFilter()
+        self._name_width = 24
+
+    @property
+    def text_filter(self) -> str:
+        return self.filter.text
+
+    @property
+    def state_filter(self) -> str:
+        return self.filter.state
+
+    @property
+    def sort(self) -> str:
+        return self.filter.sort
+
+    def show(
+        self, snap: WorkflowSnapshot, order: Sequence[int] | None = None, made_for: TaskFilter | None = None
+    ) -> None:
+        """Show `snap`'s tasks; `order` is the filtered, sorted indices when the caller
+        computed them already (for the filter `made_for`: if the user changed the filter
+        since, it is computed again here)."""
+        self.snap = snap
+        if order is None or made_for != self.filter:
+            order = self.filter.order(snap)
+        self._name_width = snap.index.name_width
+        self.set_header(
+            Text(self._line("", "TASK", "STATE", "ATT", "WORKER", "QUEUED", "RAN", "EXIT / ERROR"))
+        )
+        names = snap.index.names
+        if isinstance(order, range) and order == range(len(names)):
+            keys: Sequence[str] = names
+            index: Any = snap.index.index  # the definition's own name -> position map
+        else:
+            keys, index = [names[i] for i in order], None
+        self.post_message(self.Shown(self, len(order)))
+        self.set_keyed(keys, TaskRows(snap, order), index)
 
     def status(self, shown: int) -> Text:
         """One line saying what the list shows: `12 of 1,002 tasks · state failed · …`."""
-        text = Text(f"{shown:,} of {len(self.views):,} tasks", style="bold")
+        total = len(self.snap.index.names) if self.snap is not None else 0
+        text = Text(f"{shown:,} of {total:,} tasks", style="bold")
         for label, value, on in (
             ("name contains", repr(self.text_filter), bool(self.text_filter)),
             ("state", self.state_filter, self.state_filter != "all"),
@@ -88,42 +145,6 @@ class TaskList(RowsView):
             text.append(f"{label} ", style="grey62")
             text.append(value, style="bold yellow" if on and label != "sorted by" else "")
         return text
-
-    def _apply(self) -> None:
-        views = self.views
-        if self.text_filter:
-            needle = self.text_filter.lower()
-            views = [v for v in views if needle in v.name.lower()]
-        if self.state_filter != "all":
-            views = [v for v in views if v.state == self.state_filter]
-        if self.sort == "state":
-            views = sorted(views, key=lambda v: (v.state, v.name))
-        elif self.sort == "ran":
-            views = sorted(views, key=lambda v: -(v.ran_for or 0))
-        elif self.sort == "queued":
-            views = sorted(views, key=lambda v: -(v.queued_for or 0))
-        elif self.sort == "attempt":
-            views = sorted(views, key=lambda v: (-v.attempt, v.name))
-        self._name_width = max(12, min(48, max((len(v.name) for v in views), default=12)))
-        self.header = Text(self._line("", "TASK", "STATE", "ATT", "WORKER", "QUEUED", "RAN", "EXIT / ERROR"))
-        self.post_message(self.Shown(self, len(views)))
-        self.set_rows(
-            [
-                (
-                    v.name,
-                    (
-                        v.name,
-                        v.state,
-                        v.attempt,
-                        v.worker or "",
-                        fmt_secs(v.queued_for) if v.queued_for is not None else "",
-                        fmt_secs(v.ran_for) if v.ran_for is not None else "",
-                        _detail(v),
-                    ),
-                )
-                for v in views
-            ]
-        )
 
     def _line(
         self, glyph: str, name: str, state: str, att: str, worker: str, queued: str, ran: str, detail: str
@@ -135,7 +156,16 @@ class TaskList(RowsView):
 
     def format_row(self, data: Any, width: int) -> Text:
         name, state, attempt, worker, queued, ran, detail = data
-        line = self._line(GLYPH.get(state, "?"), name, state, str(attempt), worker, queued, ran, detail)
+        line = self._line(
+            GLYPH.get(state, "?"),
+            name,
+            state,
+            str(attempt),
+            worker,
+            fmt_secs(queued) if queued is not None else "",
+            fmt_secs(ran) if ran is not None else "",
+            detail,
+        )
         text = Text(line)
         style = STATE_STYLE.get(state, "")
         text.stylize(style, 0, 1)
@@ -145,112 +175,45 @@ class TaskList(RowsView):
             text.stylize("red", len(line) - len(detail), len(line))
         return text
 
+    def _refilter(self, **change: str) -> None:
+        self.filter = dataclasses.replace(self.filter, **change)
+        if self.snap is not None:
+            self.show(self.snap)
+
     def set_filter(self, text: str) -> None:
-        self.text_filter = text
-        self._apply()
+        self._refilter(text=text)
 
     def action_cycle_state(self) -> None:
-        self.state_filter = STATE_FILTERS[(STATE_FILTERS.index(self.state_filter) + 1) % len(STATE_FILTERS)]
-        self._apply()
+        self._refilter(state=STATE_FILTERS[(STATE_FILTERS.index(self.state_filter) + 1) % len(STATE_FILTERS)])
 
     def action_cycle_sort(self) -> None:
-        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
-        self._apply()
-
-
-def _detail(v: TaskView) -> str:
-    parts = []
-    if v.exit_code not in (None, 0):
-        parts.append(f"exit {v.exit_code}")
-    if v.reason:
-        parts.append(v.reason.splitlines()[0][:120])
-    return " · ".join(parts)
+        self._refilter(sort=SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)])
 
 
 # ------------------------------------------------------------------------- DAG
 class DagView(RowsView):
     """The task graph by layers (longest dependency chain from a root). A foreach task's
     items fold into one line with a progress bar (enter unfolds it); prefix groups with
-    more than `fold_over` tasks in a layer fold too, so 10,000 tasks stay navigable."""
-
-    fold_over = 12
+    more than `FOLD_OVER` tasks in a layer fold too, so 10,000 tasks stay navigable. The
+    layout is worked out once per workflow; a refresh only counts states."""
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.expanded: set[str] = set()
+        self.expanded: frozenset[str] = frozenset()
         self.snapshot: WorkflowSnapshot | None = None
-        self._layers: list[int] | None = None
-        self._layers_for: str | None = None
 
-    def show(self, snap: WorkflowSnapshot) -> None:
+    def show(
+        self,
+        snap: WorkflowSnapshot,
+        rows: list[tuple[Any, Any]] | None = None,
+        made_for: frozenset[str] | None = None,
+    ) -> None:
+        """Show `snap`; `rows` are its DAG rows when the caller built them already (for
+        the groups `made_for` expanded: if that changed since, they are built again)."""
         self.snapshot = snap
-        if self._layers_for != snap.id:
-            self._layers = layers(snap.run)
-            self._layers_for = snap.id
-        self._build()
-
-    def _build(self) -> None:
-        snap = self.snapshot
-        if snap is None or self._layers is None:
-            return
-        run, d = snap.run, snap.run.definition
-        by_layer: dict[int, list[int]] = {}
-        for i, layer in enumerate(self._layers):
-            by_layer.setdefault(layer, []).append(i)
-        rows: list[tuple[Hashable, Any]] = []
-        for layer in sorted(by_layer):
-            members = by_layer[layer]
-            rows.append((("layer", layer), ("layer", layer, len(members))))
-            groups: dict[str, list[int]] = {}
-            order: list[tuple[str, Any]] = []
-            for i in members:
-                name = d.tasks[i].name
-                g = group_of(name)
-                if g is None and "/" in name:
-                    prefix = name.split("/", 1)[0] + "/"
-                    if sum(1 for j in members if d.tasks[j].name.startswith(prefix)) > self.fold_over:
-                        g = prefix + "*"
-                if g is not None:
-                    if g not in groups:
-                        groups[g] = []
-                        order.append(("group", g))
-                    groups[g].append(i)
-                else:
-                    order.append(("task", i))
-            for kind, value in order:
-                if kind == "group":
-                    idx = groups[value]
-                    counts: dict[str, int] = {}
-                    for i in idx:
-                        s = run.state_of(i)
-                        counts[s] = counts.get(s, 0) + 1
-                    open_ = value in self.expanded
-                    deps = sorted({d.tasks[dep].name for i in idx[:50] for dep in d.deps[i]})
-                    rows.append(
-                        (
-                            ("group", value),
-                            (
-                                "group",
-                                value,
-                                tuple(sorted(counts.items())),
-                                len(idx),
-                                open_,
-                                _deps_text(deps, d),
-                            ),
-                        )
-                    )
-                    if open_:
-                        for i in idx:
-                            rows.append(((("task", i)), self._task_row(i, indent=True)))
-                else:
-                    rows.append((("task", value), self._task_row(value)))
+        if rows is None or made_for != self.expanded:
+            rows = dag_rows(snap, self.expanded)
         self.set_rows(rows)
-
-    def _task_row(self, i: int, indent: bool = False) -> tuple[Any, ...]:
-        run = self.snapshot.run  # type: ignore[union-attr]
-        d = run.definition
-        deps = [d.tasks[dep].name for dep in d.deps[i]]
-        return ("task", d.tasks[i].name, run.state_of(i), _deps_text(deps, d), indent)
 
     def format_row(self, data: Any, width: int) -> Text:
         kind = data[0]
@@ -284,30 +247,12 @@ class DagView(RowsView):
             return
         _key, data = cur
         if data[0] == "group":
-            name = data[1]
-            self.expanded.symmetric_difference_update({name})
-            self._build()
+            self.expanded = self.expanded ^ {data[1]}
+            if self.snapshot is not None:
+                self.show(self.snapshot)
             return
         if data[0] == "task":
             self.post_message(self.Selected(self, data[1], data))
-
-
-def _deps_text(deps: list[str], d: Any) -> str:
-    if not deps:
-        return ""
-    folded: dict[str, int] = {}
-    out: list[str] = []
-    for name in deps:
-        g = group_of(name)
-        if g is not None:
-            if g not in folded:
-                out.append(g)
-            folded[g] = folded.get(g, 0) + 1
-        else:
-            out.append(name)
-    return ", ".join(f"{n}[×{folded[n]}]" if n in folded else n for n in out[:6]) + (
-        " …" if len(out) > 6 else ""
-    )
 
 
 # -------------------------------------------------------------------- timeline
@@ -355,8 +300,8 @@ class Timeline(RowsView):
         else:
             rows = [(("task", x.task, x.attempt), ("task", x)) for x in sorted(self.items, key=_start)]
         width = max(10, self.size.width - self.label_width - 2)
-        self.header = Text(f"{'':<{self.label_width}}  {self._axis(width)}", style="grey62")
-        self.set_rows(rows)
+        self.set_header(Text(f"{'':<{self.label_width}}  {self._axis(width)}", style="grey62"))
+        self.set_keyed([k for k, _ in rows], [d for _, d in rows], repaint_all=True)
 
     def _axis(self, width: int) -> str:
         ticks = 4

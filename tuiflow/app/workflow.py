@@ -12,8 +12,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tree
 
-from .base import LiveScreen
-from .data import STATE_STYLE, WorkflowSnapshot, load_workflow
+from .base import LiveScreen, set_text
+from .data import STATE_STYLE, WorkflowSnapshot, dag_rows, load_workflow
 from .render import fmt_rate, fmt_secs, segment_bar, state_text
 from .rows import RowsView
 from .views import DagView, TaskList, Timeline
@@ -26,6 +26,11 @@ class WorkflowData:
     snapshot: WorkflowSnapshot
     analysis: Any  # analyzer.Analysis, when a trace tab is shown
     timeline: list[Any] | None
+    #: the task list's order (tasks tab) or the DAG's rows (dag tab), built off the UI
+    #: thread for the filter / expanded groups in `made_for`
+    tab: str = "tasks"
+    rows: Any = None
+    made_for: Any = None
 
 
 class WorkflowScreen(LiveScreen):
@@ -81,6 +86,8 @@ class WorkflowScreen(LiveScreen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._task_list = self.query_one(TaskList)
+        self._dag_view = self.query_one(DagView)
         self.query_one("#task-filter", Input).display = False
         self.query_one("#lineage-view", Tree).show_root = False
         super().on_mount()
@@ -94,6 +101,16 @@ class WorkflowScreen(LiveScreen):
     def load(self, now: float) -> WorkflowData:
         store = self.app.store  # type: ignore[attr-defined]
         snap = load_workflow(store, self.wf_id, now)
+        tab = self._tab_for_load
+        rows = made_for = None
+        # the filter and the expanded groups are immutable values: reading them from this
+        # thread sees either the old or the new one, and `show` redoes a stale one
+        if tab == "tasks":
+            made_for = self._task_list.filter
+            rows = made_for.order(snap)
+        elif tab == "dag":
+            made_for = self._dag_view.expanded
+            rows = dag_rows(snap, made_for)
         analysis = timeline = None
         if self._tab_for_load in TRACE_TABS:
             key = (snap.state, snap.version)
@@ -105,19 +122,19 @@ class WorkflowScreen(LiveScreen):
                 analysis = analyze_workflow(store.dir(self.wf_id))
                 timeline = timeline_rows(analysis.trace, critical=analysis.critical_tasks)
                 self._analysis_key = key
-        return WorkflowData(snap, analysis, timeline)
+        return WorkflowData(snap, analysis, timeline, tab, rows, made_for)
 
     def apply(self, data: WorkflowData) -> None:
         snap = data.snapshot
         self.snapshot = snap
         self.title = f"{snap.name} · {snap.id}"
-        self.query_one("#wf-head", Static).update(self._head(snap))
-        self.query_one("#wf-groups", Static).update(self._groups(snap))
+        set_text(self.query_one("#wf-head", Static), self._head(snap))
+        set_text(self.query_one("#wf-groups", Static), self._groups(snap))
         tab = self.active_tab
         if tab == "tasks":
-            self.query_one(TaskList).show(snap.tasks)
+            self.query_one(TaskList).show(snap, data.rows if data.tab == "tasks" else None, data.made_for)
         elif tab == "dag":
-            self.query_one(DagView).show(snap)
+            self.query_one(DagView).show(snap, data.rows if data.tab == "dag" else None, data.made_for)
         if data.analysis is not None:
             self._analysis, self._timeline = data.analysis, data.timeline
             self._show_trace(tab)
@@ -208,7 +225,7 @@ class WorkflowScreen(LiveScreen):
         self._focus_tab()
         if self.snapshot is not None:
             if self._tab_for_load == "tasks":
-                self.query_one(TaskList).show(self.snapshot.tasks)
+                self.query_one(TaskList).show(self.snapshot)
             elif self._tab_for_load == "dag":
                 self.query_one(DagView).show(self.snapshot)
             elif self._analysis is not None:
@@ -225,7 +242,7 @@ class WorkflowScreen(LiveScreen):
 
     # --------------------------------------------------------------- actions
     def on_task_list_shown(self, event: TaskList.Shown) -> None:
-        self.query_one("#task-status", Static).update(event.view.status(event.shown))
+        set_text(self.query_one("#task-status", Static), event.view.status(event.shown))
 
     def on_rows_view_selected(self, event: RowsView.Selected) -> None:
         if isinstance(event.view, TaskList | DagView):
