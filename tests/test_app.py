@@ -316,3 +316,15 @@ def test_serve_binds_localhost_and_serves_the_page(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_screenshots_script_writes_the_readme_pictures(tmp_path):
+    from tuiflow import screenshots
+
+    written = screenshots.shoot_all(str(tmp_path), only={"overview", "task-error"})
+    assert sorted(Path(p).name for p in written) == ["overview.svg", "task-error.svg"]
+    overview = (tmp_path / "overview.svg").read_text()
+    assert overview.startswith("<svg") and "fan0ut9k" in overview
+    # the README shows the committed pictures: they must be the ones the script draws
+    committed = Path(__file__).resolve().parent.parent / "screenshots" / "overview.svg"
+    assert committed.read_text() == overview, "screenshots/ is stale: run python -m tuiflow.screenshots"
