@@ -22,8 +22,11 @@ Span tree of one attempt::
       write outputs           network: the READY span; its end = data available to children
       post-process            compute: anything after the data is available
 
-The coordinator writes the ``workflow`` span (submit -> end), and closes attempts it
-knows ended without their worker (``attempt lost``) with a zero-length error span.
+The coordinator writes the ``workflow`` span (submit -> end). An attempt that never
+wrote its own root span still gets one, written by whoever saw it end: a zero-length
+``task`` span with error status for a task that failed before it started (the worker
+or the coordinator), and, for an attempt whose worker died, a ``task`` span from its
+start to when the coordinator noticed, with ``tuiflow.outcome`` = ``lost``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ SETUP_SPAN = "executor setup"
 EXECUTE_SPAN = "execute"
 READY_SPAN = "write outputs"
 POSTPROCESS_SPAN = "post-process"
-LOST_SPAN = "attempt lost"
 
 #: kind of each standard child span
 SPAN_KINDS: dict[str, SpanKind] = {
@@ -57,7 +59,6 @@ SPAN_KINDS: dict[str, SpanKind] = {
     EXECUTE_SPAN: SpanKind.COMPUTE,
     READY_SPAN: SpanKind.NETWORK,
     POSTPROCESS_SPAN: SpanKind.COMPUTE,
-    LOST_SPAN: SpanKind.MARKER,
 }
 
 # --- attribute keys -------------------------------------------------------------------
@@ -68,7 +69,7 @@ ATTR_RUN_ID = "tuiflow.run.id"  # = workflow id; kept separate for per-run analy
 ATTR_TASK = "tuiflow.task"
 ATTR_ATTEMPT = "tuiflow.attempt"  # int, 0-based
 ATTR_DEPENDS_ON = "tuiflow.task.depends_on"  # list[str]: the task's direct dependencies
-ATTR_READY_AT = "tuiflow.task.ready_at"  # float epoch seconds: when the coordinator queued it
+ATTR_READY_AT = "tuiflow.task.ready_at"  # float epoch seconds: when the coordinator queued it (0.0: unknown)
 ATTR_WORKER = "tuiflow.worker"
 ATTR_HOST = "host.name"
 ATTR_QUEUE = "tuiflow.queue"

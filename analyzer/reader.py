@@ -38,7 +38,6 @@ from .contract import (
     COORDINATOR_TRACE_DIR,
     LINEAGE_FILE,
     LOGS_DIR,
-    LOST_SPAN,
     SPANS_FILE,
     TASK_SPAN,
     WORKFLOW_SPAN,
@@ -48,7 +47,7 @@ from .otel import WIRE_SPAN, WIRE_SPAN_LIST
 from .records import AssetRow, LineageRow, SpanRecord
 
 #: names whose spans keep their full attribute dict (they carry the workflow context)
-ROOT_NAMES = frozenset({TASK_SPAN, WORKFLOW_SPAN, LOST_SPAN})
+ROOT_NAMES = frozenset({TASK_SPAN, WORKFLOW_SPAN})
 #: how many skip reasons `ReadStats.examples` keeps (enough to diagnose, bounded memory)
 MAX_EXAMPLES = 5
 #: bytes read (and validated in one call) at a time; attempt files are smaller than this
@@ -233,7 +232,7 @@ class SpanReader:
     ----------
     roots_only:
         Pass over (without parsing) lines that visibly hold a span other than
-        ``task`` / ``workflow`` / ``attempt lost``: for analyses that need only the
+        ``task`` / ``workflow``: for analyses that need only the
         attempts' root spans (`history`), about 50x less parsing. Lines in another layout
         are still parsed, so the filter can only save work, never drop a root.
     """

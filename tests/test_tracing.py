@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -112,6 +113,42 @@ def test_diamond_trace_shape(tmp_path):
     by_task = {s["attributes"][c.ATTR_TASK]: s for s in tasks}
     assert by_task["D"]["attributes"][c.ATTR_DEPENDS_ON] == ["B", "C"]
     assert status["wall_seconds"] >= 1.6
+
+    # the analyzer, through the CLI a user types
+    report = json.loads(tuiflow(home, "trace", "analyze", wf_id[:5], "-f", "json"))
+    assert report["workflow_id"] == wf_id and report["wall_seconds"] >= 1.6
+    assert [n["task"] for n in report["critical_path"]] == ["A", "B", "D"]
+    b = next(n for n in report["critical_path"] if n["task"] == "B")
+    assert 0.95 <= b["active_seconds"] <= 1.5 and b["wait_seconds"] < 0.5
+    queuing = {q["task"]: q for q in report["queuing"]}
+    assert queuing["D"]["blocked_by"] == "B" and queuing["B"]["blocked_by"] == "A"
+    assert all(q["queuing_delay_seconds"] >= 0 for q in report["queuing"])
+    assert report["compute"][c.EXECUTE_SPAN]["count"] == 4
+    assert report["network"]["total_active_seconds"] >= 0
+    assert report["spans_read"] == len(spans) and report["lines_skipped"] == 0
+    fetched = tuiflow(home, "trace", "fetch", "spans", wf_id).splitlines()
+    assert sorted(fetched) == sorted(
+        line for p in (home / "workflows" / wf_id).rglob("spans.jsonl") for line in p.read_text().splitlines()
+    )
+    perfetto = json.loads(tuiflow(home, "trace", "analyze", wf_id, "-f", "perfetto"))
+    events = perfetto["traceEvents"] if isinstance(perfetto, dict) else perfetto
+    assert {e.get("name") for e in events} >= {"A #0", "B #0", "C #0", "D #0"}
+    mermaid = tuiflow(home, "trace", "analyze", wf_id, "-f", "mermaid")
+    assert mermaid.startswith("flowchart") and "critical path: A -> B -> D" in mermaid
+    assert "Critical path" in tuiflow(home, "trace", "analyze", wf_id)
+
+
+def tuiflow(home: Path, *args: str) -> str:
+    r = subprocess.run(
+        [sys.executable, "-m", "tuiflow", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
 
 
 def test_failures_before_execution_leave_zero_length_error_spans(tmp_path):
@@ -231,3 +268,33 @@ def test_assets_and_lineage_rows(tmp_path):
     [row] = [json.loads(x) for x in (wf / "c" / "0" / "logs" / "lineage.jsonl").read_text().splitlines()]
     assert row["data_id"] == f"{status['id']}/c" and row["sources"] == [f"{status['id']}/a"]
     assert not (wf / "b" / "0" / "logs" / "lineage.jsonl").exists()  # no output, no data
+    # the CLI's concatenated streams: every attempt's rows, as JSONL
+    assets = [json.loads(x) for x in tuiflow(home, "trace", "fetch", "assets", status["id"]).splitlines()]
+    assert sorted(a["task"] for a in assets) == ["a", "c"]
+    lineage = [json.loads(x) for x in tuiflow(home, "trace", "fetch", "lineage", status["id"]).splitlines()]
+    assert {r["data_id"]: r["sources"] for r in lineage}[f"{status['id']}/c"] == [f"{status['id']}/a"]
+
+
+def test_trace_history_across_runs(tmp_path):
+    text = """
+        name: twice
+        tasks:
+          - {name: fast, run: "true"}
+          - {name: slow, depends_on: [fast], run: "sleep 0.3"}
+        """
+    home, first = run_local(tmp_path, text)
+    _, second = run_local(tmp_path, text)
+    hist = json.loads(tuiflow(home, "trace", "history", "twice", "--json"))
+    assert hist["runs"] == 2 and {r["workflow_id"] for r in hist["recent"]} == {first["id"], second["id"]}
+    assert all(r["wall_seconds"] >= 0.3 for r in hist["recent"])
+    slow = next(t for t in hist["tasks"] if t["task"] == "slow")
+    assert slow["runs"] == 2 and slow["success_rate"] == 1.0 and slow["duration_p50_seconds"] >= 0.3
+    r = subprocess.run(
+        [sys.executable, "-m", "tuiflow", "--home", str(home), "trace", "history", "thrice"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert r.returncode == 1 and "no runs of a workflow named 'thrice'" in r.stderr and "twice" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 import typer
@@ -521,6 +522,136 @@ def serve(
     command = f"{shlex.quote(sys.executable)} -m tuiflow --home {shlex.quote(h.root)}"
     out.print(f"dashboard of {h.root} at http://{host}:{port}/  (Ctrl-C stops)")
     Server(command, host=host, port=port, title=f"tuiflow · {h.root}").serve()
+
+
+# ------------------------------------------------------------------------ traces
+trace_app = typer.Typer(
+    help="Traces of workflow runs: the raw span/asset/lineage files, analyses, history across runs.",
+    no_args_is_help=True,
+)
+app.add_typer(trace_app, name="trace")
+
+
+class TraceFile(StrEnum):
+    spans = "spans"
+    assets = "assets"
+    lineage = "lineage"
+
+
+class TraceView(StrEnum):
+    rich = "rich"
+    critical_path = "critical-path"
+    e2e = "e2e"
+    queuing = "queuing"
+    lineage = "lineage"
+    json = "json"
+    mermaid = "mermaid"
+    perfetto = "perfetto"
+
+
+def _workflow_dir(ctx: typer.Context, home: str | None, wf: str) -> str:
+    from .store import WorkflowStore
+
+    store = WorkflowStore(_home(home, ctx))
+    return store.dir(_guard(lambda: store.resolve(wf)))
+
+
+@trace_app.command("fetch")
+def trace_fetch(
+    ctx: typer.Context,
+    what: TraceFile = typer.Argument(..., help="spans, assets or lineage"),
+    wf: str = typer.Argument(..., help="Workflow id (or a unique prefix)."),
+    home: str | None = HomeOpt,
+) -> None:
+    """Every span (or asset row, or lineage row) of a workflow, as one JSONL stream.
+
+    Spans are the SDK's own JSON, one per line, from every attempt and the coordinator;
+    a line still being written (no newline yet) is left out."""
+    from analyzer.contract import ASSETS_FILE, LINEAGE_FILE, LOGS_DIR
+    from analyzer.reader import attempt_dirs, span_files
+
+    wf_dir = _workflow_dir(ctx, home, wf)
+    dirs = attempt_dirs(wf_dir)
+    if what is TraceFile.spans:
+        files = span_files(wf_dir, dirs)
+    else:
+        name = ASSETS_FILE if what is TraceFile.assets else LINEAGE_FILE
+        files = [os.path.join(d, LOGS_DIR, name) for d in dirs]
+    sink = sys.stdout.buffer
+    try:
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    for line in f:
+                        if line.endswith(b"\n") and not line.isspace():
+                            sink.write(line)
+            except FileNotFoundError:
+                continue  # an attempt that has not written this file (yet)
+        sink.flush()
+    except BrokenPipeError:  # `| head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+@trace_app.command("analyze")
+def trace_analyze(
+    ctx: typer.Context,
+    wf: str = typer.Argument(..., help="Workflow id (or a unique prefix)."),
+    view: TraceView = typer.Option(
+        TraceView.rich,
+        "--format",
+        "-f",
+        help="rich (everything), critical-path, e2e, queuing, lineage; json (the report for "
+        "scripts); mermaid (the DAG, critical path marked); perfetto (Chrome trace-event JSON "
+        "for ui.perfetto.dev: a track per worker, queued then running).",
+    ),
+    limit: int = typer.Option(40, "--limit", help="Most rows in the queuing and lineage views (0 = all)."),
+    home: str | None = HomeOpt,
+) -> None:
+    """Where a workflow's time went: critical path, queuing delays, compute/network, lineage."""
+    from analyzer import AnalyzerError, analyze_workflow, render
+    from analyzer.reader import gc_paused
+
+    wf_dir = _workflow_dir(ctx, home, wf)
+    try:
+        with gc_paused():  # millions of small objects: the collector would rescan them all
+            analysis = analyze_workflow(wf_dir)
+            result = render(analysis, view.value, limit=limit)
+    except AnalyzerError as e:
+        raise _fail(str(e)) from None
+    if isinstance(result, str):
+        sys.stdout.write(result + "\n")
+    else:
+        out.print(result)
+
+
+@trace_app.command("history")
+def trace_history(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Workflow name (the `name:` in its file)."),
+    last: int = typer.Option(10, "--last", help="How many recent runs to list."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """A workflow across its runs: per-task success rate and p50/p95 durations, recent walls."""
+    from analyzer import AnalyzerError, history, render_history
+
+    from .store import WorkflowStore
+
+    store = WorkflowStore(_home(home, ctx))
+    summaries = _guard(store.summaries)
+    runs = [store.dir(s["id"]) for s in summaries if s.get("name") == name]
+    if not runs:
+        names = sorted({str(s.get("name")) for s in summaries})
+        known = f"; workflows here: {', '.join(names[:12])}" if names else "; this home has no workflows"
+        raise _fail(f"no runs of a workflow named {name!r} in {store.home.root}{known}")
+    try:
+        hist = history(runs, workflow_name=name, last=last)
+    except AnalyzerError as e:
+        raise _fail(str(e)) from None
+    if json_out:
+        _emit_json(hist.model_dump(mode="json"))
+    else:
+        out.print(render_history(hist, limit=0))
 
 
 # -------------------------------------------------------------------- run-local
