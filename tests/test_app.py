@@ -328,3 +328,22 @@ def test_screenshots_script_writes_the_readme_pictures(tmp_path):
     # the README shows the committed pictures: they must be the ones the script draws
     committed = Path(__file__).resolve().parent.parent / "screenshots" / "overview.svg"
     assert committed.read_text() == overview, "screenshots/ is stale: run python -m tuiflow.screenshots"
+
+
+def test_keymap_file_errors_name_the_file_and_the_bad_id(tmp_path, monkeypatch):
+    from tuiflow.app.app import load_keymap
+
+    path = tmp_path / "keymap.json"
+    monkeypatch.setenv("TUIFLOW_KEYMAP", str(path))
+    assert load_keymap() == {}  # no file: the defaults
+    path.write_text('{"workflow.cancel": "x", "tasks.sort": "O"}')
+    assert load_keymap() == {"workflow.cancel": "x", "tasks.sort": "O"}
+    path.write_text('{"workflow.cancle": "x"}')
+    with pytest.raises(SystemExit, match=r"keymap .*keymap.json: unknown binding id 'workflow.cancle'"):
+        load_keymap()
+    path.write_text('["x"]')
+    with pytest.raises(SystemExit, match="must map binding ids to keys"):
+        load_keymap()
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match=r"keymap .*keymap.json"):
+        load_keymap()

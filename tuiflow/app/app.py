@@ -278,6 +278,15 @@ def load_keymap() -> dict[str, str]:
         raise SystemExit(
             f'error: keymap {path} must map binding ids to keys, e.g. {{"workflow.cancel": "x"}}'
         )
+    from .modals import binding_rows
+
+    known = {bid for *_, bid in binding_rows(TuiflowApp, {}) if bid}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SystemExit(
+            f"error: keymap {path}: unknown binding id{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(map(repr, unknown))} (the ids are listed by the dashboard's help, key ?)"
+        )
     return data
 
 

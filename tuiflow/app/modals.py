@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.keys import format_key
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
@@ -45,24 +46,27 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-def binding_rows(app: Any) -> list[tuple[str, str, str, str]]:
-    """(where, key, description, id) for every binding of the app, its screens and views."""
-    from .overview import OverviewScreen
+def binding_rows(app_cls: type, keymap: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    """(where, key, description, id) for every binding of the app, its screens and views,
+    with the keys of `keymap` (binding id -> key) applied."""
+    from .overview import OverviewScreen, WorkflowList
     from .rows import RowsView
     from .task import TaskScreen
     from .views import TaskList, Timeline
     from .workflow import WorkflowScreen
 
     rows = []
-    keymap = getattr(app, "_keymap", {}) or {}
     for where, cls in (
-        ("everywhere", type(app)),
+        ("everywhere", app_cls),
+        ("overview", WorkflowList),
         ("overview", OverviewScreen),
         ("workflow", WorkflowScreen),
         ("task list", TaskList),
         ("lists", RowsView),
         ("timeline", Timeline),
         ("task", TaskScreen),
+        ("dialogs", ConfirmScreen),
+        ("help", HelpScreen),
     ):
         for b in cls.BINDINGS:
             if isinstance(b, Binding):
@@ -81,8 +85,9 @@ class HelpScreen(ModalScreen[None]):
         table = Table(title="tuiflow keys", expand=True, title_style="bold")
         for col in ("where", "key", "does", "binding id"):
             table.add_column(col, style="cyan" if col == "key" else None)
-        for where, key, desc, bid in binding_rows(self.app):
-            table.add_row(where, key.replace(",", " / "), desc, Text(bid, style="grey50"))
+        for where, key, desc, bid in binding_rows(type(self.app), getattr(self.app, "_keymap", {}) or {}):
+            shown = " / ".join("enter" if k == "enter" else format_key(k) for k in key.split(","))
+            table.add_row(where, shown, desc, Text(bid, style="grey50"))
         note = Text(
             "\nRebind any key by id in ~/.config/tuiflow/keymap.json (or $TUIFLOW_KEYMAP), e.g. "
             '{"workflow.cancel": "x"}. The mouse works too: click rows, tabs and buttons.',
