@@ -11,10 +11,15 @@ process: parallelism only ever saves time, it never changes the answer.
 
 Protocol (no pickle anywhere)
 -----------------------------
-The parent writes the chunk's file paths to the helper's stdin as a JSON list and reads
-one blob from its stdout::
+The parent writes the chunk's file paths to the helper's stdin as a JSON list. The helper
+answers on its stdout with frames, each a u64 length then a blob, and a zero length to
+end; a frame holds the spans of the next few files (the header says how many), so the
+parent builds its trace from a helper's first files while the helper parses the rest::
 
     b"TFSPANS1"  u64 header length  header (JSON)  then per column: u64 length, raw array
+
+A thread drains each helper's frames as they come (a helper never blocks on a full pipe).
+A helper that dies mid-way costs only its files not yet answered: they are parsed here.
 
 The header holds the string tables (names, kinds, descriptions), the attribute dicts
 (deduplicated) and the reader's counters; the columns are machine-native ``array``
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import struct
 import subprocess
 import sys
@@ -46,6 +52,10 @@ MIN_FILES = 1000
 #: about this many bytes of span files per process before another one pays off
 BYTES_PER_JOB = 64 * 1024 * 1024
 MAX_JOBS = 4
+#: this process also builds the trace from every record: it parses a smaller share
+MAIN_SHARE = 0.5
+#: about this many frames per helper: enough to overlap, few enough to cost nothing
+FRAMES_PER_HELPER = 16
 
 _STATUS_CODES = ("UNSET", "OK", "ERROR")
 _STATUS_INDEX = {code: i for i, code in enumerate(_STATUS_CODES)}
@@ -125,26 +135,25 @@ def iter_files_parallel(
         if while_waiting is not None:
             while_waiting()
         return
-    bounds = [round(i * len(files) / jobs) for i in range(jobs + 1)]
-    chunks = [files[bounds[i] : bounds[i + 1]] for i in range(jobs)]
+    weights = [MAIN_SHARE] + [1.0] * (jobs - 1)
+    total = sum(weights)
+    bounds = [0]
+    for w in weights:
+        bounds.append(bounds[-1] + w / total * len(files))
+    cuts = [round(b) for b in bounds]
+    chunks = [files[cuts[i] : cuts[i + 1]] for i in range(jobs)]
     helpers = [_start_helper(chunk) for chunk in chunks[1:]]
     yield from reader.iter_files(chunks[0])
     if while_waiting is not None:
         while_waiting()
     for chunk, helper in zip(chunks[1:], helpers, strict=True):
-        records = _collect(helper, reader.stats)
-        if records is None:
-            reader.stats.helper_failures += 1
-            yield from reader.iter_files(chunk)  # the helper failed: do its work here
-        else:
-            reader.stats.helper_chunks += 1
-            yield from records
+        yield from _answers(helper, chunk, reader)
 
 
 # --- parent side ----------------------------------------------------------------------------------
 
 
-def _start_helper(chunk: list[str]) -> subprocess.Popen[bytes] | None:
+def _start_helper(chunk: list[str]) -> _Helper | None:
     if not sys.executable:
         return None
     env = dict(os.environ)
@@ -165,7 +174,7 @@ def _start_helper(chunk: list[str]) -> subprocess.Popen[bytes] | None:
     # A thread feeds stdin so this process starts parsing its own chunk at once, instead
     # of blocking on a full pipe until the helper has finished importing.
     threading.Thread(target=_feed, args=(proc, payload), daemon=True).start()
-    return proc
+    return _Helper(proc)
 
 
 def _feed(proc: subprocess.Popen[bytes], payload: bytes) -> None:
@@ -177,27 +186,74 @@ def _feed(proc: subprocess.Popen[bytes], payload: bytes) -> None:
         pass  # the helper died; _collect notices from its exit status
 
 
-def _collect(proc: subprocess.Popen[bytes] | None, stats: ReadStats) -> list[SpanRecord] | None:
-    if proc is None:
-        return None
-    assert proc.stdout is not None
-    try:
-        blob = proc.stdout.read()
-    finally:
-        proc.stdout.close()
-        returncode = proc.wait()
-    if returncode != 0:
-        return None
-    try:
-        return decode(blob, stats)
-    except (ValueError, KeyError, IndexError, TypeError, struct.error):
-        return None
+_BROKEN = b""  # queued when a helper's answer stops short
+
+
+def _answers(helper: _Helper | None, chunk: list[str], reader: SpanReader) -> Iterator[SpanRecord]:
+    """The records of `chunk`: the helper's frames as they arrive, then (if it failed
+    part-way) the files it did not answer, parsed here."""
+    done = 0
+    complete = False
+    if helper is not None:
+        while True:
+            frame = helper.frames.get()
+            if frame is None:
+                complete = True
+                break
+            if frame is _BROKEN:
+                break
+            try:
+                records, nfiles = decode_frame(frame, reader.stats)
+            except (ValueError, KeyError, IndexError, TypeError, struct.error):
+                break
+            done += nfiles
+            yield from records
+        if not complete:
+            helper.proc.kill()  # it answered garbage or stopped short: don't wait for more
+        returncode = helper.proc.wait()
+        complete = complete and returncode == 0 and done == len(chunk)
+    if complete:
+        reader.stats.helper_chunks += 1
+        return
+    reader.stats.helper_failures += 1
+    yield from reader.iter_files(chunk[done:])  # what the helper did not answer
+
+
+class _Helper:
+    """A helper process and the frames its pump thread has read so far (None = the end)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]):
+        self.proc = proc
+        self.frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        try:
+            while True:
+                head = stdout.read(8)
+                if len(head) != 8:
+                    break
+                (size,) = struct.unpack("<Q", head)
+                if size == 0:
+                    self.frames.put(None)
+                    return
+                blob = stdout.read(size)
+                if len(blob) != size:
+                    break
+                self.frames.put(blob)
+        except (OSError, ValueError):
+            pass
+        finally:
+            stdout.close()
+        self.frames.put(_BROKEN)
 
 
 # --- the blob ----------------------------------------------------------------------------------------
 
 
-def encode(records: Iterable[SpanRecord], stats: ReadStats) -> bytes:
+def encode(records: Iterable[SpanRecord], stats: ReadStats, files: int = 0) -> bytes:
     """Serialise records and counters into the helper's answer (see the module docstring).
 
     Parameters
@@ -207,6 +263,8 @@ def encode(records: Iterable[SpanRecord], stats: ReadStats) -> bytes:
         is the columns, ~60 bytes a span).
     stats:
         The counters of the read that produced them (read after `records` is consumed).
+    files:
+        How many span files the records come from (a frame's share of the chunk).
 
     Returns
     -------
@@ -236,6 +294,7 @@ def encode(records: Iterable[SpanRecord], stats: ReadStats) -> bytes:
         add["description"](-1 if desc is None else descriptions.setdefault(desc, len(descriptions)))
     header = {
         "n": n,
+        "files": files,
         "names": list(names),
         "kinds": list(kinds),
         "descriptions": list(descriptions),
@@ -258,6 +317,14 @@ def encode(records: Iterable[SpanRecord], stats: ReadStats) -> bytes:
 def decode(blob: bytes, stats: ReadStats) -> list[SpanRecord]:
     """Turn a helper's answer back into records, adding its counters to `stats`.
 
+    Raises ValueError when the blob is not a well-formed answer (see `decode_frame`)."""
+    return decode_frame(blob, stats)[0]
+
+
+def decode_frame(blob: bytes, stats: ReadStats) -> tuple[list[SpanRecord], int]:
+    """A helper's frame: its records and how many span files they come from; its
+    counters are added to `stats`.
+
     Parameters
     ----------
     blob:
@@ -267,7 +334,7 @@ def decode(blob: bytes, stats: ReadStats) -> list[SpanRecord]:
 
     Returns
     -------
-    list[SpanRecord]
+    tuple[list[SpanRecord], int]
 
     Raises
     ------
@@ -323,7 +390,7 @@ def decode(blob: bytes, stats: ReadStats) -> list[SpanRecord]:
     room = MAX_EXAMPLES - len(stats.examples)
     if room > 0:
         stats.examples.extend(counts["examples"][:room])
-    return out
+    return out, int(header.get("files", 0))
 
 
 def _attrs_slot(attrs: dict[str, Any], table: list[dict[str, Any]], index: dict[Any, int]) -> int:
@@ -350,11 +417,18 @@ def main() -> int:
     files = json.loads(sys.stdin.buffer.read())
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         return 2
-    reader = SpanReader()
+    out = sys.stdout.buffer
+    step = max(1, -(-len(files) // FRAMES_PER_HELPER))
     with gc_paused():
-        blob = encode(reader.iter_files(files), reader.stats)
-    sys.stdout.buffer.write(blob)
-    sys.stdout.buffer.flush()
+        for first in range(0, len(files), step):
+            part = files[first : first + step]
+            reader = SpanReader()  # counters per frame: the parent adds them up
+            blob = encode(reader.iter_files(part), reader.stats, files=len(part))
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            out.flush()
+    out.write(struct.pack("<Q", 0))
+    out.flush()
     return 0
 
 

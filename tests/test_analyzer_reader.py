@@ -387,6 +387,23 @@ def test_parallel_read_survives_a_helper_that_fails(tmp_path, monkeypatch):
     assert _signature(par) == _signature(load_trace(wf.dir, jobs=1))
 
 
+def test_parallel_read_finishes_what_a_helper_left_half_done(tmp_path, monkeypatch):
+    """A helper whose answer stops mid-stream (killed, disk full...): the frames it did
+    send are used, the files it did not answer are parsed here, nothing twice."""
+    wf = _many_attempts(tmp_path / "wf", n=60)
+    cut = tmp_path / "python-cut"
+    # the real helper, its answer cut after 3,000 bytes: a few whole frames, then half of one
+    cut.write_text(f'#!/bin/sh\n"{sys.executable}" "$@" | head -c 3000\n')
+    cut.chmod(0o755)
+    monkeypatch.setattr(parallel.sys, "executable", str(cut))
+    par = load_trace(wf.dir, jobs=2)
+    seq = load_trace(wf.dir, jobs=1)
+    assert (par.stats.helper_chunks, par.stats.helper_failures) == (0, 1)
+    assert [(r.name, r.span_id) for r in par.spans] == [(r.name, r.span_id) for r in seq.spans]
+    assert _signature(par) == _signature(seq)
+    assert (par.stats.spans_read, par.stats.files_read) == (seq.stats.spans_read, seq.stats.files_read)
+
+
 def test_blob_round_trip_and_rejection():
     recs = [
         SpanRecord("a", 1, None, 1.5, 2.5, "OK", None, None, {"k": [1, 2]}, None),
