@@ -47,16 +47,16 @@ _EXPORTS = {
     "trace_from_files": "trace",
     "trace_from_lines": "trace",
     # analyses
-    "CriticalPath": "critical_path",
+    "CriticalPath": "critical",
     "E2EBreakdown": "e2e",
-    "History": "history",
+    "History": "runs",
     "LineageGraph": "lineage",
     "LineageNode": "lineage",
-    "PathNode": "critical_path",
+    "PathNode": "critical",
     "QueuingEntry": "queuing",
-    "critical_path": "critical_path",
+    "critical_path": "critical",
     "e2e_breakdown": "e2e",
-    "history": "history",
+    "history": "runs",
     "lineage_graph": "lineage",
     "lineage_tree": "lineage",
     "queuing_delays": "queuing",
@@ -68,15 +68,15 @@ _EXPORTS = {
     "analyze_workflow": "report",
     "build_report": "report",
     # views
-    "VIEWS": "render",
+    "VIEWS": "views",
     "TimelineRow": "timeline",
     "perfetto_trace": "perfetto",
-    "render": "render",
-    "render_history": "render",
+    "render": "views",
+    "render_history": "views",
     "render_mermaid": "mermaid",
     "render_perfetto": "perfetto",
     "timeline_rows": "timeline",
-    "to_text": "render",
+    "to_text": "views",
 }
 
 __all__ = [
@@ -148,10 +148,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .critical_path import CriticalPath, PathNode, critical_path
+    from .critical import CriticalPath, PathNode, critical_path
     from .e2e import E2EBreakdown, e2e_breakdown, wall_time
     from .errors import AnalyzerError, MixedWorkflowsError, TraceNotFoundError, UnknownViewError
-    from .history import History, history
     from .lineage import LineageGraph, LineageNode, lineage_graph, lineage_tree
     from .mermaid import render_mermaid
     from .otel import OtelSpan
@@ -167,8 +166,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         span_files,
     )
     from .records import AssetRow, LineageRow, SpanRecord
-    from .render import VIEWS, render, render_history, to_text
     from .report import Analysis, Report, analyze, analyze_workflow, build_report
+    from .runs import History, history
     from .timeline import TimelineRow, timeline_rows
     from .trace import (
         Attempt,
@@ -180,3 +179,4 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         trace_from_files,
         trace_from_lines,
     )
+    from .views import VIEWS, render, render_history, to_text

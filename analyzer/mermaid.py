@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 
-from .critical_path import CriticalPath
+from .critical import CriticalPath
 from .fmt import fmt_seconds
 from .trace import Trace
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from .critical_path import CriticalPath, PathNode, critical_path
+from .critical import CriticalPath, PathNode, critical_path
 from .e2e import E2EBreakdown, ExecutorSummary, QueueSummary, WorkerSummary, e2e_breakdown
 from .lineage import LineageGraph, lineage_graph
 from .queuing import QueuingEntry, queuing_delays

@@ -374,7 +374,7 @@ def _cpu_seconds() -> float:
 
 
 def measure_analysis(wf_dir: str, jobs: int | None) -> dict:
-    from analyzer.critical_path import critical_path
+    from analyzer.critical import critical_path
     from analyzer.e2e import e2e_breakdown
     from analyzer.lineage import lineage_graph
     from analyzer.queuing import queuing_delays

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from analyzer.critical_path import critical_path
+from analyzer.critical import critical_path
 from analyzer.e2e import e2e_breakdown
 from analyzer.errors import MixedWorkflowsError
-from analyzer.history import history
 from analyzer.lineage import CYCLE, EXTERNAL, SEEN, lineage_graph, lineage_tree
 from analyzer.queuing import queuing_delays
 from analyzer.records import LineageRow
 from analyzer.report import analyze, analyze_workflow, build_report
+from analyzer.runs import history
 from analyzer.stats import merged_length, percentile, summarize
 from analyzer.synthetic import DEFAULT_EPOCH, Child, SyntheticWorkflow
 from analyzer.trace import load_trace
@@ -441,7 +441,7 @@ def test_report_shape_and_values(tmp_path):
 
 
 def test_history_renders(tmp_path):
-    from analyzer.render import render_history, to_text
+    from analyzer.views import render_history, to_text
 
     dirs = [
         _run(tmp_path, f"wf-{i}", i * 100.0, 10.0 + i, "completed" if i != 1 else "failed", 2.0)

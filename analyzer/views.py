@@ -19,14 +19,14 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .critical_path import PathNode
+from .critical import PathNode
 from .errors import UnknownViewError
 from .fmt import fmt_bytes, fmt_instant, fmt_seconds
-from .history import History
 from .lineage import CYCLE, EXTERNAL, SEEN, LineageNode, lineage_tree
 from .mermaid import render_mermaid
 from .perfetto import render_perfetto
 from .report import Analysis, build_report
+from .runs import History
 from .stats import DurationSummary, NetworkSummary
 
 VIEWS = ("rich", "critical-path", "e2e", "queuing", "lineage", "json", "mermaid", "perfetto")
@@ -450,7 +450,7 @@ def render_history(hist: History, *, limit: int = 40) -> RenderableType:
     Parameters
     ----------
     hist:
-        From `analyzer.history.history`.
+        From `analyzer.runs.history`.
     limit:
         Most task rows shown (0 = all), least successful first.
 
