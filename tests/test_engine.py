@@ -454,3 +454,25 @@ def test_admission_control_and_ready_repair(fast_home, tmp_path):
     finally:
         coord.stop()
         t.join(30)
+
+
+def test_worker_warms_executors_before_the_first_task(fast_home, tmp_path, procs):
+    bad = cli("worker", "--warm", "pythn", "--burst", home=fast_home.root)
+    assert bad.returncode == 2 and "'pythn'" in bad.stderr and "Traceback" not in bad.stderr
+    w = start("worker", "--warm", "python", "--slots", 2, home=fast_home.root, log=tmp_path / "w.log")
+    procs.append(w)
+
+    def runners() -> list[str]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(w.pid), "-f", "workers.pyrunner"], capture_output=True, text=True
+        )
+        return out.stdout.split()
+
+    # one executor process per slot, with no task anywhere in sight
+    pids = wait_for(lambda: len(runners()) == 2 and runners(), what="two warm executors")
+    w.send_signal(signal.SIGTERM)
+    assert w.wait(30) == 0
+    for pid in map(int, pids):  # closed with the worker, not orphaned
+        wait_for(
+            lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=10, what=f"executor {pid} to exit"
+        )

@@ -460,6 +460,11 @@ def worker(
     ),
     burst: bool = typer.Option(False, "--burst", help="Exit once the queues are empty."),
     worker_id: str | None = typer.Option(None, "--id", help="Worker id (default: host-pid-random)."),
+    warm: list[str] = typer.Option(
+        [],
+        "--warm",
+        help="Start this executor's process in every slot now, not at the first task (repeatable).",
+    ),
     parent_pid: int | None = typer.Option(
         None, "--parent-pid", hidden=True, help="Stop when this process exits."
     ),
@@ -478,7 +483,14 @@ def worker(
             raise _fail(f"--gpus expects comma-separated integers, not {gpus!r}", EXIT_INVALID) from None
     try:
         w = Worker(
-            h, queue, slots=slots, gpus=gpu_ids, burst=burst, worker_id=worker_id, parent_pid=parent_pid
+            h,
+            queue,
+            slots=slots,
+            gpus=gpu_ids,
+            burst=burst,
+            worker_id=worker_id,
+            parent_pid=parent_pid,
+            warm=warm,
         )
     except (ValueError, SpoolError) as e:
         raise _fail(str(e), EXIT_INVALID) from None

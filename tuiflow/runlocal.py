@@ -83,6 +83,8 @@ class LocalRun:
         self._lock = threading.Lock()
         self.coordinator = Coordinator(home, on_change=self._on_change, sweep_interval=0.5)
         self.queues = sorted({t.queue for t in definition.tasks})
+        # executors with a long-lived process start with the workers, not at the first task
+        self.warm = sorted({t.executor for t in definition.tasks} & {"python"})
         self.worker_mode = worker_mode
         self.slots = slots
         self.workers: list[Worker] = []
@@ -95,6 +97,7 @@ class LocalRun:
                     slots=slots,
                     worker_id=f"local-{os.getpid()}-{i}",
                     wake=self.coordinator.wake,
+                    warm=self.warm,
                 )
                 for i in range(self.n_workers)
             ]
@@ -155,6 +158,7 @@ class LocalRun:
         log_dir = f"{self.home.workers_dir}/logs"
         os.makedirs(log_dir, exist_ok=True)
         queue_args = [arg for q in self.queues for arg in ("--queue", q)]
+        queue_args += [arg for name in self.warm for arg in ("--warm", name)]
         for i in range(self.n_workers):
             worker_id = f"local-{os.getpid()}-{i}"
             with open(f"{log_dir}/{worker_id}.log", "ab") as log_file:

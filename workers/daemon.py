@@ -28,7 +28,7 @@ import queue as queue_mod
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from analyzer import contract as c
@@ -90,9 +90,17 @@ class Worker:
         on_event: Callable[[dict[str, Any]], None] | None = None,
         wake: Callable[[], None] | None = None,
         parent_pid: int | None = None,
+        warm: Sequence[str] = (),
     ):
         if slots < 1:
             raise ValueError("slots must be at least 1")
+        unknown = [name for name in warm if name not in EXECUTORS]
+        if unknown:
+            raise ValueError(
+                f"cannot warm unknown executor(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(EXECUTORS))}"
+            )
+        self.warm = list(dict.fromkeys(warm))
         self.home = home
         self.id = worker_id or new_worker_id()
         self.queue_names = list(dict.fromkeys(queues)) or ["default"]
@@ -163,6 +171,7 @@ class Worker:
             self.slots,
             f", GPUs {self.all_gpus}" if self.all_gpus is not None else "",
         )
+        self._warm_executors()
         try:
             while True:
                 now = time.monotonic()
@@ -218,6 +227,18 @@ class Worker:
             self.waiter.close()
             self.heartbeat.remove()
             log.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
+
+    def _warm_executors(self) -> None:
+        """Start each slot's long-lived executors now, so the first task does not pay for
+        an interpreter start and its imports (they start side by side, in the background)."""
+        for slot in range(self.slots):
+            for name in self.warm:
+                warm = getattr(self._executor(slot, name), "warm", None)
+                if warm is not None:
+                    try:
+                        warm()
+                    except OSError as e:  # the first task will try again, and report it
+                        log.warning("worker %s: could not warm the %s executor: %s", self.id, name, e)
 
     def _queues_empty(self) -> bool:
         for q in self.queues.values():

@@ -52,6 +52,9 @@ class Outcome:
 
 
 class Executor(Protocol):
+    """One per worker slot and executor name, kept for the worker's life. An executor with
+    a long-lived process may also define ``warm()``: start it before the first task."""
+
     name: str
 
     def run(self, ctx: TaskContext) -> Outcome: ...
