@@ -109,6 +109,7 @@ class Worker:
         self.slots = slots
         self.all_gpus = list(gpus) if gpus is not None else None
         self.free_gpus = list(gpus) if gpus is not None else []
+        self._gpu_rank = {g: i for i, g in enumerate(gpus or [])}
         self.burst = burst
         self.kill_grace = kill_grace
         self.on_event = on_event
@@ -536,7 +537,8 @@ class Worker:
             key = (msg["wf"], msg["idx"], msg["attempt"])
             self.running.pop(key, None)
             self.free_slots.append(run.slot)
-            self.free_gpus.extend(run.gpus)
+            # back in the order --gpus listed them, so a multi-GPU task gets a stable device order
+            self.free_gpus = sorted(self.free_gpus + run.gpus, key=self._gpu_rank.__getitem__)
             self.tasks_done += 1
             q = self.queues[msg["queue"]] if msg.get("queue") in self.queues else None
             now = time.time()
