@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status, StatusCode
@@ -56,7 +57,9 @@ def trace_lines(home: Path, wf_id: str) -> list[dict]:
     return out
 
 
-def run_local(tmp_path: Path, text: str, *extra: str, code: int = 0) -> tuple[Path, dict]:
+def run_local(
+    tmp_path: Path, text: str, *extra: str, code: int = 0, env: dict[str, str] | None = None
+) -> tuple[Path, dict]:
     wf = tmp_path / "wf.yaml"
     wf.write_text(textwrap.dedent(text))
     home = tmp_path / "home"
@@ -67,6 +70,7 @@ def run_local(tmp_path: Path, text: str, *extra: str, code: int = 0) -> tuple[Pa
         text=True,
         timeout=180,
         cwd=ROOT,
+        env=None if env is None else {**os.environ, **env},
     )
     assert r.returncode == code, r.stderr[-3000:]
     return home, json.loads(r.stdout)
@@ -298,3 +302,64 @@ def test_trace_history_across_runs(tmp_path):
     )
     assert r.returncode == 1 and "no runs of a workflow named 'thrice'" in r.stderr and "twice" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_otlp_exporter_sends_every_span_and_leaves_the_files_alone(tmp_path):
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, spans also go to a collector (here a local
+    HTTP server decoding OTLP/protobuf), including the batch still queued when run-local
+    stops; the span files hold exactly what they hold without it."""
+    import http.server
+    import threading
+
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="tuiflow[otlp] is not installed")
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        home, status = run_local(
+            tmp_path,
+            """
+            name: exported
+            tasks:
+              - {name: A, run: "true"}
+              - {name: B, depends_on: [A], call: "tasks:noop"}
+            """,
+            env={
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+                "OTEL_BSP_SCHEDULE_DELAY": "60000",  # nothing leaves before the stop's flush
+                "PYTHONPATH": str(ROOT / "examples"),
+            },
+        )
+    finally:
+        server.shutdown()
+    assert status["state"] == "completed"
+    exported = {}
+    for path, content_type, body in received:
+        assert path == "/v1/traces" and content_type == "application/x-protobuf"
+        request = ExportTraceServiceRequest.FromString(body)
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    exported[f"0x{span.span_id.hex()}"] = (span.name, f"0x{span.trace_id.hex()}")
+    on_disk = {
+        s["context"]["span_id"]: (s["name"], s["context"]["trace_id"])
+        for s in trace_lines(home, status["id"])
+    }
+    # every span the worker and coordinator wrote also reached the collector, unchanged
+    producer = {k: v for k, v in on_disk.items() if v[0] != "user"}
+    assert producer and producer.items() <= exported.items()
+    assert {name for name, _ in exported.values()} >= {c.TASK_SPAN, c.WORKFLOW_SPAN, c.READY_SPAN}

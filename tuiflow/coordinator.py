@@ -188,6 +188,7 @@ class Coordinator:
                 with contextlib.suppress(SpoolError):
                     self.commit(self.clock())
             self._waiter.close()
+            self.telemetry.flush_exports()
             if self.lease.held:
                 with contextlib.suppress(SpoolError):
                     self.lease.release()

@@ -226,6 +226,7 @@ class Worker:
                     ex.close()
             self.pool.shutdown(wait=True)
             self.waiter.close()
+            self.telemetry.flush_exports()
             self.heartbeat.remove()
             log.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
 

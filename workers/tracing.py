@@ -269,6 +269,16 @@ class Telemetry:
                 )
         self.tracer = self.provider.get_tracer("tuiflow")
 
+    def flush_exports(self, timeout: float = 10.0) -> None:
+        """Send what the exporters beside the span files still hold (OTLP batches); called
+        when the process stops, else the last few seconds of spans never reach the
+        collector. The files need nothing: every span is on disk when it ends."""
+        for processor in self.processors[1:]:
+            try:
+                processor.force_flush(int(timeout * 1000))
+            except Exception as e:  # telemetry must never break a clean stop
+                log.warning("could not flush spans to %s: %s", type(processor).__name__, e)
+
     def phase(self, parent: trace.Span, name: str, start: float, end: float, **attrs: Any) -> None:
         """A finished child span with explicit times (epoch seconds) and its kind.
 
