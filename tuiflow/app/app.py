@@ -99,7 +99,7 @@ class TuiflowApp(App):
         Binding("q", "quit", "Quit", id="app.quit"),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("r", "refresh", "Refresh", id="app.refresh"),
-        Binding("o", "overview", "Overview", show=False, id="app.overview"),
+        Binding("O", "overview", "Overview", show=False, id="app.overview"),  # `o` sorts tasks
     ]
 
     def __init__(
