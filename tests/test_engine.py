@@ -289,6 +289,45 @@ def test_coordinator_killed_and_restarted_applies_every_task_once(fast_home, tmp
     assert sorted(t["output"]["i"] for t in status["tasks"] if t["name"].startswith("a[")) == list(range(n))
 
 
+def test_completions_claimed_by_a_killed_coordinator_are_applied_by_the_next(fast_home, tmp_path, procs):
+    """A coordinator SIGKILLed between claiming a batch and acking it leaves the batch in
+    its claim directory; the next coordinator must apply it (here the crash is pinned to
+    that instant by claiming under the dead coordinator's id, as its batch claim does)."""
+    import socket
+
+    ran = tmp_path / "ran"
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: mid-batch
+        tasks:
+          - {{name: a, run: "echo a >> {ran}; echo '{{\\"v\\": 7}}' > $TUIFLOW_OUTPUT"}}
+          - {{name: b, depends_on: [a], run: "true"}}
+        """,
+    )
+    c1 = start("coordinator", home=fast_home.root, log=tmp_path / "c1.log")
+    procs.append(c1)
+    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
+    client = Client(fast_home)
+    wait_for(lambda: client.status(wf_id)["counts"]["ready"] == 1, what="a to be queued")
+    c1.send_signal(signal.SIGKILL)
+    c1.wait()
+    burst = start("worker", "--burst", home=fast_home.root, log=tmp_path / "w1.log")
+    assert burst.wait(60) == 0  # ran a, reported it, found nothing more
+    completions = fast_home.completions()
+    batch = completions.claim(f"coordinator-{socket.gethostname()}-{c1.pid}", 512)
+    assert batch, "the worker's completion should be waiting"
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c2.log"))
+    procs.append(start("worker", home=fast_home.root, log=tmp_path / "w2.log"))
+    status = wait_for(
+        lambda: (s := client.status(wf_id))["state"] == "completed" and s, timeout=60, what="completion"
+    )
+    assert status["stats"]["completions_applied"] == 2
+    assert status["tasks"][0]["output"] == {"v": 7}
+    assert ran.read_text() == "a\n"  # its completion was applied, not the task run again
+    assert completions.claimed() == {}
+
+
 def test_cancel_stops_running_tasks(fast_home, tmp_path, procs):
     wf = write_wf(
         tmp_path,

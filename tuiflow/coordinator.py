@@ -160,6 +160,7 @@ class Coordinator:
             watch, mode=self.home.settings.watch, poll_interval=self.home.settings.poll_interval, step_ms=1
         )
         try:
+            self._take_over_claims()
             self.adopt_all(self.clock())
             renew_every = self.home.settings.lease_ttl / 4
             next_renew = time.monotonic() + renew_every
@@ -580,6 +581,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ sweeps
     def sweep(self, now: float) -> None:
+        self._take_over_claims()
         for obs in self.tracker.scan(self.home.workers_dir):
             if not obs.alive:
                 self._worker_lost(obs.holder, obs.path, obs.heartbeat, now)
@@ -595,6 +597,24 @@ class Coordinator:
             self.adopt_all(now)
             self._next_adopt = mono + 5.0
         self._flush(now)
+
+    def _take_over_claims(self) -> None:
+        """Give back what an earlier coordinator claimed and never acked (it was killed
+        mid-batch, or deposed). Only the lease holder claims completion and control
+        messages, so every other claimant there is a predecessor; a deposed one that still
+        runs cannot write state any more (fenced) and its late ack finds nothing. Applying
+        is idempotent, so messages it did apply cost nothing the second time."""
+        for q in (self.completions, self.control):
+            for claimant in q.claimed():
+                if claimant != self.id:
+                    back = q.reap(claimant)
+                    if back:
+                        log.warning(
+                            "%s: %d message(s) claimed by %s were never acked; applying them again",
+                            self.id,
+                            len(back),
+                            claimant,
+                        )
 
     def _worker_lost(self, worker: str, path: str, heartbeat: Any, now: float) -> None:
         self.stats.workers_lost += 1
