@@ -212,11 +212,13 @@ def test_cancelled_workflow_closes_every_span(tmp_path):
     wf_id = client.list()[0]["id"]
     spans = trace_lines(home, wf_id)
     by_task = {s["attributes"][c.ATTR_TASK]: s for s in roots(spans)}
-    assert by_task["long"]["attributes"][c.ATTR_OUTCOME] == "cancelled"
-    assert by_task["long"]["status"]["status_code"] == "ERROR" and by_task["long"]["end_time"]
-    assert by_task["queued"]["attributes"][c.ATTR_OUTCOME] == "cancelled"  # queued: zero-length, closed
-    assert by_task["queued"]["start_time"] == by_task["queued"]["end_time"]
-    assert "later" not in by_task  # never queued: no attempt, no span
+    assert sorted(by_task) == ["long", "queued"]  # `later` was never queued: no attempt, no span
+    for s in by_task.values():
+        assert s["attributes"][c.ATTR_OUTCOME] == "cancelled" and s["status"]["status_code"] == "ERROR"
+    # The one worker slot took one of the two (usually `long`); the other waited in its queue
+    # and is closed with a zero-length span.
+    ran = [t for t, s in by_task.items() if s["start_time"] != s["end_time"]]
+    assert len(ran) == 1, by_task
     [workflow] = [s for s in spans if s["name"] == c.WORKFLOW_SPAN]
     assert (
         workflow["status"]["status_code"] == "ERROR" and workflow["attributes"][c.ATTR_OUTCOME] == "cancelled"
