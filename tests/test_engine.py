@@ -70,6 +70,17 @@ def wait_for(predicate, timeout: float = 60, poll: float = 0.1, what: str = "con
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def no_process_like(pattern: str, within: float = 10) -> None:
+    """No process whose command line matches `pattern` is left (a killed process group
+    may take a moment to be reaped after the state already says so). Patterns are
+    anchored, odd sleep lengths: a `sleep 60` elsewhere on the machine must not match."""
+
+    def gone() -> bool:
+        return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.strip() == ""
+
+    wait_for(gone, timeout=within, poll=0.1, what=f"no process matching {pattern!r}")
+
+
 def write_wf(tmp_path: Path, text: str, name: str = "wf.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
@@ -334,9 +345,9 @@ def test_cancel_stops_running_tasks(fast_home, tmp_path, procs):
         """
         name: cancel-me
         tasks:
-          - {name: long, run: "sleep 60"}
+          - {name: long, run: "sleep 59.71"}
           - {name: next, depends_on: [long], run: "echo never"}
-          - {name: queued, run: "sleep 60", queue: nobody-serves-this}
+          - {name: queued, run: "sleep 59.71", queue: nobody-serves-this}
         """,
     )
     procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
@@ -355,8 +366,7 @@ def test_cancel_stops_running_tasks(fast_home, tmp_path, procs):
         "next": "cancelled",
         "queued": "cancelled",
     }
-    out = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True)
-    assert out.stdout.strip() == ""
+    no_process_like("^sleep 59.71$")
 
 
 def test_ctrl_c_on_run_local_cancels_and_leaves_no_orphans(fast_home, tmp_path):
@@ -365,8 +375,8 @@ def test_ctrl_c_on_run_local_cancels_and_leaves_no_orphans(fast_home, tmp_path):
         """
         name: interrupt
         tasks:
-          - {name: a, run: "sleep 61"}
-          - {name: b, run: "sleep 61"}
+          - {name: a, run: "sleep 61.37"}
+          - {name: b, run: "sleep 61.37"}
           - {name: c, depends_on: [a], run: "echo never"}
         """,
     )
@@ -399,7 +409,7 @@ def test_ctrl_c_on_run_local_cancels_and_leaves_no_orphans(fast_home, tmp_path):
     status = client.status(wf_id)
     assert status["state"] == "cancelled"
     assert {t["state"] for t in status["tasks"]} == {"cancelled"}
-    assert subprocess.run(["pgrep", "-f", "sleep 61"], capture_output=True, text=True).stdout.strip() == ""
+    no_process_like("^sleep 61.37$")
 
 
 def test_gpus_are_assigned_per_task(fast_home, tmp_path, procs):
@@ -434,7 +444,7 @@ def test_worker_sigterm_drains_and_second_sigterm_stops(fast_home, tmp_path, pro
         name: drain
         tasks:
           - {name: first, run: "sleep 1.5; echo '{\\"ran\\": 1}' > $TUIFLOW_OUTPUT"}
-          - {name: second, depends_on: [first], run: "sleep 30"}
+          - {name: second, depends_on: [first], run: "sleep 30.53"}
         """,
     )
     procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
@@ -462,7 +472,7 @@ def test_worker_sigterm_drains_and_second_sigterm_stops(fast_home, tmp_path, pro
         what="the stopped attempt to be queued again",
     )
     assert second["reason"] == "attempt 0: worker stopper stopped"
-    assert subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True).stdout.strip() == ""
+    no_process_like("^sleep 30.53$")
 
 
 def test_admission_control_and_ready_repair(fast_home, tmp_path):
