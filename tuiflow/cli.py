@@ -32,7 +32,7 @@ app = typer.Typer(
     name="tuiflow",
     help="GPU workflow DAGs on a shared filesystem. Run with no command to open the dashboard.",
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     no_args_is_help=False,
     pretty_exceptions_enable=False,
 )
