@@ -226,23 +226,3 @@ def test_timeline_rows_of_retries_and_skew(tmp_path):
     ]
     skew = timeline_rows(load_trace(scenarios.skewed(tmp_path / "s").dir))
     assert {r.task: r.queued_start for r in skew}["c"] is None  # ready_at after start: no queued segment
-
-
-def test_lazy_exports_survive_submodule_imports():
-    """A lazily exported name that equals a submodule's name would be shadowed by the
-    module object as soon as anything imports that submodule (the import system binds it
-    on the package). Check in a fresh interpreter, after importing every submodule."""
-    import pkgutil
-    import subprocess
-
-    import analyzer
-
-    modules = {m.name for m in pkgutil.iter_modules(analyzer.__path__)}
-    assert not modules & set(analyzer._EXPORTS), "an export shares its name with a module"
-    code = (
-        "import importlib, analyzer\n"
-        f"for m in {sorted(modules)!r}: importlib.import_module('analyzer.' + m)\n"
-        "from analyzer import render, critical_path, history\n"
-        "assert all(callable(f) for f in (render, critical_path, history))\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)

@@ -49,3 +49,28 @@ def test_no_eval_or_exec_anywhere():
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                     assert node.func.id not in ("eval", "exec"), f"{path}:{node.lineno} calls {node.func.id}"
+
+
+@pytest.mark.parametrize("package", ["analyzer", "spool"])
+def test_lazy_exports_survive_submodule_imports(package):
+    """A lazily exported name that equals a submodule's name is shadowed by the module
+    object as soon as anything imports that submodule (the import system binds it on the
+    package). Checked in a fresh interpreter, after importing every submodule."""
+    import subprocess
+    import sys
+
+    code = f"""
+import importlib, pkgutil, types
+pkg = importlib.import_module({package!r})
+modules = {{m.name for m in pkgutil.iter_modules(pkg.__path__)}}
+assert not modules & set(pkg._EXPORTS), sorted(modules & set(pkg._EXPORTS))
+assert set(pkg.__all__) == set(pkg._EXPORTS), sorted(set(pkg.__all__) ^ set(pkg._EXPORTS))
+for m in sorted(modules):
+    importlib.import_module({package!r} + "." + m)
+for name, module in pkg._EXPORTS.items():
+    value = getattr(pkg, name)
+    assert not isinstance(value, types.ModuleType), name
+    assert value is getattr(importlib.import_module({package!r} + "." + module), name), name
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
