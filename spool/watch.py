@@ -1,7 +1,9 @@
 """Waiting for changes: filesystem events where they work, stat polling where they don't.
 
 `ChangeWaiter(paths).wait(timeout)` blocks until something changes under one of `paths`
-or `timeout` seconds pass, and says which happened.
+or `timeout` seconds pass, and says which happened. ``wait(timeout, fds=[...])`` also
+returns as soon as one of those file descriptors is readable (a worker follows its running
+attempts' pipes and waits for new messages in the same call).
 
 * ``events`` mode runs a watchfiles (Rust ``notify``) watcher on the paths. Changes that
   happen between two `wait` calls are kept by the watcher and returned at once by the next
@@ -21,9 +23,10 @@ or `timeout` seconds pass, and says which happened.
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from watchfiles._rust_notify import RustNotify  # watchfiles' documented low-level API
 
@@ -130,7 +133,10 @@ class ChangeWaiter:
         self.recursive = recursive
         self.step_ms = step_ms
         self._closed = False
-        self._stop = threading.Event()  # set by close() and wake(): ends a blocked wait
+        # set by close() and wake(): ends a blocked wait (the event for the events-mode
+        # watcher, which polls it; the pipe for a poll-mode select)
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._notify: RustNotify | None = None
         self._signatures: list[tuple[int, int, int, int] | None] = []
         if self.mode == "events":
@@ -139,8 +145,9 @@ class ChangeWaiter:
         else:
             self._signatures = [_signature(p) for p in self.paths]
 
-    def wait(self, timeout: float | None) -> bool:
-        """Block until a change or `timeout` seconds (None: forever); True if something changed."""
+    def wait(self, timeout: float | None, fds: Sequence[int] = ()) -> bool:
+        """Block until a change, a readable fd in `fds`, or `timeout` seconds (None: forever);
+        True unless the timeout passed. Readable fds are left for the caller to read."""
         deadline = None if timeout is None else time.monotonic() + timeout
         notify = self._notify
         if notify is not None:
@@ -148,13 +155,16 @@ class ChangeWaiter:
                 return self._woken()
             # timeout_ms=0 means "forever" to notify: ask for at least 1 ms.
             timeout_ms = 0 if timeout is None else max(1, int(timeout * 1000))
-            result = notify.watch(max(self.step_ms * 4, 10), self.step_ms, timeout_ms, self._stop)
+            # notify checks its stop object every step; with fds that check also polls them
+            stop = _StopOrReadable(self._stop, fds) if fds else self._stop
+            result = notify.watch(max(self.step_ms * 4, 10), self.step_ms, timeout_ms, stop)
             if result == "signal":
                 # notify ran the Python signal handlers and swallowed what they raised.
                 raise KeyboardInterrupt
             if result == "stop":
                 return self._woken()
             return isinstance(result, set) and bool(result)
+        watched = [self._wake_r, *fds]
         while True:
             if self._stop.is_set():
                 return self._woken()
@@ -162,28 +172,43 @@ class ChangeWaiter:
             if current != self._signatures:
                 self._signatures = current
                 return True
+            pause = self.poll_interval
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._stop.wait(min(self.poll_interval, remaining))
-            else:
-                self._stop.wait(self.poll_interval)
+                pause = min(pause, remaining)
+            try:
+                ready, _, _ = select.select(watched, [], [], pause)
+            except (OSError, ValueError):  # closed by another thread meanwhile
+                return False
+            if any(fd != watched[0] for fd in ready):
+                return not self._closed
 
     def _woken(self) -> bool:
         if self._closed:
             return False
         self._stop.clear()
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except OSError:  # BlockingIOError: drained
+            pass
         return True
 
     def wake(self) -> None:
-        """Make a blocked (or the next) `wait` return True at once (thread-safe)."""
+        """Make a blocked (or the next) `wait` return True at once (thread-safe, and safe
+        in a signal handler)."""
         self._stop.set()
+        try:
+            os.write(self._wake_w, b"!")
+        except (BlockingIOError, OSError):
+            pass  # full (a wake is pending anyway) or closed
 
     def close(self) -> None:
         """Stop waiting (also wakes a `wait` blocked in another thread)."""
         self._closed = True
-        self._stop.set()
+        self.wake()
         notify = self._notify
         if notify is not None:
             try:
@@ -191,12 +216,27 @@ class ChangeWaiter:
                 self._notify = None
             except RuntimeError:
                 pass  # a wait() in another thread is using it; it sees the stop event and returns
+        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
     def __enter__(self) -> ChangeWaiter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _StopOrReadable:
+    """The stop object notify polls each step: set when woken, or when an fd is readable."""
+
+    def __init__(self, event: threading.Event, fds: Sequence[int]):
+        self.event = event
+        self.fds = list(fds)
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or bool(select.select(self.fds, [], [], 0)[0])
 
 
 def wait_for_change(paths: Iterable[str], timeout: float, *, mode: str = "auto") -> bool:

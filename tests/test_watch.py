@@ -28,6 +28,31 @@ def test_timeout_without_change(tmp_path, mode):
         assert 0.15 <= time.monotonic() - t0 < 5
 
 
+@pytest.mark.parametrize("mode", ["events", "poll"])
+def test_a_readable_fd_or_a_wake_ends_the_wait(tmp_path, mode):
+    import os
+    import threading
+
+    # A poll interval far above the wait's timeout: only the fd or the wake can end it early.
+    with ChangeWaiter([str(tmp_path)], mode=mode, poll_interval=30) as waiter:
+        r, w = os.pipe()
+        try:
+            assert waiter.wait(timeout=0.1, fds=[r]) is False  # nothing readable yet
+            threading.Timer(0.2, os.write, (w, b"x")).start()
+            t0 = time.monotonic()
+            assert waiter.wait(timeout=20, fds=[r]) is True
+            assert time.monotonic() - t0 < 5
+            assert os.read(r, 10) == b"x"  # left for the caller to read
+            threading.Timer(0.2, waiter.wake).start()
+            t0 = time.monotonic()
+            assert waiter.wait(timeout=20, fds=[r]) is True
+            assert time.monotonic() - t0 < 5
+            assert waiter.wait(timeout=0.1, fds=[r]) is False  # the wake was used up
+        finally:
+            os.close(r)
+            os.close(w)
+
+
 def test_change_between_construction_and_wait_is_not_lost(tmp_path):
     with ChangeWaiter([str(tmp_path)], mode="events") as waiter:
         (tmp_path / "early").write_text("x")
