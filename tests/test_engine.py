@@ -475,6 +475,116 @@ def test_worker_sigterm_drains_and_second_sigterm_stops(fast_home, tmp_path, pro
     no_process_like("^sleep 30.53$")
 
 
+def _pids_in(marker: Path) -> list[int]:
+    return [int(line.rsplit(" ", 1)[1]) for line in marker.read_text().splitlines()]
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie is dead too (its parent may not have reaped it yet)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_python_attempts_time_out_while_another_slot_serves(fast_home, tmp_path, procs):
+    """Python attempts are followed by the worker's loop, not a slot thread: one slot's
+    long task must not hold up the other slot, and a timed-out attempt's executor process
+    is killed and replaced (the retry runs in a new one)."""
+    marker = tmp_path / "pids.txt"
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: inline
+        tasks:
+          - {{name: slow, call: "pytasks:sleepy", kwargs: {{seconds: 6, marker: "{marker}"}}}}
+          - {{name: quick, call: "pytasks:emit", kwargs: {{value: 7}}}}
+          - name: hang
+            depends_on: [quick]
+            call: "pytasks:sleepy"
+            kwargs: {{seconds: 59.71, marker: "{marker}"}}
+            timeout: 1
+            num_retries: 1
+            retry_backoff: 0
+        """,
+    )
+    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
+    procs.append(start("worker", "--slots", 2, home=fast_home.root, log=tmp_path / "w.log"))
+    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
+    client = Client(fast_home)
+
+    def states():
+        return {t["name"]: t for t in client.status(wf_id)["tasks"]}
+
+    # both hang attempts time out (1 s each) while `slow` still holds the other slot
+    during = wait_for(
+        lambda: (t := states())["hang"]["state"] == "failed" and t, timeout=60, what="hang to fail"
+    )
+    assert during["slow"]["state"] == "running"
+    assert during["quick"]["state"] == "completed" and during["quick"]["output"] == 7
+    assert during["hang"]["attempt"] == 1
+    assert "timed out after 1 s; executor process killed" in during["hang"]["reason"]
+    final = wait_for(lambda: (s := client.status(wf_id))["state"] == "failed" and s, what="the end")
+    assert {t["name"]: t["state"] for t in final["tasks"]} == {
+        "slow": "completed",
+        "quick": "completed",
+        "hang": "failed",
+    }
+    lines = marker.read_text().splitlines()
+    hang_pids = [int(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("hang")]
+    assert len(hang_pids) == 2 and hang_pids[0] != hang_pids[1]  # a new executor for the retry
+    wait_for(lambda: all(_process_gone(pid) for pid in hang_pids), timeout=10, what="killed executors")
+
+
+@pytest.mark.parametrize("how", ["cancel", "worker hard stop"])
+def test_running_python_attempt_is_stopped(fast_home, tmp_path, procs, how):
+    marker = tmp_path / "pids.txt"
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: stop-python
+        tasks:
+          - {{name: long, call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}}}
+        """,
+    )
+    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
+    worker = start("worker", "--id", "py-stopper", home=fast_home.root, log=tmp_path / "w.log")
+    procs.append(worker)
+    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
+    client = Client(fast_home)
+    wait_for(lambda: marker.exists() and marker.read_text(), what="the task to start")
+    (pid,) = _pids_in(marker)
+    t0 = time.monotonic()
+    if how == "cancel":
+        assert cli("cancel", wf_id, home=fast_home.root).returncode == 0
+        status = wait_for(
+            lambda: (s := client.status(wf_id))["state"] == "cancelled" and s["counts"]["running"] == 0 and s,
+            timeout=30,
+            what="cancel",
+        )
+        assert status["tasks"][0]["state"] == "cancelled"
+        assert worker.poll() is None  # the worker goes on serving
+    else:
+        worker.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        task = wait_for(
+            lambda: (t := client.status(wf_id)["tasks"][0])["attempt"] == 1 and t["state"] == "ready" and t,
+            what="the stopped attempt to be queued again",
+        )
+        assert task["reason"] == "attempt 0: worker py-stopper stopped"
+    assert time.monotonic() - t0 < 30  # well before the task would have ended by itself
+    wait_for(lambda: _process_gone(pid), timeout=10, what=f"executor process {pid} to be killed")
+
+
 def test_admission_control_and_ready_repair(fast_home, tmp_path):
     import threading
 

@@ -26,6 +26,7 @@ import logging
 import os
 import queue as queue_mod
 import secrets
+import select
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +39,7 @@ from spool.liveness import HeartbeatWriter
 
 from . import protocol as p
 from .executors import EXECUTORS, Outcome, TaskContext, resolve_cwd
-from .tracing import Telemetry, context_from_traceparent, set_error
+from .tracing import AttemptTrace, Telemetry, span_context_from_traceparent
 
 log = logging.getLogger("workers.daemon")
 
@@ -64,6 +65,10 @@ class _Running:
     future: concurrent.futures.Future | None = None
     stop_reason: str | None = None
     fresh_dir: bool = False
+    span: AttemptTrace | None = None
+    ctx: TaskContext | None = None
+    executor: Any = None
+    fd: int = -1  # an inline attempt's executor pipe: readable when it ended
 
 
 class Worker:
@@ -123,6 +128,8 @@ class Worker:
         self.outbox: list[dict[str, Any]] = []
         self.to_ack: list[tuple[SpoolQueue, Message]] = []
         self.done: queue_mod.Queue[tuple[_Running, Outcome]] = queue_mod.Queue()
+        self.inline: dict[int, _Running] = {}  # executor pipe -> attempt the loop follows
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._early: list[tuple[_Running, Outcome]] = []
         # One thread per slot, reused: an attempt's supervision waits on its process, not the loop.
         self.pool = concurrent.futures.ThreadPoolExecutor(
@@ -139,7 +146,6 @@ class Worker:
         self.telemetry = Telemetry(home.root, f"tuiflow-worker/{self.id}")
         # Every task starts from this environment (copied once: os.environ decodes per key).
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUIFLOW_")}
-        self.tracer = self.telemetry.tracer
         watch = [path for q in self.queues.values() for path in q.watch_paths()]
         self.waiter = ChangeWaiter(
             watch, mode=home.settings.watch, poll_interval=home.settings.poll_interval, step_ms=1
@@ -152,10 +158,14 @@ class Worker:
             self._drain = True
         else:
             self._hard_stop = True
-        self.waiter.wake()
+        self.wake()
 
     def wake(self) -> None:
-        self.waiter.wake()
+        """Make the loop look around now (thread-safe, and safe in a signal handler)."""
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass  # full (a wake is pending anyway) or closed (stopped)
 
     @property
     def state(self) -> str:
@@ -176,6 +186,8 @@ class Worker:
         try:
             while True:
                 now = time.monotonic()
+                self._drain_wakes()
+                self._supervise_inline()
                 self._collect_finished()
                 if self._hard_stop:
                     self._stop_everything()
@@ -209,16 +221,20 @@ class Worker:
                     timeout = min(timeout, MARKER_CHECK_INTERVAL)
                 if self.outbox:
                     timeout = min(timeout, FLUSH_DELAY if self.to_ack else STARTED_DELAY)
+                for run in self.inline.values():
+                    if run.ctx.deadline is not None:
+                        timeout = max(0.0, min(timeout, run.ctx.deadline - now))
+                # Attempts end on a slot thread (which wakes us) or on an executor pipe.
+                fds = [self._wake_r, *self.inline]
                 if not self.free_slots or self._drain:
-                    # New messages cannot matter until an attempt ends: wait for that directly
-                    # (a queue hand-off, no filesystem watcher latency).
-                    self._wait_done(timeout)
+                    # New messages cannot matter until an attempt ends: wait for that alone.
+                    select.select(fds, [], [], timeout)
                     continue
                 for q in self.queues.values():
                     due = q.next_due_in()  # a retry waiting out its backoff: wake when it is due
                     if due is not None:
                         timeout = min(timeout, due + 0.01)
-                self.waiter.wait(timeout)
+                self.waiter.wait(timeout, fds)
         finally:
             self._flush(force=True)
             for slot in self.executors:
@@ -226,6 +242,8 @@ class Worker:
                     ex.close()
             self.pool.shutdown(wait=True)
             self.waiter.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             self.telemetry.flush_exports()
             self.heartbeat.remove()
             log.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
@@ -333,20 +351,104 @@ class Worker:
         run = _Running(msg, payload, self.free_slots.pop(0), gpus, time.time())
         self.running[(payload["wf"], payload["idx"], payload["attempt"])] = run
         self._emit(p.event("started", payload, run.started_at, worker=self.id), q)
-        run.future = self.pool.submit(self._attempt, run, q)
+        executor = self._executor(run.slot, payload.get("executor", "shell"))
+        if executor is not None and hasattr(executor, "start"):
+            self._start_inline(run)
+        else:
+            run.future = self.pool.submit(self._attempt, run, q)
         return True
 
     # -------------------------------------------------------------- one attempt
+    # An attempt is prepared (attempt directory, span, environment), executed, and concluded
+    # (phases, output, the span written). Executors that can be followed without a thread
+    # (`start` / `fileno` / `finish` / `stop`: the python executor) run inline: the loop
+    # sends the attempt and waits on the executor's pipe with everything else, so a short
+    # task costs no thread hand-offs. Others (shell) run on a slot thread.
     def _attempt(self, run: _Running, q: SpoolQueue) -> None:
+        """A slot thread: run the attempt to its end, then hand it to the loop."""
         try:
             outcome = self._execute(run)
         except Exception as e:  # a bug here must still end the attempt, reported
             log.exception("attempt %s failed inside the worker", run.payload.get("task"))
             outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+        self._hand_back(run, outcome)
+
+    def _hand_back(self, run: _Running, outcome: Outcome) -> None:
         self.done.put((run, outcome))
-        self.waiter.wake()
+        self.wake()
 
     def _execute(self, run: _Running) -> Outcome:
+        outcome = Outcome("error", "not run")
+        try:
+            outcome = self._prepare(run)
+            if outcome is None:
+                outcome = run.executor.run(run.ctx)
+            outcome = self._after(run, outcome)
+            return outcome
+        finally:
+            self._end_span(run, outcome)
+
+    def _start_inline(self, run: _Running) -> None:
+        outcome: Outcome | None = Outcome("error", "not run")
+        try:
+            outcome = self._prepare(run)
+            if outcome is None:
+                outcome = run.executor.start(run.ctx)
+            if outcome is None:
+                run.fd = run.executor.fileno()
+                self.inline[run.fd] = run
+                return
+            outcome = self._after(run, outcome)
+        except Exception as e:  # a bug here must still end the attempt, reported
+            log.exception("attempt %s failed inside the worker", run.payload.get("task"))
+            outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+        self._end_span(run, outcome)
+        self._early.append((run, outcome))
+
+    def _finish_inline(self, run: _Running) -> None:
+        del self.inline[run.fd]
+        outcome = Outcome("error", "not run")
+        try:
+            outcome = self._after(run, run.executor.finish(run.ctx))
+        except Exception as e:  # a bug here must still end the attempt, reported
+            log.exception("attempt %s failed inside the worker", run.payload.get("task"))
+            outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+        self._end_span(run, outcome)
+        self._early.append((run, outcome))
+
+    def _stop_inline(self, run: _Running, reason: str) -> None:
+        """Stopping kills with a grace period: a slot thread does it, the loop goes on."""
+        del self.inline[run.fd]
+
+        def stop() -> None:
+            outcome = Outcome("error", "not run")
+            try:
+                outcome = self._after(run, run.executor.stop(run.ctx, reason))
+            except Exception as e:  # a bug here must still end the attempt, reported
+                log.exception("attempt %s failed inside the worker", run.payload.get("task"))
+                outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+            self._end_span(run, outcome)
+            self._hand_back(run, outcome)
+
+        run.future = self.pool.submit(stop)
+
+    def _supervise_inline(self) -> None:
+        """Conclude inline attempts that ended; stop those past their deadline or told to stop."""
+        if not self.inline:
+            return
+        ready, _, _ = select.select(list(self.inline), [], [], 0)
+        for fd in ready:
+            self._finish_inline(self.inline[fd])
+        now = time.monotonic()
+        for run in list(self.inline.values()):
+            deadline = run.ctx.deadline
+            reason = "timeout" if deadline is not None and now >= deadline else run.stop_reason
+            if reason:
+                self._stop_inline(run, reason)
+
+    def _prepare(self, run: _Running) -> Outcome | None:
+        """Attempt directory, span, environment and executor of an attempt (on `run`).
+        Returns an Outcome when it cannot run at all."""
         msg = run.payload
         root = self.home.root
         attempt_dir = p.resolve(root, p.attempt_dir_rel(msg["wf"], msg["task"], msg["attempt"]))
@@ -366,28 +468,12 @@ class Worker:
             c.ATTR_EXECUTOR: msg.get("executor", ""),
             c.ATTR_DATA_ID: f"{msg['wf']}/{msg['task']}",
         }
-        parent = context_from_traceparent((msg.get("trace") or {}).get("traceparent"))
-        root_span = self.tracer.start_span(
-            c.TASK_SPAN, context=parent, attributes=attrs, start_time=int(run.started_at * 1e9)
+        span = run.span = self.telemetry.attempt(
+            f"{attempt_dir}/{c.LOGS_DIR}/{c.SPANS_FILE}",
+            span_context_from_traceparent((msg.get("trace") or {}).get("traceparent")),
+            attrs,
+            run.started_at,
         )
-        outcome = Outcome("error", "not run")
-        try:
-            outcome = self._run_in(run, attempt_dir, root_span)
-            return outcome
-        finally:
-            root_span.set_attribute(c.ATTR_OUTCOME, "failed" if outcome.reason == "error" else outcome.reason)
-            if outcome.exit_code is not None:
-                root_span.set_attribute(c.ATTR_EXIT_CODE, outcome.exit_code)
-            end_time = None
-            if not outcome.ok:
-                root_span.set_attribute(c.ATTR_ERROR, (outcome.error or "")[:500])
-                set_error(root_span, outcome.error or outcome.reason)
-                if not outcome.phases:
-                    end_time = int(run.started_at * 1e9)  # it never started executing: a zero-length span
-            root_span.end(end_time=end_time)  # synchronous export: on disk before the event is published
-
-    def _run_in(self, run: _Running, attempt_dir: str, root_span: Any) -> Outcome:
-        msg = run.payload
         spec = msg["spec"]
         base_dir = msg.get("base_dir") or os.getcwd()
         env = dict(self._base_env)
@@ -411,17 +497,17 @@ class Worker:
             data = json.dumps(inputs).encode()
             atomic_write(f"{attempt_dir}/inputs.json", data)
             env["TUIFLOW_INPUTS"] = f"{attempt_dir}/inputs.json"
-            self.telemetry.phase(root_span, c.READ_INPUTS_SPAN, t0, time.time(), **{c.ATTR_BYTES: len(data)})
+            span.phase(c.READ_INPUTS_SPAN, t0, time.time(), **{c.ATTR_BYTES: len(data)})
         elif inputs:
             # No dependency produced output: name them without writing a file.
             env["TUIFLOW_UPSTREAM"] = json.dumps(list(inputs))
-        env["TRACEPARENT"] = _traceparent_of(root_span)
+        env["TRACEPARENT"] = span.traceparent
         output_path = f"{attempt_dir}/output.json"
         if not run.fresh_dir:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(output_path)  # a previous run of this very attempt (after a crash) must not leak in
         deadline = time.monotonic() + float(msg["timeout"]) if msg.get("timeout") else None
-        ctx = TaskContext(
+        run.ctx = TaskContext(
             msg=msg,
             home_root=self.home.root,
             attempt_dir=attempt_dir,
@@ -435,25 +521,41 @@ class Worker:
             should_stop=lambda: run.stop_reason,
             kill_grace=self.kill_grace,
         )
-        executor = self._executor(run.slot, msg.get("executor", "shell"))
-        if executor is None:
+        run.executor = self._executor(run.slot, msg.get("executor", "shell"))
+        if run.executor is None:
             return Outcome("error", f"this worker has no executor {msg.get('executor')!r}")
-        if not os.path.isdir(ctx.cwd):
-            return Outcome("error", f"working directory {ctx.cwd} does not exist on {socket.gethostname()}")
-        outcome = executor.run(ctx)
+        if not os.path.isdir(run.ctx.cwd):
+            return Outcome(
+                "error", f"working directory {run.ctx.cwd} does not exist on {socket.gethostname()}"
+            )
+        return None
+
+    def _after(self, run: _Running, outcome: Outcome) -> Outcome:
+        """The executor's phases as spans; on success, the output collected."""
+        span = run.span
         for phase in outcome.phases:
-            self.telemetry.phase(root_span, phase.name, phase.start, phase.end, **phase.attributes)
+            span.phase(phase.name, phase.start, phase.end, **phase.attributes)
         if outcome.ok:
             t0 = time.time()
-            outcome = self._collect_output(run, attempt_dir, outcome)
-            self.telemetry.phase(
-                root_span,
-                c.READY_SPAN,
-                t0,
-                time.time(),
-                **{c.ATTR_BYTES: run.payload.get("_out_bytes", 0)},
-            )
+            outcome = self._collect_output(run, run.ctx.attempt_dir, outcome)
+            span.phase(c.READY_SPAN, t0, time.time(), **{c.ATTR_BYTES: run.payload.get("_out_bytes", 0)})
         return outcome
+
+    def _end_span(self, run: _Running, outcome: Outcome) -> None:
+        """Write the attempt's spans (on disk before its event is published)."""
+        span = run.span
+        if span is None:
+            return
+        span.set_attribute(c.ATTR_OUTCOME, "failed" if outcome.reason == "error" else outcome.reason)
+        if outcome.exit_code is not None:
+            span.set_attribute(c.ATTR_EXIT_CODE, outcome.exit_code)
+        end = time.time()
+        if not outcome.ok:
+            span.set_attribute(c.ATTR_ERROR, (outcome.error or "")[:500])
+            span.set_error(outcome.error or outcome.reason)
+            if not outcome.phases:
+                end = run.started_at  # it never started executing: a zero-length span
+        span.end(end)
 
     def _executor(self, slot: int, name: str) -> Any:
         ex = self.executors[slot].get(name)
@@ -519,10 +621,11 @@ class Worker:
         return outcome
 
     # -------------------------------------------------------------- settling
-    def _wait_done(self, timeout: float) -> None:
+    def _drain_wakes(self) -> None:
         try:
-            self._early.append(self.done.get(timeout=timeout))
-        except queue_mod.Empty:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
             pass
 
     def _collect_finished(self) -> None:
@@ -628,6 +731,7 @@ class Worker:
         self.held = []
         for run in self.running.values():
             run.stop_reason = "worker stopped"
+        self._supervise_inline()  # inline attempts go to slot threads to be stopped
         for run in list(self.running.values()):
             if run.future is not None:
                 with contextlib.suppress(concurrent.futures.TimeoutError):
@@ -650,8 +754,3 @@ def _make_attempt_dir(attempt_dir: str) -> bool:
             os.makedirs(f"{attempt_dir}/{c.LOGS_DIR}", exist_ok=True)
             return True
     return fresh
-
-
-def _traceparent_of(span: Any) -> str:
-    ctx = span.get_span_context()
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"

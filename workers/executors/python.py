@@ -34,6 +34,7 @@ class PythonExecutor:
         self._rfd = -1
         self.tasks_run = 0
         self.scratch: str | None = None
+        self._t0 = 0.0  # when the current attempt was sent
 
     def _spawn(self) -> None:
         to_child_r, to_child_w = os.pipe()
@@ -94,8 +95,28 @@ class PythonExecutor:
             self._spawn()
 
     def run(self, ctx: TaskContext) -> Outcome:
-        t0 = time.time()
-        self.warm()
+        """Run one attempt to its end (on a slot thread); the worker's loop uses
+        `start` / `fileno` / `finish` / `stop` instead and follows the attempt itself."""
+        outcome = self.start(ctx)
+        if outcome is not None:
+            return outcome
+        while True:
+            timeout = 0.05
+            if ctx.deadline is not None:
+                timeout = max(0.0, min(timeout, ctx.deadline - time.monotonic()))
+            ready, _, _ = select.select([self._rfd], [], [], timeout)
+            if ready:
+                return self.finish(ctx)
+            timed_out = ctx.deadline is not None and time.monotonic() >= ctx.deadline
+            stop = "timeout" if timed_out else ctx.should_stop()
+            if stop:
+                return self.stop(ctx, stop)
+
+    def start(self, ctx: TaskContext) -> Outcome | None:
+        """Send the attempt to the executor process. None: it runs (`fileno` becomes
+        readable when it ends); an Outcome: it could not start."""
+        self._t0 = time.time()
+        self.warm()  # a process that died while idle is replaced, not blamed on this attempt
         spec = ctx.msg["spec"]
         request = {
             "call": spec["call"],
@@ -112,28 +133,13 @@ class PythonExecutor:
         except (BrokenPipeError, OSError) as e:
             code = self._discard()
             return Outcome("error", f"python executor process unavailable ({e}; {describe_exit(code or 0)})")
-        while True:
-            timeout = 0.05
-            if ctx.deadline is not None:
-                timeout = max(0.0, min(timeout, ctx.deadline - time.monotonic()))
-            ready, _, _ = select.select([self._rfd], [], [], timeout)
-            if ready:
-                break
-            stop = (
-                "timeout"
-                if ctx.deadline is not None and time.monotonic() >= ctx.deadline
-                else ctx.should_stop()
-            )
-            if stop:
-                self._discard(ctx, ctx.kill_grace)
-                t2 = time.time()
-                if stop == "timeout":
-                    return Outcome(
-                        "timeout",
-                        f"timed out after {ctx.msg.get('timeout'):g} s; executor process killed",
-                        phases=[Phase(EXECUTE_SPAN, t0, t2)],
-                    )
-                return Outcome(stop, f"{stop}: executor process killed", phases=[Phase(EXECUTE_SPAN, t0, t2)])
+        return None
+
+    def fileno(self) -> int:
+        return self._rfd
+
+    def finish(self, ctx: TaskContext) -> Outcome:
+        """The outcome of the started attempt, once `fileno` is readable."""
         try:
             reply = read_frame(self._rfd)
         except (OSError, ValueError):
@@ -153,12 +159,25 @@ class PythonExecutor:
             setup_end = reply["import"][1]
             # Setup is a span when it is real work (a cold process, a first import, a model
             # load); a warm call's microseconds of lookup would only add noise.
-            if setup_end - t0 > MIN_SETUP_SPAN:
-                phases.append(Phase(SETUP_SPAN, t0, setup_end, {"warm": self.tasks_run > 1}))
+            if setup_end - self._t0 > MIN_SETUP_SPAN:
+                phases.append(Phase(SETUP_SPAN, self._t0, setup_end, {"warm": self.tasks_run > 1}))
             phases.append(Phase(EXECUTE_SPAN, *reply["execute"]))
         if reply.get("ok"):
             return Outcome("completed", phases=phases)
         return Outcome("error", reply.get("error") or "failed", phases=phases)
+
+    def stop(self, ctx: TaskContext, reason: str) -> Outcome:
+        """End the started attempt for `reason` (timeout, cancelled, worker stopped): the
+        executor process is killed (its group, with the grace period) and replaced later."""
+        self._discard(ctx, ctx.kill_grace)
+        phases = [Phase(EXECUTE_SPAN, self._t0, time.time())]
+        if reason == "timeout":
+            return Outcome(
+                "timeout",
+                f"timed out after {ctx.msg.get('timeout'):g} s; executor process killed",
+                phases=phases,
+            )
+        return Outcome(reason, f"{reason}: executor process killed", phases=phases)
 
     def close(self) -> None:
         self._discard(grace=2.0)
