@@ -53,6 +53,15 @@ def test_a_readable_fd_or_a_wake_ends_the_wait(tmp_path, mode):
             os.close(w)
 
 
+def test_recursive_events_see_changes_in_subdirectories(tmp_path):
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    with ChangeWaiter([str(tmp_path)], mode="events", recursive=True) as waiter:
+        assert waiter.wait(timeout=0.2) is False
+        (sub / "deep").write_text("x")
+        assert waiter.wait(timeout=10) is True
+
+
 def test_change_between_construction_and_wait_is_not_lost(tmp_path):
     with ChangeWaiter([str(tmp_path)], mode="events") as waiter:
         (tmp_path / "early").write_text("x")
