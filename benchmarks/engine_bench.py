@@ -62,12 +62,7 @@ def chain_definition(n: int):
 def run_local(home: Home, definition, workers: int, slots: int) -> tuple[str, float]:
     from rich.console import Console
 
-    session = LocalRun(home, definition, workers=workers, console=Console(quiet=True))
-    for w in session.workers:
-        w.slots = slots
-        w.free_slots = list(range(slots))
-        w.executors = [{} for _ in range(slots)]
-        w.pool._max_workers = slots
+    session = LocalRun(home, definition, workers=workers, slots=slots, console=Console(quiet=True))
     wf_id = session.start()
     session.wait(poll=0.01)
     session.stop()

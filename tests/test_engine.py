@@ -97,8 +97,19 @@ def write_wf(tmp_path: Path, text: str, name: str = "wf.yaml") -> Path:
         ("fanout.yaml", 0, {"completed": 1002}),
     ],
 )
-def test_examples_end_to_end(tmp_path, example, code, expect):
-    r = cli("run-local", EXAMPLES / example, "--workers", 2, "--json", home=tmp_path / "home", timeout=300)
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_examples_end_to_end(tmp_path, example, code, expect, mode):
+    r = cli(
+        "run-local",
+        EXAMPLES / example,
+        "--workers",
+        2,
+        "--worker-mode",
+        mode,
+        "--json",
+        home=tmp_path / "home",
+        timeout=300,
+    )
     assert r.returncode == code, r.stderr[-3000:]
     status = json.loads(r.stdout)
     counts = {k: v for k, v in status["counts"].items() if v}
@@ -583,6 +594,47 @@ def test_running_python_attempt_is_stopped(fast_home, tmp_path, procs, how):
         assert task["reason"] == "attempt 0: worker py-stopper stopped"
     assert time.monotonic() - t0 < 30  # well before the task would have ended by itself
     wait_for(lambda: _process_gone(pid), timeout=10, what=f"executor process {pid} to be killed")
+
+
+def test_killed_run_local_takes_its_forked_workers_and_their_tasks_with_it(fast_home, tmp_path):
+    marker = tmp_path / "pids.txt"
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: orphans
+        tasks:
+          - {{name: a, call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}}}
+          - {{name: b, call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}}}
+        """,
+    )
+    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tuiflow",
+            "run-local",
+            str(wf),
+            "--workers",
+            "2",
+            "--home",
+            str(fast_home.root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        wait_for(lambda: marker.exists() and len(_pids_in(marker)) == 2, what="both tasks to start")
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+        workers = [int(pid) for pid in children.split()]
+        assert len(workers) == 2  # forked from run-local, not separate programs
+    finally:
+        proc.kill()
+        proc.wait(30)
+    # each worker sees its parent gone at its next heartbeat, stops hard and kills its attempt
+    doomed = workers + _pids_in(marker)
+    wait_for(lambda: all(_process_gone(pid) for pid in doomed), timeout=30, what="workers and tasks to exit")
 
 
 def test_admission_control_and_ready_repair(fast_home, tmp_path):

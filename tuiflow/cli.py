@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -443,7 +442,9 @@ def coordinator(
         raise _fail(
             f"another coordinator is running: {e} (use --wait to queue behind it, --break-lease to take over)"
         ) from None
-    _install_stop_handlers(lambda hard: coord.stop())
+    from workers.daemon import install_stop_handlers
+
+    install_stop_handlers(lambda hard: coord.stop())
     try:
         coord.run(acquire=False)
     except SpoolError as e:
@@ -471,7 +472,7 @@ def worker(
     home: str | None = HomeOpt,
 ) -> None:
     """Run a worker daemon. SIGTERM drains; a second SIGTERM or SIGINT stops at once."""
-    from workers.daemon import Worker
+    from workers.daemon import Worker, install_stop_handlers
 
     logging.getLogger().setLevel(logging.INFO)
     h = _home(home, ctx, create=True)
@@ -494,23 +495,8 @@ def worker(
         )
     except (ValueError, SpoolError) as e:
         raise _fail(str(e), EXIT_INVALID) from None
-    _install_stop_handlers(lambda hard: w.stop(drain=not hard))
+    install_stop_handlers(lambda hard: w.stop(drain=not hard))
     w.run()
-
-
-def _install_stop_handlers(stop: Callable[[bool], None]) -> None:
-    """First SIGTERM: graceful; second SIGTERM or any SIGINT: hard. Handlers only set flags."""
-    seen = {"term": 0}
-
-    def on_term(signum: int, frame: Any) -> None:
-        seen["term"] += 1
-        stop(seen["term"] > 1)
-
-    def on_int(signum: int, frame: Any) -> None:
-        stop(True)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_int)
 
 
 @app.command()
@@ -676,7 +662,9 @@ def run_local_cmd(
     ),
     slots: int = typer.Option(1, "--slots", help="Attempts each worker runs at once."),
     worker_mode: str = typer.Option(
-        "thread", "--worker-mode", help="thread (all in this process) or process (a process per worker)."
+        "process",
+        "--worker-mode",
+        help="process (a process per worker, forked from this one) or thread (all in this process).",
     ),
     set_: list[str] = typer.Option([], "--set", help="Override a declared param: key=value (repeatable)."),
     home: str | None = HomeOpt,

@@ -35,6 +35,7 @@ from opentelemetry import trace as otel_trace
 from analyzer import contract as c
 from spool import ChangeWaiter, ConflictError, DeposedError, Home, LivenessTracker, SpoolError, SpoolQueue
 from spool.liveness import SUFFIX as HB_SUFFIX
+from spool.watch import drain
 from workers import protocol as p
 from workers.tracing import Telemetry, forced_ids, ns, set_error, traceparent, workflow_context
 
@@ -106,8 +107,12 @@ class Coordinator:
         repair_after: float | None = None,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[str, Action, Run], None] | None = None,
+        wake_fd: int | None = None,
     ):
         self.home = home
+        # Readable when a worker in another process has just published events (run-local's
+        # forked workers poke it): no waiting for the filesystem watcher.
+        self.wake_fd = wake_fd
         self.store = WorkflowStore(home)
         self.id = name or f"coordinator-{socket.gethostname()}-{os.getpid()}"
         self.lease = home.lease(self.id)
@@ -180,7 +185,11 @@ class Coordinator:
                     flush_in = self._next_flush_in()
                     if flush_in is not None:
                         timeout = min(timeout, flush_in)
-                    self._waiter.wait(timeout)
+                    if self.wake_fd is None:
+                        self._waiter.wait(timeout)
+                    else:
+                        self._waiter.wait(timeout, [self.wake_fd])
+                        drain(self.wake_fd)
         except DeposedError:
             log.error("%s lost the coordinator lease; stopping without writing anything more", self.id)
             raise

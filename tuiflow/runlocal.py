@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,8 @@ from rich.progress import (
 from rich.table import Table
 
 from spool import Home, LeaseHeldError
-from workers.daemon import Worker
+from spool.watch import poke, wake_pipe
+from workers.daemon import Worker, install_stop_handlers
 
 from .client import Client, task_views
 from .coordinator import Coordinator
@@ -66,7 +68,7 @@ class LocalRun:
         console: Console | None = None,
         quiet: bool = False,
         on_change: Callable[[str, Action, Run], None] | None = None,
-        worker_mode: str = "thread",
+        worker_mode: str = "process",
         slots: int = 1,
     ):
         self.home = home
@@ -81,14 +83,23 @@ class LocalRun:
         self._user_on_change = on_change
         self._lines: list[tuple[str, str]] = []
         self._lock = threading.Lock()
-        self.coordinator = Coordinator(home, on_change=self._on_change, sweep_interval=0.5)
+        # Forked workers and the coordinator poke each other through wake pipes, as threads
+        # call each other's wake(): a hop does not wait for the filesystem watcher.
+        self._coordinator_wake = wake_pipe() if worker_mode == "process" else None
+        self._worker_wakes: list[int] = []  # write ends, one per forked worker
+        self.coordinator = Coordinator(
+            home,
+            on_change=self._on_change,
+            sweep_interval=0.5,
+            wake_fd=self._coordinator_wake[0] if self._coordinator_wake else None,
+        )
         self.queues = sorted({t.queue for t in definition.tasks})
         # executors with a long-lived process start with the workers, not at the first task
         self.warm = sorted({t.executor for t in definition.tasks} & {"python"})
         self.worker_mode = worker_mode
         self.slots = slots
         self.workers: list[Worker] = []
-        self.worker_procs: list[subprocess.Popen] = []
+        self.worker_procs: list[subprocess.Popen | ForkedProcess] = []
         if worker_mode == "thread":
             self.workers = [
                 Worker(
@@ -125,6 +136,8 @@ class LocalRun:
     def _wake_workers(self) -> None:
         for w in self.workers:
             w.wake()
+        for fd in self._worker_wakes:
+            poke(fd)
 
     # ----------------------------------------------------------------- run
     def start(self) -> str:
@@ -154,14 +167,23 @@ class LocalRun:
     def _spawn_workers(self) -> None:
         """Worker processes (one per core by default: the GIL would serialise threads). Each
         has its own session, so a Ctrl-C reaches run-local only, which cancels and then stops
-        them; each also stops by itself if run-local dies (--parent-pid)."""
+        them; each also stops by itself if run-local dies (its parent pid changes).
+
+        They are forked from this process when nothing else runs in it yet (no other
+        thread: forking then is safe), so they start in milliseconds with everything already
+        imported; otherwise each is a `tuiflow worker` process of its own."""
         log_dir = f"{self.home.workers_dir}/logs"
         os.makedirs(log_dir, exist_ok=True)
-        queue_args = [arg for q in self.queues for arg in ("--queue", q)]
-        queue_args += [arg for name in self.warm for arg in ("--warm", name)]
+        fork = hasattr(os, "fork") and threading.active_count() == 1
         for i in range(self.n_workers):
             worker_id = f"local-{os.getpid()}-{i}"
-            with open(f"{log_dir}/{worker_id}.log", "ab") as log_file:
+            log_path = f"{log_dir}/{worker_id}.log"
+            if fork:
+                self.worker_procs.append(self._fork_worker(worker_id, log_path))
+                continue
+            queue_args = [arg for q in self.queues for arg in ("--queue", q)]
+            queue_args += [arg for name in self.warm for arg in ("--warm", name)]
+            with open(log_path, "ab") as log_file:
                 self.worker_procs.append(
                     subprocess.Popen(
                         [
@@ -185,6 +207,54 @@ class LocalRun:
                         start_new_session=True,
                     )
                 )
+
+    def _fork_worker(self, worker_id: str, log_path: str) -> ForkedProcess:
+        parent = os.getpid()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()  # else the child would write our buffered output again
+        wake_r, wake_w = wake_pipe()
+        pid = os.fork()
+        if pid:
+            os.close(wake_r)
+            self._worker_wakes.append(wake_w)
+            return ForkedProcess(pid)
+        code = 1
+        try:
+            os.setsid()
+            out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            os.close(out)
+            os.close(null)
+            root = logging.getLogger()
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            logging.basicConfig(
+                level=logging.INFO,
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                stream=sys.stderr,
+            )
+            worker = Worker(
+                self.home,
+                self.queues,
+                slots=self.slots,
+                worker_id=worker_id,
+                parent_pid=parent,
+                warm=self.warm,
+            )
+            install_stop_handlers(lambda hard: worker.stop(drain=not hard))
+            worker.run()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)  # never return into run-local's code (nor run its exit handlers)
 
     def _thread(self, target: Callable[..., Any], name: str, **kwargs: Any) -> None:
         def guarded() -> None:
@@ -243,6 +313,13 @@ class LocalRun:
         self.coordinator.stop()
         for t in self.threads:
             t.join(timeout=30)
+        for fd in self._worker_wakes:
+            os.close(fd)
+        self._worker_wakes = []
+        if self._coordinator_wake is not None and not any(t.is_alive() for t in self.threads):
+            for fd in self._coordinator_wake:
+                os.close(fd)
+            self._coordinator_wake = None
 
     def wait(self, poll: float = 0.1, on_tick: Callable[[], None] | None = None) -> None:
         while not self.finished():
@@ -264,6 +341,41 @@ class LocalRun:
         with self._lock:
             lines, self._lines = self._lines, []
         return lines
+
+
+class ForkedProcess:
+    """A forked worker, with the part of `subprocess.Popen`'s interface run-local uses."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker process {self.pid}", timeout or 0)
+            time.sleep(0.01)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 # -------------------------------------------------------------------- display
@@ -351,7 +463,7 @@ def run_local(
     workers: int | None = None,
     json_out: bool = False,
     console: Console | None = None,
-    worker_mode: str = "thread",
+    worker_mode: str = "process",
     slots: int = 1,
 ) -> tuple[int, dict[str, Any]]:
     """Run `definition` to the end; returns (exit code, final status)."""

@@ -27,6 +27,7 @@ import os
 import queue as queue_mod
 import secrets
 import select
+import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,7 @@ from analyzer import contract as c
 from spool import ChangeWaiter, Home, Message, SpoolQueue
 from spool.atomic import atomic_write
 from spool.liveness import HeartbeatWriter
+from spool.watch import drain, poke, wake_pipe
 
 from . import protocol as p
 from .executors import EXECUTORS, Outcome, TaskContext, resolve_cwd
@@ -80,6 +82,9 @@ class Worker:
         burst: exit when the queues are empty and nothing is running.
         kill_grace: seconds between SIGTERM and SIGKILL when stopping an attempt.
         on_event: called with every event as it is queued (run-local prints them).
+        wake: called after each published batch of events (run-local wakes its coordinator).
+        wake_fd: a descriptor whose readability makes the loop look for work at once (a
+            wake pipe its coordinator pokes after pushing tasks; see `spool.watch.poke`).
     """
 
     def __init__(
@@ -96,6 +101,7 @@ class Worker:
         wake: Callable[[], None] | None = None,
         parent_pid: int | None = None,
         warm: Sequence[str] = (),
+        wake_fd: int | None = None,
     ):
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -129,7 +135,8 @@ class Worker:
         self.to_ack: list[tuple[SpoolQueue, Message]] = []
         self.done: queue_mod.Queue[tuple[_Running, Outcome]] = queue_mod.Queue()
         self.inline: dict[int, _Running] = {}  # executor pipe -> attempt the loop follows
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = wake_pipe()
+        self.wake_fd = wake_fd
         self._early: list[tuple[_Running, Outcome]] = []
         # One thread per slot, reused: an attempt's supervision waits on its process, not the loop.
         self.pool = concurrent.futures.ThreadPoolExecutor(
@@ -162,10 +169,7 @@ class Worker:
 
     def wake(self) -> None:
         """Make the loop look around now (thread-safe, and safe in a signal handler)."""
-        try:
-            os.write(self._wake_w, b"!")
-        except OSError:
-            pass  # full (a wake is pending anyway) or closed (stopped)
+        poke(self._wake_w)
 
     @property
     def state(self) -> str:
@@ -226,6 +230,8 @@ class Worker:
                         timeout = max(0.0, min(timeout, run.ctx.deadline - now))
                 # Attempts end on a slot thread (which wakes us) or on an executor pipe.
                 fds = [self._wake_r, *self.inline]
+                if self.wake_fd is not None:
+                    fds.append(self.wake_fd)
                 if not self.free_slots or self._drain:
                     # New messages cannot matter until an attempt ends: wait for that alone.
                     select.select(fds, [], [], timeout)
@@ -622,11 +628,9 @@ class Worker:
 
     # -------------------------------------------------------------- settling
     def _drain_wakes(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        drain(self._wake_r)
+        if self.wake_fd is not None:
+            drain(self.wake_fd)
 
     def _collect_finished(self) -> None:
         while True:
@@ -737,6 +741,22 @@ class Worker:
                 with contextlib.suppress(concurrent.futures.TimeoutError):
                     run.future.result(timeout=self.kill_grace + 15)
         self._collect_finished()
+
+
+def install_stop_handlers(stop: Callable[[bool], None]) -> None:
+    """A daemon's signals: the first SIGTERM stops gracefully (`stop(False)`), a second
+    SIGTERM or any SIGINT stops hard (`stop(True)`). Handlers only set flags."""
+    seen = {"term": 0}
+
+    def on_term(signum: int, frame: Any) -> None:
+        seen["term"] += 1
+        stop(seen["term"] > 1)
+
+    def on_int(signum: int, frame: Any) -> None:
+        stop(True)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_int)
 
 
 def _make_attempt_dir(attempt_dir: str) -> bool:
