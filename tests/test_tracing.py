@@ -50,6 +50,49 @@ def test_span_json_is_exactly_the_sdks_to_json():
         assert span_json(span) == span.to_json(indent=None)
 
 
+def test_iso_time_is_exactly_the_sdks_ns_to_iso_str():
+    import random
+
+    from opentelemetry.sdk.util import ns_to_iso_str
+
+    from workers.tracing import iso_time
+
+    rng = random.Random(7)
+    now = 1_795_000_000_000_000_000
+    values = [rng.randrange(1, 4_000_000_000_000_000_000) for _ in range(20_000)]
+    values += [now + rng.randrange(0, 10**12) for _ in range(20_000)]
+    # around the microsecond and second boundaries, where rounding carries
+    values += [now + k * 1_000_000_000 + d for k in range(50) for d in (-501, -500, -499, 0, 499, 500, 501)]
+    values += [now + 999_999_500 + d for d in range(-3, 4)]
+    for v in values:
+        assert iso_time(v) == ns_to_iso_str(v), v
+
+
+def test_an_attempts_span_lines_are_exactly_its_spans_to_json(tmp_path):
+    from opentelemetry.trace import SpanContext
+
+    from workers.tracing import Telemetry
+
+    telemetry = Telemetry(str(tmp_path), "tuiflow-worker/test")
+    path = tmp_path / "spans.jsonl"
+    parent = SpanContext(0xABC, 0xDEF, is_remote=True)
+    attempt = telemetry.attempt(
+        str(path), parent, {"tuiflow.task": 'w"[1]', "l": ["a"], "n": 2}, 1_795_000_000.25
+    )
+    attempt.phase(c.EXECUTE_SPAN, 1_795_000_000.5, 1_795_000_001.0)
+    attempt.phase("mine", 1_795_000_001.0, 1_795_000_000.0, kind="network", size=3)  # ends before it starts
+    attempt.set_attribute("tuiflow.outcome", "failed")
+    attempt.set_error('it failed: "quoted" \\ and\nnewline')
+    attempt.end(1_795_000_002.0)
+    lines = path.read_text().splitlines()
+    spans = attempt.readable_spans(1_795_000_002.0)
+    assert [json.loads(line)["name"] for line in lines] == [c.EXECUTE_SPAN, "mine", c.TASK_SPAN]
+    assert lines == [span.to_json(indent=None) for span in spans]
+    root = json.loads(lines[-1])
+    assert root["parent_id"] == "0x0000000000000def" and root["status"]["status_code"] == "ERROR"
+    assert attempt.traceparent == f"00-{0xABC:032x}-{attempt.span_id:016x}-01"
+
+
 def trace_lines(home: Path, wf_id: str) -> list[dict]:
     out = []
     for path in sorted((home / "workflows" / wf_id).rglob("spans.jsonl")):

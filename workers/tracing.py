@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import datetime
 import json
 import logging
+import math
 import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +35,15 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 
 from analyzer.contract import (
     ATTR_ATTEMPT,
@@ -211,6 +220,8 @@ class AttemptFiles(SpanProcessor):
 _RESOURCE_JSON: dict[int, tuple[Resource, str]] = {}
 _EMPTY_TRACE_STATE_JSON = json.dumps(repr(TraceState()))
 _dumps = json.dumps
+# what json.dumps does with a str (ensure_ascii), without its per-call set-up
+_dumps_str = json.encoder.encode_basestring_ascii
 
 
 def _resource_json(resource: Resource) -> str:
@@ -221,55 +232,98 @@ def _resource_json(resource: Resource) -> str:
     return cached[1]
 
 
+_iso_second = (-1, "")  # (whole second, its "YYYY-MM-DDTHH:MM:SS" text): spans come in runs
+
+
 def iso_time(nanoseconds: int) -> str:
-    """What the SDK's ``ns_to_iso_str`` prints, without strftime (a quarter of its cost)."""
-    dt = datetime.datetime.fromtimestamp(nanoseconds / 1e9, tz=datetime.UTC)
-    return dt.isoformat(timespec="microseconds")[:-6] + "Z"
+    """Exactly what the SDK's ``ns_to_iso_str`` prints, at a fraction of its cost.
+
+    The SDK goes through ``datetime.fromtimestamp(ns / 1e9)``, which splits the float
+    into seconds and microseconds rounded half-to-even; the same split is done here, and
+    the date and time text of the second is reused while it does not change."""
+    global _iso_second
+    frac, whole = math.modf(nanoseconds / 1e9)
+    micros = round(frac * 1e6)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        whole += 1
+    elif micros < 0:
+        micros += 1_000_000
+        whole -= 1
+    second = int(whole)
+    if _iso_second[0] != second:
+        _iso_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_iso_second[1]}.{micros:06d}Z"
+
+
+def _line(
+    name: str,
+    context: str,
+    kind: str,
+    parent_id: int | None,
+    start_ns: int | None,
+    end_ns: int | None,
+    status: Status,
+    attributes: str,
+    events: str,
+    links: str,
+    resource: str,
+) -> str:
+    """One span as ``ReadableSpan.to_json(indent=None)`` prints it, from parts that are
+    already text where they need encoding (context, attributes, events, links, resource)."""
+    parent = f'"0x{parent_id:016x}"' if parent_id is not None else "null"
+    status_text = f'{{"status_code": "{status.status_code.name}"'
+    if status.description:
+        status_text += f', "description": {_dumps_str(status.description)}'
+    start = f'"{iso_time(start_ns)}"' if start_ns else "null"
+    end = f'"{iso_time(end_ns)}"' if end_ns else "null"
+    return (
+        f'{{"name": {_dumps_str(name)}, "context": {context}, "kind": "{kind}", "parent_id": {parent}, '
+        f'"start_time": {start}, "end_time": {end}, "status": {status_text}}}, '
+        f'"attributes": {attributes}, "events": {events}, "links": {links}, "resource": {resource}}}'
+    )
+
+
+def _context_json(trace_id: int, span_id: int, trace_state: TraceState | None) -> str:
+    state = _dumps(repr(trace_state)) if trace_state else _EMPTY_TRACE_STATE_JSON
+    return f'{{"trace_id": "0x{trace_id:032x}", "span_id": "0x{span_id:016x}", "trace_state": {state}}}'
 
 
 def span_json(span: ReadableSpan) -> str:
     """Exactly what ``span.to_json(indent=None)`` prints (a test compares them span by
-    span), at a third of the cost: the SDK builds a dict of dicts, encodes the resource to
-    JSON, parses it back and encodes everything again for every span. Here the fixed parts
-    are a template, ids and times are formatted directly (they never need escaping), only
-    free text goes through the encoder, and the resource's text is cached."""
+    span), at a fraction of the cost: the SDK builds a dict of dicts, encodes the resource
+    to JSON, parses it back and encodes everything again for every span. Here the fixed
+    parts are a template, ids and times are formatted directly (they never need
+    escaping), only free text goes through the encoder, and the resource's text is cached."""
     ctx = span.context
-    if ctx is None:
-        context = "null"
-    else:
-        state = ctx.trace_state
-        state_text = _dumps(repr(state)) if state else _EMPTY_TRACE_STATE_JSON
-        context = f'{{"trace_id": "0x{ctx.trace_id:032x}", "span_id": "0x{ctx.span_id:016x}", "trace_state": {state_text}}}'
-    parent = f'"0x{span.parent.span_id:016x}"' if span.parent is not None else "null"
-    status = span.status
-    status_text = f'{{"status_code": "{status.status_code.name}"'
-    if status.description:
-        status_text += f', "description": {_dumps(status.description)}'
-    start = f'"{iso_time(span.start_time)}"' if span.start_time else "null"
-    end = f'"{iso_time(span.end_time)}"' if span.end_time else "null"
-    attributes = span.attributes
-    events, links = span.events, span.links
-    return (
-        f'{{"name": {_dumps(span.name)}, "context": {context}, "kind": "{span.kind}", '
-        f'"parent_id": {parent}, '
-        f'"start_time": {start}, "end_time": {end}, '
-        f'"status": {status_text}}}, '
-        f'"attributes": {_dumps(ReadableSpan._format_attributes(attributes)) if attributes is not None else "null"}, '
-        f'"events": {_dumps(ReadableSpan._format_events(events)) if events else "[]"}, '
-        f'"links": {_dumps(ReadableSpan._format_links(links)) if links else "[]"}, '
-        f'"resource": {_resource_json(span.resource)}}}'
+    attributes, events, links = span.attributes, span.events, span.links
+    return _line(
+        span.name,
+        _context_json(ctx.trace_id, ctx.span_id, ctx.trace_state) if ctx is not None else "null",
+        str(span.kind),
+        span.parent.span_id if span.parent is not None else None,
+        span.start_time,
+        span.end_time,
+        span.status,
+        _dumps(ReadableSpan._format_attributes(attributes)) if attributes is not None else "null",
+        _dumps(ReadableSpan._format_events(events)) if events else "[]",
+        _dumps(ReadableSpan._format_links(links)) if links else "[]",
+        _resource_json(span.resource),
     )
+
+
+_INTERNAL = str(SpanKind.INTERNAL)
 
 
 class AttemptTrace:
     """The spans of one attempt in a worker: its root span and its phases.
 
     Everything about an attempt is known by the time it ends, so nothing here goes through
-    the SDK's live-span machinery: the root's context is made when the attempt starts (the
-    task process needs it as its parent), the phases are collected as finished spans, and
-    `end` builds the root and writes all of them with one append to the attempt's
-    ``spans.jsonl`` (before the completion is reported), and hands them to the other
-    exporters (OTLP) as ReadableSpans.
+    the SDK's live-span machinery: the root's ids are made when the attempt starts (the
+    task process needs them as its parent), the phases are kept as plain values, and `end`
+    renders all of them, root last, with one append to the attempt's ``spans.jsonl``
+    (before the completion is reported). Only when other exporters are configured (OTLP)
+    are ReadableSpans built, for them.
     """
 
     def __init__(
@@ -285,19 +339,15 @@ class AttemptTrace:
         self.parent = parent
         self.attributes = attributes
         self.start = start
-        self.context = SpanContext(
-            trace_id=parent.trace_id if parent is not None else random.getrandbits(128) or 1,
-            span_id=random.getrandbits(64) or 1,
-            is_remote=False,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
-            trace_state=parent.trace_state if parent is not None else None,
-        )
-        self.spans: list[ReadableSpan] = []
-        self.status = Status(StatusCode.UNSET)
+        self.trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
+        self.span_id = random.getrandbits(64) or 1
+        self.trace_state = parent.trace_state if parent is not None else None
+        self.phases: list[tuple[str, int, float, float, dict[str, Any]]] = []
+        self.status = _UNSET
 
     @property
     def traceparent(self) -> str:
-        return traceparent(self.context)
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-01"
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
@@ -309,21 +359,67 @@ class AttemptTrace:
         """A finished child span (epoch seconds) with its kind (see SPAN_KINDS)."""
         kind = SPAN_KINDS.get(name)
         attributes = {ATTR_KIND: str(kind) if kind else str(attrs.pop("kind", "compute")), **attrs}
-        ctx = SpanContext(
-            trace_id=self.context.trace_id,
-            span_id=random.getrandbits(64) or 1,
-            is_remote=False,
-            trace_flags=self.context.trace_flags,
-            trace_state=self.context.trace_state,
-        )
-        self.spans.append(self.telemetry.finished_span(name, ctx, self.context, attributes, start, end))
+        self.phases.append((name, random.getrandbits(64) or 1, start, max(end, start), attributes))
 
     def end(self, end: float) -> None:
-        root = self.telemetry.finished_span(
-            TASK_SPAN, self.context, self.parent, self.attributes, self.start, end, self.status
+        """Write every span of the attempt (and hand them to the other exporters)."""
+        telemetry = self.telemetry
+        resource = _resource_json(telemetry.resource)
+        root = (TASK_SPAN, self.span_id, self.start, max(end, self.start), self.attributes)
+        try:
+            lines = []
+            for name, span_id, start, stop, attributes in [*self.phases, root]:
+                is_root = span_id == self.span_id
+                lines.append(
+                    _line(
+                        name,
+                        _context_json(self.trace_id, span_id, self.trace_state),
+                        _INTERNAL,
+                        (self.parent.span_id if self.parent is not None else None)
+                        if is_root
+                        else self.span_id,
+                        ns(start),
+                        ns(stop),
+                        self.status if is_root else _UNSET,
+                        _dumps(attributes),
+                        "[]",
+                        "[]",
+                        resource,
+                    )
+                )
+                lines.append("\n")
+        except Exception as e:  # telemetry must never break the task it describes
+            telemetry.files.errors += 1
+            log.warning("could not serialise the spans for %s: %s", self.path, e)
+        else:
+            telemetry.files.append(self.path, "".join(lines), TASK_SPAN)
+        if len(telemetry.processors) > 1:
+            spans = self.readable_spans(end)
+            for processor in telemetry.processors[1:]:
+                for span in spans:
+                    processor.on_end(span)
+
+    def readable_spans(self, end: float) -> list[ReadableSpan]:
+        """The attempt's spans as the SDK's ReadableSpans (phases first, root last)."""
+        flags = TraceFlags(TraceFlags.SAMPLED)
+        root_ctx = SpanContext(self.trace_id, self.span_id, False, flags, self.trace_state)
+        spans = [
+            self.telemetry.finished_span(
+                name,
+                SpanContext(self.trace_id, span_id, False, flags, self.trace_state),
+                root_ctx,
+                attrs,
+                start,
+                stop,
+            )
+            for name, span_id, start, stop, attrs in self.phases
+        ]
+        spans.append(
+            self.telemetry.finished_span(
+                TASK_SPAN, root_ctx, self.parent, self.attributes, self.start, end, self.status
+            )
         )
-        self.spans.append(root)
-        self.telemetry.write_spans(self.path, self.spans)
+        return spans
 
 
 class Telemetry:
@@ -392,19 +488,6 @@ class Telemetry:
             status=status or _UNSET,
             instrumentation_scope=self.scope,
         )
-
-    def write_spans(self, path: str, spans: list[ReadableSpan]) -> None:
-        """Append `spans` to `path` in one write, and hand them to the other exporters."""
-        try:
-            text = "".join([span_json(span) + "\n" for span in spans])
-        except Exception as e:  # telemetry must never break the task it describes
-            self.files.errors += 1
-            log.warning("could not serialise the spans for %s: %s", path, e)
-        else:
-            self.files.append(path, text, spans[-1].name)
-        for processor in self.processors[1:]:
-            for span in spans:
-                processor.on_end(span)
 
 
 class CurrentTaskFile(SpanProcessor):
