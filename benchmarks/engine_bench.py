@@ -4,8 +4,11 @@
 
 1. fan-out/fan-in: 1 root -> 1,000 no-op python tasks -> 1 join, run by `run-local`'s
    machinery (the same coordinator and worker classes) with `--workers` workers.
-   Reports tasks/s over the workflow's wall time, next to the bare-syscall spool ceiling
-   (put + claim + ack cycles/s with no library code) measured in the same run.
+   Reports tasks/s over the workflow's wall time (and the whole session's seconds), next
+   to two ceilings measured in the same run: the bare-syscall spool cycle (put + claim +
+   ack with no library code) and the task-files floor: every file operation the engine
+   makes per task (message, attempt directory, spans, ack, a share of a completion
+   message), as bare syscalls, in 1 and in 2 processes at once.
 2. chain: 200 no-op python tasks, each depending on the previous. The hop is the time from
    a task's completion (end of its root span, written by the worker) to its child's start
    (start of the child's root span): median and p95 in ms.
@@ -77,6 +80,82 @@ def ceiling(base: str, seconds: float = 2.0) -> float:
     step = spool_bench.ceiling_step(f"{base}/ceiling")
     rates = [spool_bench._timed(seconds / 4, step) for _ in range(4)]
     return statistics.median(rates)
+
+
+PAYLOAD_700 = b"m" * 700
+SPANS_3K = b"s" * 3000
+
+
+def task_files_step(root: str):
+    """The file operations the engine makes per no-op python task, as bare syscalls with no
+    library code: the coordinator's put of the task message (temp file + rename), the
+    worker's claim (rename), read, attempt directory (task/attempt/logs), its spans.jsonl,
+    the probe for output.json, the ack (unlink), and a tenth of a completion message's put,
+    claim, read and ack (workers batch about ten events per message in a fan-out)."""
+    for sub in ("ready", "claimed", "completions", "applied", "tasks"):
+        os.makedirs(f"{root}/{sub}", exist_ok=True)
+    counter = iter(range(1 << 62))
+    create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+    def step(n: int) -> None:
+        for _ in range(n):
+            i = next(counter)
+            fd = os.open(f"{root}/ready/.t{i}", create, 0o644)
+            os.write(fd, PAYLOAD_700)
+            os.close(fd)
+            os.rename(f"{root}/ready/.t{i}", f"{root}/ready/m{i}")
+            os.rename(f"{root}/ready/m{i}", f"{root}/claimed/m{i}")
+            fd = os.open(f"{root}/claimed/m{i}", os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+            task = f"{root}/tasks/t{i}"
+            os.mkdir(task)
+            os.mkdir(f"{task}/0")
+            os.mkdir(f"{task}/0/logs")
+            fd = os.open(f"{task}/0/logs/spans.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(fd, SPANS_3K)
+            os.close(fd)
+            try:
+                os.close(os.open(f"{task}/0/output.json", os.O_RDONLY))
+            except FileNotFoundError:
+                pass
+            os.unlink(f"{root}/claimed/m{i}")
+            if i % 10 == 0:
+                fd = os.open(f"{root}/completions/.t{i}", create, 0o644)
+                os.write(fd, PAYLOAD_700)
+                os.close(fd)
+                os.rename(f"{root}/completions/.t{i}", f"{root}/completions/c{i}")
+                os.rename(f"{root}/completions/c{i}", f"{root}/applied/c{i}")
+                fd = os.open(f"{root}/applied/c{i}", os.O_RDONLY)
+                os.read(fd, 4096)
+                os.close(fd)
+                os.unlink(f"{root}/applied/c{i}")
+
+    return step
+
+
+def _floor_worker(root: str, seconds: float, out) -> None:
+    import spool_bench
+
+    out.put(spool_bench._timed(seconds, task_files_step(root)))
+
+
+def task_floor(base: str, processes: int, seconds: float = 1.0) -> float:
+    """Tasks/s the engine's per-task file operations alone allow, `processes` at once."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_floor_worker, args=(f"{base}/floor{processes}-{k}", seconds, out))
+        for k in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    rates = [out.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    return sum(rates)
 
 
 def _iso(ts: str) -> float:
@@ -171,11 +250,16 @@ def main() -> None:
     r: dict = {"workers": args.workers, "slots_per_worker": args.slots}
     try:
         r["ceiling_cycle_per_s"] = ceiling(base)
+        r["task_files_floor_1proc_per_s"] = task_floor(base, 1)
+        r["task_files_floor_2proc_per_s"] = task_floor(base, 2)
         home = Home.open(f"{base}/fanout", settings=settings)
+        t0 = time.perf_counter()
         _, wall = run_local(home, fanout_definition(args.fanout), args.workers, args.slots)
         r["fanout_tasks"] = args.fanout + 2
         r["fanout_seconds"] = wall
         r["fanout_tasks_per_s"] = (args.fanout + 2) / wall
+        # the whole session: workers and executors starting, submit, run, stop
+        r["fanout_session_seconds"] = time.perf_counter() - t0
         home = Home.open(f"{base}/chain", settings=settings)
         wf_id, wall = run_local(home, chain_definition(args.chain), args.workers, args.slots)
         hops = sorted(chain_hops(home, wf_id, args.chain))

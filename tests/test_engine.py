@@ -282,6 +282,28 @@ def test_worker_killed_mid_task_is_retried_and_completed_once(fast_home, tmp_pat
     assert (Path(fast_home.workers_dir) / "doomed.dead").exists()
 
 
+def test_a_killed_workers_python_executor_dies_with_it(fast_home, tmp_path, procs):
+    marker = tmp_path / "pids.txt"
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: executor-orphan
+        tasks:
+          - {{name: long, call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}}}
+        """,
+    )
+    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
+    worker = start("worker", home=fast_home.root, log=tmp_path / "w.log")
+    procs.append(worker)
+    cli("submit", wf, home=fast_home.root)
+    wait_for(lambda: marker.exists() and marker.read_text(), what="the task to start")
+    (executor,) = _pids_in(marker)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(30)
+    wait_for(lambda: _process_gone(executor), timeout=10, what=f"executor {executor} to die with its worker")
+
+
 def test_coordinator_killed_and_restarted_applies_every_task_once(fast_home, tmp_path, procs):
     n = 40
     wf = write_wf(

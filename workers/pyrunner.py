@@ -12,7 +12,11 @@ The task's stdout and stderr (file descriptors 1 and 2) are two scratch files of
 process; what a task printed is copied to its attempt's ``stdout.log`` / ``stderr.log``
 afterwards, so a task that prints nothing costs no files.
 
-    python -m workers.pyrunner READ_FD WRITE_FD SCRATCH_DIR
+    python -m workers.pyrunner READ_FD WRITE_FD SCRATCH_DIR [WORKER_PID]
+
+Given its worker's pid, on Linux it asks the kernel to SIGKILL it when the worker dies: a
+worker that is SIGKILLed cannot stop its executors itself, and one left running would
+finish (or hang on to a GPU for) a task whose attempt has already been given up.
 """
 
 from __future__ import annotations
@@ -121,8 +125,21 @@ class Runner:
                 os.close(out)
 
 
+def _die_with(parent: int) -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
 def main() -> None:
     rfd, wfd, scratch = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    if len(sys.argv) > 4:
+        _die_with(int(sys.argv[4]))
     trace.set_tracer_provider(task_process_provider("tuiflow-python-executor"))
     runner = Runner(scratch)
     while (req := read_frame(rfd)) is not None:

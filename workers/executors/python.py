@@ -45,7 +45,15 @@ class PythonExecutor:
         self.scratch = tempfile.mkdtemp(prefix="tuiflow-runner-")  # node-local, never the shared home
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.pyrunner", str(to_child_r), str(from_child_w), self.scratch],
+                [
+                    sys.executable,
+                    "-m",
+                    "workers.pyrunner",
+                    str(to_child_r),
+                    str(from_child_w),
+                    self.scratch,
+                    str(os.getpid()),
+                ],
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
