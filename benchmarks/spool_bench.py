@@ -140,7 +140,8 @@ def watch_latency_ms(root: str, mode: str, samples: int = 20) -> float:
         "import sys, time, os\n"
         "for i in range(int(sys.argv[2])):\n"
         "    line = sys.stdin.readline()\n"
-        "    t = time.monotonic(); open(f'{sys.argv[1]}/f{i}', 'w').close()\n"
+        "    t = time.monotonic(); tmp = f'{sys.argv[1]}/.t{i}'\n"
+        "    open(tmp, 'w').close(); os.rename(tmp, f'{sys.argv[1]}/f{i}')\n"
         "    print(t, flush=True)\n"
     )
     writer = subprocess.Popen(
@@ -150,7 +151,8 @@ def watch_latency_ms(root: str, mode: str, samples: int = 20) -> float:
         text=True,
     )
     lat = []
-    with ChangeWaiter([d], mode=mode, poll_interval=0.01) as waiter:
+    # published as the spool publishes (temp file, rename), awaited as its waiters await
+    with ChangeWaiter([d], mode=mode, poll_interval=0.01, arrivals_only=True) as waiter:
         for _ in range(samples):
             writer.stdin.write("go\n")
             writer.stdin.flush()

@@ -117,6 +117,9 @@ class ChangeWaiter:
         mode: "auto", "events" or "poll" (see module docstring).
         poll_interval: seconds between polls in poll mode.
         step_ms: events mode: how long to wait for more changes after the first.
+        arrivals_only: events mode on Linux: wake only when an entry is renamed into a
+            watched directory (how spool messages arrive), not for temp files being
+            written there or entries leaving. Poll mode sees every change regardless.
     """
 
     def __init__(
@@ -127,6 +130,7 @@ class ChangeWaiter:
         poll_interval: float = 0.25,
         recursive: bool = False,
         step_ms: int = 3,
+        arrivals_only: bool = False,
     ):
         self.paths = [os.fspath(p) for p in paths]
         if not self.paths:
@@ -149,7 +153,7 @@ class ChangeWaiter:
         if self.mode == "events":
             # Watching starts here, so changes made before the first wait() count.
             if not recursive and _LIBC is not None:
-                self._inotify = _Inotify(self.paths)
+                self._inotify = _Inotify(self.paths, _IN_ARRIVALS if arrivals_only else _IN_MASK)
             else:
                 self._notify = RustNotify(self.paths, False, False, 0, recursive, True)
         else:
@@ -263,6 +267,11 @@ def _libc() -> ctypes.CDLL | None:
 
 _LIBC = _libc()
 _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC
+_IN_MOVED_TO, _IN_DELETE_SELF, _IN_MOVE_SELF = 0x00000080, 0x00000400, 0x00000800
+# Entries renamed into a watched directory: how the spool publishes (and gives back)
+# messages. A put's temp file raises four more events on the way; a waiter for messages
+# needs none of them.
+_IN_ARRIVALS = _IN_MOVED_TO | _IN_DELETE_SELF | _IN_MOVE_SELF
 # Anything that changes what a listing or a read would show (the same as notify reports).
 _IN_MASK = (
     0x00000002  # IN_MODIFY
@@ -282,7 +291,7 @@ class _Inotify:
     events themselves do not matter (a waiter re-reads what it watches), so they are
     only drained."""
 
-    def __init__(self, paths: list[str]):
+    def __init__(self, paths: list[str], mask: int):
         assert _LIBC is not None
         fd = _LIBC.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
@@ -290,7 +299,7 @@ class _Inotify:
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
         self.fd = fd
         for path in paths:
-            if _LIBC.inotify_add_watch(fd, os.fsencode(path), _IN_MASK) < 0:
+            if _LIBC.inotify_add_watch(fd, os.fsencode(path), mask) < 0:
                 err = ctypes.get_errno()
                 os.close(fd)
                 raise OSError(err, f"cannot watch {path}: {os.strerror(err)}", path)

@@ -53,6 +53,21 @@ def test_a_readable_fd_or_a_wake_ends_the_wait(tmp_path, mode):
             os.close(w)
 
 
+def test_arrivals_only_wakes_for_renames_in_not_for_temp_files(tmp_path):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    with ChangeWaiter([str(tmp_path)], mode="events", arrivals_only=True) as waiter:
+        tmp = tmp_path / ".tmp.1"
+        tmp.write_text("partial")  # created, written, closed: a put on its way
+        assert waiter.wait(timeout=0.3) is False
+        tmp.rename(tmp_path / "message")  # published
+        assert waiter.wait(timeout=10) is True
+        (tmp_path / "message").rename(outside / "claimed")  # leaving is not an arrival
+        assert waiter.wait(timeout=0.3) is False
+        (outside / "claimed").rename(tmp_path / "back")  # given back: an arrival
+        assert waiter.wait(timeout=10) is True
+
+
 def test_recursive_events_see_changes_in_subdirectories(tmp_path):
     sub = tmp_path / "a" / "b"
     sub.mkdir(parents=True)

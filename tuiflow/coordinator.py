@@ -162,7 +162,11 @@ class Coordinator:
         self.home.check_writable()
         watch = [*self.completions.watch_paths(), *self.control.watch_paths()]
         self._waiter = ChangeWaiter(
-            watch, mode=self.home.settings.watch, poll_interval=self.home.settings.poll_interval, step_ms=1
+            watch,
+            mode=self.home.settings.watch,
+            poll_interval=self.home.settings.poll_interval,
+            step_ms=1,
+            arrivals_only=True,
         )
         try:
             self._take_over_claims()

@@ -155,7 +155,11 @@ class Worker:
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUIFLOW_")}
         watch = [path for q in self.queues.values() for path in q.watch_paths()]
         self.waiter = ChangeWaiter(
-            watch, mode=home.settings.watch, poll_interval=home.settings.poll_interval, step_ms=1
+            watch,
+            mode=home.settings.watch,
+            poll_interval=home.settings.poll_interval,
+            step_ms=1,
+            arrivals_only=True,
         )
 
     # ------------------------------------------------------------------ control
