@@ -28,7 +28,7 @@ from spool import ChangeWaiter, Home
 
 from ..client import Client
 from ..store import WorkflowStore
-from .base import LiveScreen
+from .base import MIN_INTERVAL, LiveScreen
 from .modals import ConfirmScreen, HelpScreen
 from .overview import OverviewScreen
 from .task import TaskScreen
@@ -187,6 +187,10 @@ class TuiflowApp(App):
                 ):
                     if waiter.wait(0.5):
                         self.call_from_thread(self.files_changed)
+                        # A busy home changes thousands of times a second and the screen
+                        # refreshes at most every MIN_INTERVAL: what changes meanwhile
+                        # stays pending in the waiter and wakes the next wait at once.
+                        self._stop_watch.wait(MIN_INTERVAL / 2)
             finally:
                 waiter.close()
 
