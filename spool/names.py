@@ -25,6 +25,7 @@ _COMPONENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=-]*\Z")
 _SAFE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.=-")
 # Leaves room below NAME_MAX (255) for an attempt suffix and temp-name decorations.
 _MAX_ENCODED = 180
+_ASCII_ESCAPES = {c: f"%{c:02X}" for c in range(128) if chr(c) not in _SAFE_CHARS}
 
 
 def check_component(name: object, what: str = "name") -> str:
@@ -59,6 +60,13 @@ def encode_component(name: str) -> str:
         raise InvalidNameError("name must be a non-empty string")
     if "\x00" in name:
         raise InvalidNameError(f"name {name!r} contains a NUL byte")
+    if name.isascii():  # the common case, in one C call
+        encoded = name.translate(_ASCII_ESCAPES)
+        if encoded[0] == ".":
+            encoded = "%2E" + encoded[1:]
+        if len(encoded) <= _MAX_ENCODED:
+            return encoded
+        return _shorten(name, encoded)
     parts = []
     for i, ch in enumerate(name):
         if ch in _SAFE_CHARS and not (i == 0 and ch == "."):
@@ -67,6 +75,10 @@ def encode_component(name: str) -> str:
             parts.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
     encoded = "".join(parts)
     if len(encoded) > _MAX_ENCODED:
-        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:20]
-        encoded = encoded[: _MAX_ENCODED - 21].rstrip("%0123456789ABCDEF") + "~" + digest
+        return _shorten(name, encoded)
     return encoded
+
+
+def _shorten(name: str, encoded: str) -> str:
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:20]
+    return encoded[: _MAX_ENCODED - 21].rstrip("%0123456789ABCDEF") + "~" + digest

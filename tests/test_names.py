@@ -51,3 +51,14 @@ def test_encoding_rejects_empty_and_nul():
         encode_component("")
     with pytest.raises(InvalidNameError):
         encode_component("a\x00b")
+
+
+def test_every_ascii_character_is_kept_or_escaped_by_the_rule():
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.=-")
+    for code in range(1, 128):
+        ch = chr(code)
+        expected = ch if ch in safe else f"%{code:02X}"
+        assert encode_component(f"a{ch}b") == f"a{expected}b"
+        assert encode_component(ch) == (expected if ch != "." else "%2E")
+    # non-ASCII takes the per-character path: UTF-8 bytes, escaped
+    assert encode_component("é.x[1]") == "%C3%A9.x%5B1%5D"

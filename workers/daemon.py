@@ -135,6 +135,8 @@ class Worker:
         self.to_ack: list[tuple[SpoolQueue, Message]] = []
         self.done: queue_mod.Queue[tuple[_Running, Outcome]] = queue_mod.Queue()
         self.inline: dict[int, _Running] = {}  # executor pipe -> attempt the loop follows
+        self._handed_off = 0  # attempts on slot threads, not yet collected from `done`
+        self._readable: list[int] | None = None  # what the last wait found readable
         self._wake_r, self._wake_w = wake_pipe()
         self.wake_fd = wake_fd
         self._early: list[tuple[_Running, Outcome]] = []
@@ -194,8 +196,9 @@ class Worker:
         try:
             while True:
                 now = time.monotonic()
-                self._drain_wakes()
-                self._supervise_inline()
+                readable, self._readable = self._readable, None
+                self._drain_wakes(readable)
+                self._supervise_inline(readable)
                 self._collect_finished()
                 if self._hard_stop:
                     self._stop_everything()
@@ -238,7 +241,7 @@ class Worker:
                     fds.append(self.wake_fd)
                 if not self.free_slots or self._drain:
                     # New messages cannot matter until an attempt ends: wait for that alone.
-                    select.select(fds, [], [], timeout)
+                    self._readable = select.select(fds, [], [], timeout)[0]
                     continue
                 for q in self.queues.values():
                     due = q.next_due_in()  # a retry waiting out its backoff: wake when it is due
@@ -366,6 +369,7 @@ class Worker:
             self._start_inline(run)
         else:
             run.future = self.pool.submit(self._attempt, run, q)
+            self._handed_off += 1
         return True
 
     # -------------------------------------------------------------- one attempt
@@ -441,14 +445,19 @@ class Worker:
             self._hand_back(run, outcome)
 
         run.future = self.pool.submit(stop)
+        self._handed_off += 1
 
-    def _supervise_inline(self) -> None:
-        """Conclude inline attempts that ended; stop those past their deadline or told to stop."""
+    def _supervise_inline(self, readable: list[int] | None = None) -> None:
+        """Conclude inline attempts that ended; stop those past their deadline or told to stop.
+        `readable`: what the wait that just ended found readable (None: unknown, look)."""
         if not self.inline:
             return
-        ready, _, _ = select.select(list(self.inline), [], [], 0)
-        for fd in ready:
-            self._finish_inline(self.inline[fd])
+        if readable is None:
+            readable = select.select(list(self.inline), [], [], 0)[0]
+        for fd in readable:
+            run = self.inline.get(fd)
+            if run is not None:
+                self._finish_inline(run)
         now = time.monotonic()
         for run in list(self.inline.values()):
             deadline = run.ctx.deadline
@@ -631,20 +640,24 @@ class Worker:
         return outcome
 
     # -------------------------------------------------------------- settling
-    def _drain_wakes(self) -> None:
-        drain(self._wake_r)
-        if self.wake_fd is not None:
+    def _drain_wakes(self, readable: list[int] | None) -> None:
+        if readable is None or self._wake_r in readable:
+            drain(self._wake_r)
+        if self.wake_fd is not None and (readable is None or self.wake_fd in readable):
             drain(self.wake_fd)
 
     def _collect_finished(self) -> None:
         while True:
             if self._early:
                 run, outcome = self._early.pop()
-            else:
+            elif self._handed_off:
                 try:
                     run, outcome = self.done.get_nowait()
                 except queue_mod.Empty:
                     return
+                self._handed_off -= 1
+            else:
+                return
             msg = run.payload
             key = (msg["wf"], msg["idx"], msg["attempt"])
             self.running.pop(key, None)
