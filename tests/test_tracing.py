@@ -300,6 +300,44 @@ def test_user_spans_follow_into_threads_and_subprocesses(tmp_path):
     assert execute["parent_id"] == root["context"]["span_id"]
 
 
+def test_executor_loads_the_sdk_only_for_tasks_that_make_spans(tmp_path):
+    (tmp_path / "rawtasks.py").write_text(
+        textwrap.dedent(
+            """
+            import sys
+
+            def quiet():
+                return {"sdk": "opentelemetry.sdk.trace" in sys.modules}
+
+            def raw():
+                from opentelemetry import trace
+                with trace.get_tracer("user.code").start_as_current_span("raw-api", attributes={"n": 1}):
+                    pass
+                return {"sdk": "opentelemetry.sdk.trace" in sys.modules}
+            """
+        )
+    )
+    home, status = run_local(
+        tmp_path,
+        """
+        name: lazy-sdk
+        tasks:
+          - {name: quiet, call: "rawtasks:quiet"}
+          - {name: raw, call: "rawtasks:raw", depends_on: [quiet]}
+        """,
+        "--workers",
+        "1",
+    )
+    outputs = {t["name"]: t["output"] for t in status["tasks"]}
+    assert outputs == {"quiet": {"sdk": False}, "raw": {"sdk": True}}  # one executor, in turn
+    spans = trace_lines(home, status["id"])
+    root = next(s for s in roots(spans) if s["attributes"][c.ATTR_TASK] == "raw")
+    [raw] = [s for s in spans if s["name"] == "raw-api"]
+    assert raw["parent_id"] == root["context"]["span_id"]  # under the attempt, via $TRACEPARENT
+    assert raw["context"]["trace_id"] == root["context"]["trace_id"]
+    assert raw["_file"] == root["_file"] and raw["attributes"] == {"n": 1}
+
+
 def test_assets_and_lineage_rows(tmp_path):
     home, status = run_local(
         tmp_path,

@@ -33,7 +33,30 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from workers.framing import read_frame, write_frame
-from workers.tracing import context_from_traceparent, task_process_provider
+from workers.traceparent import context_from_traceparent
+
+
+class LazyTaskProvider(trace.TracerProvider):
+    """This process's tracer provider, built the first time a task asks for a tracer: the
+    SDK's ~50 ms of imports are paid by a process whose tasks make spans, not by every
+    executor start. Spans go to the running task's ``spans.jsonl``
+    (`workers.tracing.task_process_provider`)."""
+
+    def __init__(self) -> None:
+        self._real: Any = None
+
+    def _provider(self) -> Any:
+        if self._real is None:
+            from workers.tracing import task_process_provider
+
+            self._real = task_process_provider("tuiflow-python-executor")
+        return self._real
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+        return self._provider().get_tracer(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # add_span_processor, force_flush, shutdown...
+        return getattr(self._provider(), name)
 
 
 class Runner:
@@ -140,7 +163,7 @@ def main() -> None:
     rfd, wfd, scratch = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     if len(sys.argv) > 4:
         _die_with(int(sys.argv[4]))
-    trace.set_tracer_provider(task_process_provider("tuiflow-python-executor"))
+    trace.set_tracer_provider(LazyTaskProvider())
     runner = Runner(scratch)
     while (req := read_frame(rfd)) is not None:
         write_frame(wfd, runner.run_one(req))

@@ -59,6 +59,10 @@ from analyzer.contract import (
 )
 from spool.names import encode_component
 
+from .traceparent import context_from_traceparent, span_context_from_traceparent, traceparent
+
+__all__ = ["context_from_traceparent", "span_context_from_traceparent", "traceparent"]  # and the rest
+
 log = logging.getLogger("workers.tracing")
 _UNSET = Status(StatusCode.UNSET)
 
@@ -107,29 +111,6 @@ def workflow_context(wf_id: str) -> otel_context.Context:
         trace_flags=TraceFlags(TraceFlags.SAMPLED),
     )
     return trace.set_span_in_context(NonRecordingSpan(ctx))
-
-
-def traceparent(span_context: SpanContext) -> str:
-    return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
-
-
-def span_context_from_traceparent(value: str | None) -> SpanContext | None:
-    """Parse a W3C traceparent (as carried in task messages and executor requests)."""
-    if not value:
-        return None
-    try:
-        _, trace_id, span_id, flags = value.split("-")
-        return SpanContext(
-            int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16))
-        )
-    except ValueError:
-        return None
-
-
-def context_from_traceparent(value: str | None) -> otel_context.Context | None:
-    """A context whose current span is the one a traceparent names (a remote parent)."""
-    ctx = span_context_from_traceparent(value)
-    return None if ctx is None else trace.set_span_in_context(NonRecordingSpan(ctx))
 
 
 class AttemptFiles(SpanProcessor):
