@@ -8,7 +8,8 @@
    to two ceilings measured in the same run: the bare-syscall spool cycle (put + claim +
    ack with no library code) and the task-files floor: every file operation the engine
    makes per task (message, attempt directory, spans, ack, a share of a completion
-   message), as bare syscalls, in 1 and in 2 processes at once.
+   message), as bare syscalls, for as many tasks as the fan-out has, in 1 process and
+   split over 2 processes.
 2. chain: 200 no-op python tasks, each depending on the previous. The hop is the time from
    a task's completion (end of its root span, written by the worker) to its child's start
    (start of the child's root span): median and p95 in ms.
@@ -134,28 +135,34 @@ def task_files_step(root: str):
     return step
 
 
-def _floor_worker(root: str, seconds: float, out) -> None:
-    import spool_bench
+def _floor_worker(root: str, n: int, go, out) -> None:
+    step = task_files_step(root)
+    go.wait()
+    t0 = time.perf_counter()
+    step(n)
+    out.put(time.perf_counter() - t0)
 
-    out.put(spool_bench._timed(seconds, task_files_step(root)))
 
-
-def task_floor(base: str, processes: int, seconds: float = 1.0) -> float:
-    """Tasks/s the engine's per-task file operations alone allow, `processes` at once."""
+def task_floor(base: str, tasks: int, processes: int) -> float:
+    """Tasks/s that the engine's per-task file operations alone allow for `tasks` tasks
+    split over `processes` processes at once (the fan-out's count, so the filesystem sees
+    the same amount of work as in the fan-out)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
-    out = ctx.Queue()
+    go, out = ctx.Event(), ctx.Queue()
+    share = [tasks // processes + (k < tasks % processes) for k in range(processes)]
     procs = [
-        ctx.Process(target=_floor_worker, args=(f"{base}/floor{processes}-{k}", seconds, out))
+        ctx.Process(target=_floor_worker, args=(f"{base}/floor{processes}-{k}", share[k], go, out))
         for k in range(processes)
     ]
     for proc in procs:
         proc.start()
-    rates = [out.get(timeout=120) for _ in procs]
+    go.set()
+    seconds = max(out.get(timeout=300) for _ in procs)
     for proc in procs:
         proc.join(60)
-    return sum(rates)
+    return tasks / seconds
 
 
 def _iso(ts: str) -> float:
@@ -249,9 +256,15 @@ def main() -> None:
     settings = Settings(heartbeat_interval=1.0)
     r: dict = {"workers": args.workers, "slots_per_worker": args.slots}
     try:
+        # Each figure starts with the disk's dirty data written out, so none pays for the
+        # writeback of the files the one before it made.
+        os.sync()
         r["ceiling_cycle_per_s"] = ceiling(base)
-        r["task_files_floor_1proc_per_s"] = task_floor(base, 1)
-        r["task_files_floor_2proc_per_s"] = task_floor(base, 2)
+        os.sync()
+        r["task_files_floor_1proc_per_s"] = task_floor(base, args.fanout + 2, 1)
+        os.sync()
+        r["task_files_floor_2proc_per_s"] = task_floor(base, args.fanout + 2, 2)
+        os.sync()
         home = Home.open(f"{base}/fanout", settings=settings)
         t0 = time.perf_counter()
         _, wall = run_local(home, fanout_definition(args.fanout), args.workers, args.slots)
