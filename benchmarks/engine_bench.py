@@ -98,17 +98,21 @@ def task_files_step(root: str):
     counter = iter(range(1 << 62))
     create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
+    def message(spool: str, taken: str, name: str) -> None:
+        """put (temp file, rename in), claim (rename out), read, ack (unlink)."""
+        fd = os.open(f"{root}/{spool}/.{name}", create, 0o644)
+        os.write(fd, PAYLOAD_700)
+        os.close(fd)
+        os.rename(f"{root}/{spool}/.{name}", f"{root}/{spool}/{name}")
+        os.rename(f"{root}/{spool}/{name}", f"{root}/{taken}/{name}")
+        fd = os.open(f"{root}/{taken}/{name}", os.O_RDONLY)
+        os.read(fd, 4096)
+        os.close(fd)
+
     def step(n: int) -> None:
         for _ in range(n):
             i = next(counter)
-            fd = os.open(f"{root}/ready/.t{i}", create, 0o644)
-            os.write(fd, PAYLOAD_700)
-            os.close(fd)
-            os.rename(f"{root}/ready/.t{i}", f"{root}/ready/m{i}")
-            os.rename(f"{root}/ready/m{i}", f"{root}/claimed/m{i}")
-            fd = os.open(f"{root}/claimed/m{i}", os.O_RDONLY)
-            os.read(fd, 4096)
-            os.close(fd)
+            message("ready", "claimed", f"m{i}")
             task = f"{root}/tasks/t{i}"
             os.mkdir(task)
             os.mkdir(f"{task}/0")
@@ -122,14 +126,7 @@ def task_files_step(root: str):
                 pass
             os.unlink(f"{root}/claimed/m{i}")
             if i % 10 == 0:
-                fd = os.open(f"{root}/completions/.t{i}", create, 0o644)
-                os.write(fd, PAYLOAD_700)
-                os.close(fd)
-                os.rename(f"{root}/completions/.t{i}", f"{root}/completions/c{i}")
-                os.rename(f"{root}/completions/c{i}", f"{root}/applied/c{i}")
-                fd = os.open(f"{root}/applied/c{i}", os.O_RDONLY)
-                os.read(fd, 4096)
-                os.close(fd)
+                message("completions", "applied", f"c{i}")
                 os.unlink(f"{root}/applied/c{i}")
 
     return step

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,15 @@ def start(*args: object, home: Path | str, log: Path) -> subprocess.Popen:
         stdout=f,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
+    )
+
+
+def start_run_local(wf: Path, home: Home, **popen: Any) -> subprocess.Popen:
+    """`tuiflow run-local WF --workers 2` in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuiflow", "run-local", str(wf), "--workers", "2", "--home", str(home.root)],
+        cwd=ROOT,
+        **popen,
     )
 
 
@@ -85,6 +95,33 @@ def write_wf(tmp_path: Path, text: str, name: str = "wf.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def sleepers(tmp_path: Path, name: str, *tasks: str) -> tuple[Path, Path]:
+    """A workflow of python tasks that write their executor's pid to a marker file, then
+    sleep 61.37 s (an odd length no other process on the machine sleeps)."""
+    marker = tmp_path / "pids.txt"
+    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    call = f'call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}'
+    lines = "".join(f"  - {{name: {task}, {call}}}\n" for task in tasks)
+    return write_wf(tmp_path, f"name: {name}\ntasks:\n{lines}"), marker
+
+
+def _pids_in(marker: Path) -> list[int]:
+    return [int(line.rsplit(" ", 1)[1]) for line in marker.read_text().splitlines()]
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie is dead too (its parent may not have reaped it yet)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 # ------------------------------------------------------------------ examples
@@ -283,16 +320,7 @@ def test_worker_killed_mid_task_is_retried_and_completed_once(fast_home, tmp_pat
 
 
 def test_a_killed_workers_python_executor_dies_with_it(fast_home, tmp_path, procs):
-    marker = tmp_path / "pids.txt"
-    wf = write_wf(
-        tmp_path,
-        f"""
-        name: executor-orphan
-        tasks:
-          - {{name: long, call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}}}
-        """,
-    )
-    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    wf, marker = sleepers(tmp_path, "executor-orphan", "long")
     procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
     worker = start("worker", home=fast_home.root, log=tmp_path / "w.log")
     procs.append(worker)
@@ -413,23 +441,7 @@ def test_ctrl_c_on_run_local_cancels_and_leaves_no_orphans(fast_home, tmp_path):
           - {name: c, depends_on: [a], run: "echo never"}
         """,
     )
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tuiflow",
-            "run-local",
-            str(wf),
-            "--workers",
-            "2",
-            "--home",
-            str(fast_home.root),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
+    proc = start_run_local(wf, fast_home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     client = Client(fast_home)
     wait_for(
         lambda: client.list() and client.list()[0]["counts"].get("running") == 2, what="both tasks running"
@@ -508,23 +520,6 @@ def test_worker_sigterm_drains_and_second_sigterm_stops(fast_home, tmp_path, pro
     no_process_like("^sleep 30.53$")
 
 
-def _pids_in(marker: Path) -> list[int]:
-    return [int(line.rsplit(" ", 1)[1]) for line in marker.read_text().splitlines()]
-
-
-def _process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # a zombie is dead too (its parent may not have reaped it yet)
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_python_attempts_time_out_while_another_slot_serves(fast_home, tmp_path, procs):
     """Python attempts are followed by the worker's loop, not a slot thread: one slot's
     long task must not hold up the other slot, and a timed-out attempt's executor process
@@ -577,16 +572,7 @@ def test_python_attempts_time_out_while_another_slot_serves(fast_home, tmp_path,
 
 @pytest.mark.parametrize("how", ["cancel", "worker hard stop"])
 def test_running_python_attempt_is_stopped(fast_home, tmp_path, procs, how):
-    marker = tmp_path / "pids.txt"
-    wf = write_wf(
-        tmp_path,
-        f"""
-        name: stop-python
-        tasks:
-          - {{name: long, call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}}}
-        """,
-    )
-    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    wf, marker = sleepers(tmp_path, "stop-python", "long")
     procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
     worker = start("worker", "--id", "py-stopper", home=fast_home.root, log=tmp_path / "w.log")
     procs.append(worker)
@@ -619,33 +605,8 @@ def test_running_python_attempt_is_stopped(fast_home, tmp_path, procs, how):
 
 
 def test_killed_run_local_takes_its_forked_workers_and_their_tasks_with_it(fast_home, tmp_path):
-    marker = tmp_path / "pids.txt"
-    wf = write_wf(
-        tmp_path,
-        f"""
-        name: orphans
-        tasks:
-          - {{name: a, call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}}}
-          - {{name: b, call: "pytasks:sleepy", kwargs: {{seconds: 61.37, marker: "{marker}"}}}}
-        """,
-    )
-    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tuiflow",
-            "run-local",
-            str(wf),
-            "--workers",
-            "2",
-            "--home",
-            str(fast_home.root),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
+    wf, marker = sleepers(tmp_path, "orphans", "a", "b")
+    proc = start_run_local(wf, fast_home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: marker.exists() and len(_pids_in(marker)) == 2, what="both tasks to start")
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
