@@ -32,6 +32,7 @@ import select
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 
 from watchfiles._rust_notify import RustNotify  # watchfiles' documented low-level API
@@ -146,7 +147,7 @@ class ChangeWaiter:
         # set by close() and wake(): ends a blocked wait (the event for the events-mode
         # watcher, which polls it; the pipe for a poll-mode select)
         self._stop = threading.Event()
-        self._wake_r, self._wake_w = wake_pipe()
+        self._wake = WakePipe()
         self._notify: RustNotify | None = None
         self._inotify: _Inotify | None = None
         self._signatures: list[tuple[int, int, int, int] | None] = []
@@ -168,7 +169,7 @@ class ChangeWaiter:
             if self._stop.is_set():
                 return self._woken()
             try:
-                ready, _, _ = select.select([inotify.fd, self._wake_r, *fds], [], [], timeout)
+                ready, _, _ = select.select([inotify.fd, self._wake.r, *fds], [], [], timeout)
             except (OSError, ValueError):  # closed by another thread meanwhile
                 return False
             if not ready:
@@ -176,7 +177,7 @@ class ChangeWaiter:
             if inotify.fd in ready:
                 inotify.drain()
                 return not self._closed
-            if self._wake_r in ready:
+            if self._wake.r in ready:
                 return self._woken()
             return not self._closed
         notify = self._notify
@@ -194,7 +195,7 @@ class ChangeWaiter:
             if result == "stop":
                 return self._woken()
             return isinstance(result, set) and bool(result)
-        watched = [self._wake_r, *fds]
+        watched = [self._wake.r, *fds]
         while True:
             if self._stop.is_set():
                 return self._woken()
@@ -219,14 +220,14 @@ class ChangeWaiter:
         if self._closed:
             return False
         self._stop.clear()
-        drain(self._wake_r)
+        self._wake.drain()
         return True
 
     def wake(self) -> None:
         """Make a blocked (or the next) `wait` return True at once (thread-safe, and safe
         in a signal handler)."""
         self._stop.set()
-        poke(self._wake_w)
+        self._wake.poke()
 
     def close(self) -> None:
         """Stop waiting (also wakes a `wait` blocked in another thread)."""
@@ -241,10 +242,6 @@ class ChangeWaiter:
                 pass  # a wait() in another thread is using it; it sees the stop event and returns
         if self._inotify is not None:
             self._inotify.close()
-        fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
 
     def __enter__(self) -> ChangeWaiter:
         return self
@@ -313,22 +310,40 @@ class _Inotify:
             self.fd = -1
 
 
-def wake_pipe() -> tuple[int, int]:
-    """A self-pipe (read end, write end), both non-blocking: `poke` the write end to make
-    whoever waits on the read end (select, or `ChangeWaiter.wait(fds=...)`) look around."""
-    return os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+class WakePipe:
+    """A self-pipe: `poke` (from any thread, or a signal handler) makes `fileno` readable
+    until `drain`; whoever waits on it (select, or `ChangeWaiter.wait(fds=...)`) looks
+    around. Its descriptors live exactly as long as the object, so a late poke from
+    another thread can never land in a file that reused a closed descriptor's number.
+    A forked child may poke or wait on its parent's pipes (both ends are inherited)."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        weakref.finalize(self, _close_all, self.r, self.w)
+
+    def fileno(self) -> int:
+        return self.r
+
+    def poke(self) -> None:
+        try:
+            os.write(self.w, b"!")
+        except OSError:
+            pass  # full: a wake is pending anyway
+
+    def drain(self) -> None:
+        drain(self.r)
 
 
-def poke(fd: int) -> None:
-    """Make the read end of a wake pipe readable (safe in a signal handler and from any thread)."""
-    try:
-        os.write(fd, b"!")
-    except OSError:
-        pass  # full (a wake is pending anyway) or closed
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def drain(fd: int) -> None:
-    """Consume pending pokes."""
+    """Read whatever a non-blocking descriptor holds (pokes, inotify events) and drop it."""
     try:
         while os.read(fd, 4096):
             pass

@@ -604,6 +604,24 @@ def test_running_python_attempt_is_stopped(fast_home, tmp_path, procs, how):
     wait_for(lambda: _process_gone(pid), timeout=10, what=f"executor process {pid} to be killed")
 
 
+def test_forked_workers_and_the_coordinator_poke_each_other(tmp_path):
+    """With polling every 5 s and heartbeats every 5 s, only the wake pipes between
+    run-local's coordinator and its forked workers can make a 10-task chain take well
+    under a second a hop."""
+    home = Home.open(
+        tmp_path / "home",
+        settings=Settings(watch="poll", poll_interval=5.0, heartbeat_interval=5.0, dead_after=60),
+    )
+    chain = "".join(
+        f"  - {{name: t{i}, run: 'true'{f', depends_on: [t{i - 1}]' if i else ''}}}\n" for i in range(10)
+    )
+    wf = write_wf(tmp_path, f"name: pokes\ntasks:\n{chain}")
+    r = cli("run-local", wf, "--workers", 2, "--json", home=home.root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = Client(home).run(json.loads(r.stdout)["id"])
+    assert run.ended_at - run.started_at < 3.0
+
+
 def test_killed_run_local_takes_its_forked_workers_and_their_tasks_with_it(fast_home, tmp_path):
     wf, marker = sleepers(tmp_path, "orphans", "a", "b")
     proc = start_run_local(wf, fast_home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -189,10 +189,8 @@ class Coordinator:
                     flush_in = self._next_flush_in()
                     if flush_in is not None:
                         timeout = min(timeout, flush_in)
-                    if self.wake_fd is None:
-                        self._waiter.wait(timeout)
-                    else:
-                        self._waiter.wait(timeout, [self.wake_fd])
+                    woken = [self.wake_fd] if self.wake_fd is not None else []
+                    if self._waiter.wait(timeout, woken) and woken:
                         drain(self.wake_fd)
         except DeposedError:
             log.error("%s lost the coordinator lease; stopping without writing anything more", self.id)

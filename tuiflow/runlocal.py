@@ -34,7 +34,7 @@ from rich.progress import (
 from rich.table import Table
 
 from spool import Home, LeaseHeldError
-from spool.watch import poke, wake_pipe
+from spool.watch import WakePipe
 from workers.daemon import Worker, install_stop_handlers
 
 from .client import Client, task_views
@@ -85,13 +85,13 @@ class LocalRun:
         self._lock = threading.Lock()
         # Forked workers and the coordinator poke each other through wake pipes, as threads
         # call each other's wake(): a hop does not wait for the filesystem watcher.
-        self._coordinator_wake = wake_pipe() if worker_mode == "process" else None
-        self._worker_wakes: list[int] = []  # write ends, one per forked worker
+        self._coordinator_wake = WakePipe() if worker_mode == "process" else None
+        self._worker_wakes: list[WakePipe] = []  # one per forked worker
         self.coordinator = Coordinator(
             home,
             on_change=self._on_change,
             sweep_interval=0.5,
-            wake_fd=self._coordinator_wake[0] if self._coordinator_wake else None,
+            wake_fd=self._coordinator_wake.fileno() if self._coordinator_wake else None,
         )
         self.queues = sorted({t.queue for t in definition.tasks})
         # executors with a long-lived process start with the workers, not at the first task
@@ -136,8 +136,8 @@ class LocalRun:
     def _wake_workers(self) -> None:
         for w in self.workers:
             w.wake()
-        for fd in self._worker_wakes:
-            poke(fd)
+        for pipe in self._worker_wakes:
+            pipe.poke()
 
     # ----------------------------------------------------------------- run
     def start(self) -> str:
@@ -213,11 +213,10 @@ class LocalRun:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()  # else the child would write our buffered output again
-        wake_r, wake_w = wake_pipe()
+        wake = WakePipe()
         pid = os.fork()
         if pid:
-            os.close(wake_r)
-            self._worker_wakes.append(wake_w)
+            self._worker_wakes.append(wake)
             return ForkedProcess(pid)
         code = 1
         try:
@@ -237,6 +236,7 @@ class LocalRun:
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                 stream=sys.stderr,
             )
+            coordinator = self._coordinator_wake
             worker = Worker(
                 self.home,
                 self.queues,
@@ -244,6 +244,8 @@ class LocalRun:
                 worker_id=worker_id,
                 parent_pid=parent,
                 warm=self.warm,
+                wake_fd=wake.fileno(),
+                wake=None if coordinator is None else coordinator.poke,
             )
             install_stop_handlers(lambda hard: worker.stop(drain=not hard))
             worker.run()
@@ -313,13 +315,6 @@ class LocalRun:
         self.coordinator.stop()
         for t in self.threads:
             t.join(timeout=30)
-        for fd in self._worker_wakes:
-            os.close(fd)
-        self._worker_wakes = []
-        if self._coordinator_wake is not None and not any(t.is_alive() for t in self.threads):
-            for fd in self._coordinator_wake:
-                os.close(fd)
-            self._coordinator_wake = None
 
     def wait(self, poll: float = 0.1, on_tick: Callable[[], None] | None = None) -> None:
         while not self.finished():

@@ -37,7 +37,7 @@ from analyzer import contract as c
 from spool import ChangeWaiter, Home, Message, SpoolQueue
 from spool.atomic import atomic_write
 from spool.liveness import HeartbeatWriter
-from spool.watch import drain, poke, wake_pipe
+from spool.watch import WakePipe, drain
 
 from . import protocol as p
 from .executors import EXECUTORS, Outcome, TaskContext, resolve_cwd
@@ -137,7 +137,7 @@ class Worker:
         self.inline: dict[int, _Running] = {}  # executor pipe -> attempt the loop follows
         self._handed_off = 0  # attempts on slot threads, not yet collected from `done`
         self._readable: list[int] | None = None  # what the last wait found readable
-        self._wake_r, self._wake_w = wake_pipe()
+        self._wake = WakePipe()  # attempts on slot threads, stop() and wake() poke it
         self.wake_fd = wake_fd
         self._early: list[tuple[_Running, Outcome]] = []
         # One thread per slot, reused: an attempt's supervision waits on its process, not the loop.
@@ -175,7 +175,7 @@ class Worker:
 
     def wake(self) -> None:
         """Make the loop look around now (thread-safe, and safe in a signal handler)."""
-        poke(self._wake_w)
+        self._wake.poke()
 
     @property
     def state(self) -> str:
@@ -236,7 +236,7 @@ class Worker:
                     if run.ctx.deadline is not None:
                         timeout = max(0.0, min(timeout, run.ctx.deadline - now))
                 # Attempts end on a slot thread (which wakes us) or on an executor pipe.
-                fds = [self._wake_r, *self.inline]
+                fds = [self._wake.r, *self.inline]
                 if self.wake_fd is not None:
                     fds.append(self.wake_fd)
                 if not self.free_slots or self._drain:
@@ -255,8 +255,6 @@ class Worker:
                     ex.close()
             self.pool.shutdown(wait=True)
             self.waiter.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
             self.telemetry.flush_exports()
             self.heartbeat.remove()
             log.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
@@ -641,8 +639,8 @@ class Worker:
 
     # -------------------------------------------------------------- settling
     def _drain_wakes(self, readable: list[int] | None) -> None:
-        if readable is None or self._wake_r in readable:
-            drain(self._wake_r)
+        if readable is None or self._wake.r in readable:
+            self._wake.drain()
         if self.wake_fd is not None and (readable is None or self.wake_fd in readable):
             drain(self.wake_fd)
 
