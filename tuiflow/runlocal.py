@@ -169,12 +169,13 @@ class LocalRun:
         has its own session, so a Ctrl-C reaches run-local only, which cancels and then stops
         them; each also stops by itself if run-local dies (its parent pid changes).
 
-        They are forked from this process when nothing else runs in it yet (no other
-        thread: forking then is safe), so they start in milliseconds with everything already
-        imported; otherwise each is a `tuiflow worker` process of its own."""
+        On Linux they are forked from this process when nothing else runs in it yet (no
+        other thread: forking then is safe), so they start in milliseconds with everything
+        already imported; otherwise each is a `tuiflow worker` process of its own."""
         log_dir = f"{self.home.workers_dir}/logs"
         os.makedirs(log_dir, exist_ok=True)
-        fork = hasattr(os, "fork") and threading.active_count() == 1
+        # Linux only: on macOS a forked child may crash in system frameworks the parent used.
+        fork = sys.platform.startswith("linux") and threading.active_count() == 1
         for i in range(self.n_workers):
             worker_id = f"local-{os.getpid()}-{i}"
             log_path = f"{log_dir}/{worker_id}.log"
