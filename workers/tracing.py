@@ -232,9 +232,10 @@ def iso_time(nanoseconds: int) -> str:
         micros += 1_000_000
         whole -= 1
     second = int(whole)
-    if _iso_second[0] != second:
-        _iso_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_iso_second[1]}.{micros:06d}Z"
+    cached = _iso_second  # one read: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _iso_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{micros:06d}Z"
 
 
 def _line(
