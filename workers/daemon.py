@@ -381,8 +381,7 @@ class Worker:
         try:
             outcome = self._execute(run)
         except Exception as e:  # a bug here must still end the attempt, reported
-            log.exception("attempt %s failed inside the worker", run.payload.get("task"))
-            outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+            outcome = _worker_error(run, e)
         self._hand_back(run, outcome)
 
     def _hand_back(self, run: _Running, outcome: Outcome) -> None:
@@ -401,7 +400,6 @@ class Worker:
             self._end_span(run, outcome)
 
     def _start_inline(self, run: _Running) -> None:
-        outcome: Outcome | None = Outcome("error", "not run")
         try:
             outcome = self._prepare(run)
             if outcome is None:
@@ -412,19 +410,16 @@ class Worker:
                 return
             outcome = self._after(run, outcome)
         except Exception as e:  # a bug here must still end the attempt, reported
-            log.exception("attempt %s failed inside the worker", run.payload.get("task"))
-            outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+            outcome = _worker_error(run, e)
         self._end_span(run, outcome)
         self._early.append((run, outcome))
 
     def _finish_inline(self, run: _Running) -> None:
         del self.inline[run.fd]
-        outcome = Outcome("error", "not run")
         try:
             outcome = self._after(run, run.executor.finish(run.ctx))
         except Exception as e:  # a bug here must still end the attempt, reported
-            log.exception("attempt %s failed inside the worker", run.payload.get("task"))
-            outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+            outcome = _worker_error(run, e)
         self._end_span(run, outcome)
         self._early.append((run, outcome))
 
@@ -433,12 +428,10 @@ class Worker:
         del self.inline[run.fd]
 
         def stop() -> None:
-            outcome = Outcome("error", "not run")
             try:
                 outcome = self._after(run, run.executor.stop(run.ctx, reason))
             except Exception as e:  # a bug here must still end the attempt, reported
-                log.exception("attempt %s failed inside the worker", run.payload.get("task"))
-                outcome = Outcome("error", f"worker error: {type(e).__name__}: {e}")
+                outcome = _worker_error(run, e)
             self._end_span(run, outcome)
             self._hand_back(run, outcome)
 
@@ -756,6 +749,11 @@ class Worker:
                 with contextlib.suppress(concurrent.futures.TimeoutError):
                     run.future.result(timeout=self.kill_grace + 15)
         self._collect_finished()
+
+
+def _worker_error(run: _Running, e: Exception) -> Outcome:
+    log.exception("attempt %s failed inside the worker", run.payload.get("task"))
+    return Outcome("error", f"worker error: {type(e).__name__}: {e}")
 
 
 def install_stop_handlers(stop: Callable[[bool], None]) -> None:
