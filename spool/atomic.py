@@ -182,7 +182,12 @@ def create_exclusive(path: str, data: bytes, durability: Durability = Durability
     try:
         os.link(tmp, path)
     except FileExistsError:
-        return False
+        # NFS: a retransmitted LINK whose first try succeeded answers EEXIST; the link count
+        # of our temporary file tells (the classic NFS lock-file test).
+        try:
+            return os.stat(tmp).st_nlink > 1
+        except OSError:
+            return False
     except OSError as e:
         raise StorageError.from_os("create", path, e) from e
     finally:

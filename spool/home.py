@@ -3,7 +3,7 @@
 Layout (version 1)::
 
     <home>/layout.json          {"version": 1, "created_at": ..., "settings": {...}}
-    <home>/coordinator/         the lease record (`spool.lease`)
+    <home>/coordinator/lease/   the lease's head entry (`spool.lease`)
     <home>/queues/<queue>/      task queues (`spool.queue`)
     <home>/completions/         worker -> coordinator events (a queue with one consumer)
     <home>/control/             client -> coordinator requests (a queue with one consumer)
@@ -232,7 +232,6 @@ class Home:
             holder,
             ttl=s.lease_ttl,
             durability=s.durability,
-            lock_stale_after=s.lock_stale_after,
         )
 
     def queue_dir(self, name: str) -> str:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,15 +28,29 @@ class Actor:
             stderr=subprocess.PIPE,
             text=True,
         )
+        # A reader thread, so that `expect` can give up on an actor that hangs without
+        # printing (a blocking readline would wait for pytest-timeout instead).
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")  # end of output
 
     def expect(self, prefix: str, timeout: float = 30.0) -> str:
         """Block until the actor prints a line starting with `prefix`; return that line."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                break
             if line.startswith(prefix):
                 return line.strip()
-            if not line and self.proc.poll() is not None:
+            if not line:
+                self.proc.wait()
                 err = self.proc.stderr.read()
                 raise AssertionError(
                     f"actor exited ({self.proc.returncode}) before printing {prefix!r}: {err}"
@@ -52,6 +68,7 @@ class Actor:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self._reader.join(10)  # EOF once the process is gone (unless a grandchild holds the pipe)
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
 import pytest
 
-from spool import CasRecord, DeposedError, Lease, LeaseHeldError
+from spool import CasRecord, DeposedError, LayoutError, Lease, LeaseHeldError
+from spool.atomic import create_exclusive
 
 
 def test_two_contenders_one_holder(fs_root):
@@ -55,11 +57,13 @@ def test_stopped_holder_is_deposed_and_refuses_to_write(fs_root, actors):
     ttl = 1.0
     old = actors("lease-hold", path, "old", ttl, state)
     old.expect("held")
-    time.sleep(ttl / 2)  # let it make a fenced write or two
+    for _ in range(3):  # let it make a fenced write or two, then stop it as it goes to sleep
+        old.expect("tick")
+    # Stopped anywhere else it is deposed all the same (renewals are exclusive creates:
+    # test_a_stalled_holder_cannot_clobber_its_successor), except inside the one window the
+    # CAS lock documents: between its last check and its rename of the state record.
     old.kill(signal.SIGSTOP)
-    # If the stop caught `old` inside a renewal, it holds the lease record's lock: `new` may
-    # break that lock once it has stayed unchanged for lock_stale_after.
-    new = Lease(str(path), "new", ttl=ttl, fast_takeover=False, lock_stale_after=2)
+    new = Lease(str(path), "new", ttl=ttl, fast_takeover=False)
     assert new.acquire(timeout=30, poll=0.05) == 2
     rec = CasRecord(str(state), lock_stale_after=2)
     _, version = rec.read()
@@ -88,3 +92,69 @@ def test_operator_break_is_logged_and_deposes_the_holder(tmp_path):
     assert operator.acquire(timeout=1) == 2
     with pytest.raises(DeposedError):
         holder.renew()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_stalled_holder_cannot_clobber_its_successor(tmp_path):
+    """A holder that was stopped past its ttl, then resumes its renewal, finds the next entry
+    taken: deposed, and the successor keeps the lease (a rename-based record let the late
+    renewal land over the successor's)."""
+    path = str(tmp_path / "lease")
+    clock = FakeClock()
+    a = Lease(path, "a", ttl=5, clock=clock, fast_takeover=False)
+    b = Lease(path, "b", ttl=5, clock=clock, fast_takeover=False)
+    assert a.try_acquire()
+    a.assert_held()  # the fence passes: then `a` stalls
+    assert b.try_acquire() is False  # starts b's clock on the head it sees
+    clock.now += 5
+    assert b.try_acquire() is True and b.generation == 2
+    with pytest.raises(DeposedError, match=r"taken over; now held by b \(pid \d+ on .*generation 2\)"):
+        a.renew()
+    b.assert_held()
+    b.renew()
+    assert b.inspect().holder == "b"
+    with pytest.raises(DeposedError):
+        a.assert_held()
+
+
+def test_the_lease_directory_holds_its_head_alone(tmp_path):
+    path = tmp_path / "lease"
+    holder = Lease(str(path), "a", ttl=5)
+    holder.acquire(timeout=1)
+    for _ in range(50):
+        holder.renew()
+    assert os.listdir(path) == [f"{52 - 1:016d}"]
+    info = Lease(str(path), "observer").inspect()
+    assert (info.holder, info.renewals, info.version) == ("a", 50, 51)
+    holder.release()
+    assert Lease(str(path), "observer").inspect().holder is None
+    assert len(os.listdir(path)) == 1
+
+
+def test_an_appender_that_died_before_its_unlink_still_deposes_the_holder(tmp_path):
+    path = tmp_path / "lease"
+    holder = Lease(str(path), "a", ttl=5)
+    holder.acquire(timeout=1)
+    # What a successor that died between its exclusive create and its unlink leaves behind.
+    taker = {"holder": "b", "host": "elsewhere", "pid": 1, "generation": 2, "renewals": 0}
+    assert create_exclusive(str(path / f"{2:016d}"), json.dumps(taker).encode())
+    assert len(os.listdir(path)) == 2
+    with pytest.raises(DeposedError, match="now held by b"):
+        holder.assert_held()
+
+
+def test_a_lease_record_from_an_earlier_layout_is_refused_by_name(tmp_path):
+    path = tmp_path / "lease"
+    path.write_bytes(b"an old CAS record")
+    with pytest.raises(LayoutError, match=r"lease is a lease record from an earlier tuiflow"):
+        Lease(str(path), "a", ttl=5).acquire(timeout=1)
+    with pytest.raises(LayoutError, match="delete the file"):
+        Lease(str(path), "observer").inspect()
+    assert path.read_bytes() == b"an old CAS record"  # nothing lost

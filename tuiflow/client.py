@@ -209,15 +209,17 @@ class Client:
         return p.resolve(self.home.root, p.attempt_dir_rel(run.wf_id, task, n))
 
     def coordinator_info(self) -> dict[str, Any] | None:
-        info = self.home.lease("observer").inspect()
+        lease = self.home.lease("observer")
+        info = lease.inspect()
         if info is None:
             return None
+        head = lease.head_path()
         return {
             "holder": info.holder,
             "host": info.host,
             "pid": info.pid,
             "generation": info.generation,
-            "age_seconds": fs_age(f"{self.home.coordinator_dir}/lease"),
+            "age_seconds": fs_age(head) if head else None,
         }
 
     def workers(self) -> list[dict[str, Any]]:

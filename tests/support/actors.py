@@ -89,6 +89,7 @@ def lease_hold(path: str, holder: str, ttl: float, fenced: str) -> None:
     say("held", generation)
     rec = CasRecord(fenced)
     while True:
+        say("tick")  # about to sleep: a test that stops us now catches us between writes
         time.sleep(ttl / 5)
         _, version = rec.read()
         try:
