@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 from spool import Home, LayoutError, Settings, StorageError
 from spool.atomic import Durability
+from spool.home import spread_subdirectories
 
 
 def test_creates_layout_with_version_and_settings(tmp_path):
@@ -100,3 +103,38 @@ def test_enospc_during_put_names_the_path_and_leaves_nothing_partial(small_fs):
     leftovers = [n for d in q._ready for n in os.listdir(d) if n.startswith(".tmp")]
     assert leftovers == []
     assert q.claim("w", 1)[0].payload == "small"
+
+
+def _flags(path) -> int:
+    import array
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, 0x80086601, flags, True)
+        return flags[0]
+    finally:
+        os.close(fd)
+
+
+def test_a_new_home_asks_ext4_to_spread_its_subdirectories(tmp_path):
+    home = Home.open(tmp_path / "h")
+    if not spread_subdirectories(home.root):
+        pytest.skip("this filesystem has no top-of-hierarchy flag (not ext2/3/4)")
+    assert _flags(home.root) & 0x00020000  # FS_TOPDIR_FL, set before the subdirectories were made
+    groups = {os.stat(f"{home.root}/{sub}").st_ino // 8192 for sub in ("queues", "workflows", "completions")}
+    assert len(groups) > 1  # Orlov spread them (8,192 inodes per group is mkfs's default)
+
+
+def test_spreading_is_best_effort_where_there_is_no_such_flag(tmp_path):
+    assert spread_subdirectories(str(tmp_path / "missing")) is False
+    if not os.path.ismount("/dev/shm"):
+        pytest.skip("no tmpfs at /dev/shm")
+    # tmpfs refuses the flag (EOPNOTSUPP): answered, not raised, and the home still opens.
+    directory = tempfile.mkdtemp(dir="/dev/shm")
+    try:
+        assert spread_subdirectories(directory) is False
+        assert Home.open(f"{directory}/h").root == f"{directory}/h"
+    finally:
+        shutil.rmtree(directory)
