@@ -127,6 +127,12 @@ def test_unknown_ids_tasks_and_homes_are_one_line_errors(home, tmp_path):
     code, _, err = run("submit", tmp_path / "missing.yaml", "--home", home.root)
     assert code == 2 and "file not found" in err
 
+    earlier = Home.open(tmp_path / "earlier")
+    Path(earlier.coordinator_dir, "lease").write_bytes(b"a lease record from before lease entries")
+    code, _, err = run("coordinator", "--home", earlier.root)
+    assert code == 1 and "coordinator/lease is a lease record from an earlier tuiflow" in err
+    assert "Traceback" not in err
+
 
 def test_status_tasks_logs_and_watch(home, engine, tmp_path):
     wf = wf_file(

@@ -442,6 +442,8 @@ def coordinator(
         raise _fail(
             f"another coordinator is running: {e} (use --wait to queue behind it, --break-lease to take over)"
         ) from None
+    except SpoolError as e:
+        raise _fail(str(e)) from None
     from workers.daemon import install_stop_handlers
 
     install_stop_handlers(lambda hard: coord.stop())
