@@ -25,54 +25,19 @@ import datetime as _dt
 import json
 import os
 import secrets
-import sys
 from typing import Any
 
 from .atomic import Durability, create_exclusive, read_bytes
 from .errors import LayoutError, StorageError
 from .lease import Lease
 from .names import check_component
+from .placement import spread_subdirectories
 from .queue import SpoolQueue
 
 LAYOUT_VERSION = 1
 DEFAULT_HOME = ".tuiflow"
 LAYOUT_FILE = "layout.json"
 SUBDIRS = ("coordinator", "queues", "completions", "control", "workers", "workflows")
-
-_FS_IOC_GETFLAGS, _FS_IOC_SETFLAGS, _FS_TOPDIR_FL = 0x80086601, 0x40086602, 0x00020000
-
-
-def spread_subdirectories(directory: str) -> bool:
-    """Ask ext2/3/4 to place `directory`'s subdirectories in block groups of their own
-    (`chattr +T`: the top of a hierarchy, for the Orlov allocator). Best effort: False where
-    the filesystem or platform has no such flag.
-
-    Why: the queues create and delete a file per message, and ext4 (without a journal, as on
-    many VM disks) skips inodes freed in the last minute when it allocates one, by scanning
-    them one by one in the group. Attempt directories and spans files created in the same
-    group as the queues paid for every message acked before them (a fifth to a quarter of
-    a no-op task's CPU in the fan-out benchmark, by perf); in a group of their own they do not.
-    """
-    if not sys.platform.startswith("linux"):
-        return False  # the ioctl numbers are Linux's
-    try:
-        import array
-        import fcntl
-
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except (ImportError, OSError):
-        return False
-    try:
-        flags = array.array("i", [0])  # the kernel reads and writes an int, whatever the ioctl's name says
-        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
-        if not flags[0] & _FS_TOPDIR_FL:
-            flags[0] |= _FS_TOPDIR_FL
-            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags, True)
-        return True
-    except OSError:
-        return False  # not ext2/3/4 (ENOTTY, EOPNOTSUPP), or not ours to change (EPERM)
-    finally:
-        os.close(fd)
 
 
 WATCH_MODES = ("auto", "events", "poll")

@@ -11,7 +11,7 @@ import pytest
 
 from spool import Home, LayoutError, Settings, StorageError
 from spool.atomic import Durability
-from spool.home import spread_subdirectories
+from spool.placement import spread_subdirectories
 
 
 def test_creates_layout_with_version_and_settings(tmp_path):
