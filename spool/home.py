@@ -38,8 +38,6 @@ LAYOUT_VERSION = 1
 DEFAULT_HOME = ".tuiflow"
 LAYOUT_FILE = "layout.json"
 SUBDIRS = ("coordinator", "queues", "completions", "control", "workers", "workflows")
-
-
 WATCH_MODES = ("auto", "events", "poll")
 
 

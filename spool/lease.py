@@ -353,7 +353,6 @@ class Lease:
             f.write(json.dumps(entry) + "\n")
         return broken
 
-    def head_path(self) -> str | None:
-        """The head entry's file (its mtime is when the lease last changed), or None."""
-        n, value = self._head()
-        return None if value is None else self._entry(n)
+    def entry_path(self, version: int) -> str:
+        """The file of entry `version` (`LeaseInfo.version`): its mtime is when it was made."""
+        return self._entry(version)

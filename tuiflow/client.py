@@ -213,13 +213,12 @@ class Client:
         info = lease.inspect()
         if info is None:
             return None
-        head = lease.head_path()
         return {
             "holder": info.holder,
             "host": info.host,
             "pid": info.pid,
             "generation": info.generation,
-            "age_seconds": fs_age(head) if head else None,
+            "age_seconds": fs_age(lease.entry_path(info.version)),
         }
 
     def workers(self) -> list[dict[str, Any]]:
