@@ -674,10 +674,8 @@ def test_worker_warms_executors_before_the_first_task(fast_home, tmp_path, procs
     w = start("worker", "--warm", "python", "--slots", 2, home=fast_home.root, log=tmp_path / "w.log")
     procs.append(w)
 
-    def runners() -> list[str]:
-        out = subprocess.run(
-            ["pgrep", "-P", str(w.pid), "-f", "workers.pyrunner"], capture_output=True, text=True
-        )
+    def runners() -> list[str]:  # the worker's children: forked executors carry its command line
+        out = subprocess.run(["pgrep", "-P", str(w.pid)], capture_output=True, text=True)
         return out.stdout.split()
 
     # one executor process per slot, with no task anywhere in sight
@@ -688,3 +686,47 @@ def test_worker_warms_executors_before_the_first_task(fast_home, tmp_path, procs
         wait_for(
             lambda pid=pid: not Path(f"/proc/{pid}").exists(), timeout=10, what=f"executor {pid} to exit"
         )
+
+
+@pytest.mark.parametrize(("mode", "forked"), [("process", True), ("thread", False)])
+def test_python_executors_start_clean_whether_forked_or_spawned(tmp_path, mode, forked):
+    """A single-threaded worker forks its executors (milliseconds instead of ~0.1 s for a
+    fresh interpreter); a worker with threads spawns them. Either way a task finds what a
+    fresh interpreter would give it: its own session, default signal handling, no
+    descriptor but the executor's pipes, logging and prints in the attempt's files."""
+    (tmp_path / "probe.py").write_text(
+        textwrap.dedent(
+            """
+            import logging, os, signal, sys
+
+            def probe():
+                logging.warning("a warning from the task")
+                print("a print from the task")
+                fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+                return {
+                    "forked": b"workers.pyrunner" not in open("/proc/self/cmdline", "rb").read(),
+                    "own_session": os.getsid(0) == os.getpid(),
+                    "sigterm": signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                    "sigint": signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+                    "descriptors": len(fds) - 1,  # the listing's own is gone again
+                    "argv0": os.path.basename(sys.argv[0]),
+                }
+            """
+        )
+    )
+    wf = tmp_path / "probe.yaml"
+    wf.write_text("name: probe\ntasks:\n  - {name: probe, call: 'probe:probe'}\n")
+    r = cli("run-local", wf, "--workers", 1, "--worker-mode", mode, "--json", home=tmp_path / "home")
+    assert r.returncode == 0, r.stderr[-3000:]
+    status = json.loads(r.stdout)
+    assert status["tasks"][0]["output"] == {
+        "forked": forked,
+        "own_session": True,
+        "sigterm": True,
+        "sigint": True,
+        "descriptors": 5,  # stdin, stdout, stderr and the two pipes to the worker
+        "argv0": "pyrunner.py",
+    }
+    attempt = Path(tmp_path / "home" / "workflows" / status["id"] / "tasks" / "probe" / "0")
+    assert "WARNING:root:a warning from the task" in (attempt / "stderr.log").read_text()
+    assert (attempt / "stdout.log").read_text() == "a print from the task\n"

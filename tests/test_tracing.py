@@ -300,7 +300,11 @@ def test_user_spans_follow_into_threads_and_subprocesses(tmp_path):
     assert execute["parent_id"] == root["context"]["span_id"]
 
 
-def test_executor_loads_the_sdk_only_for_tasks_that_make_spans(tmp_path):
+@pytest.mark.parametrize("worker_mode", ["thread", "process"])
+def test_executor_loads_the_sdk_only_for_tasks_that_make_spans(tmp_path, worker_mode):
+    """Spawned executors (thread workers: a worker with threads never forks) import the SDK
+    only when a task makes spans; forked ones (from a forked worker) have it from the
+    worker already. Either way a raw-API span lands under its attempt."""
     (tmp_path / "rawtasks.py").write_text(
         textwrap.dedent(
             """
@@ -327,9 +331,14 @@ def test_executor_loads_the_sdk_only_for_tasks_that_make_spans(tmp_path):
         """,
         "--workers",
         "1",
+        "--worker-mode",
+        worker_mode,
     )
     outputs = {t["name"]: t["output"] for t in status["tasks"]}
-    assert outputs == {"quiet": {"sdk": False}, "raw": {"sdk": True}}  # one executor, in turn
+    if worker_mode == "thread":
+        assert outputs == {"quiet": {"sdk": False}, "raw": {"sdk": True}}  # one executor, in turn
+    else:
+        assert outputs == {"quiet": {"sdk": True}, "raw": {"sdk": True}}
     spans = trace_lines(home, status["id"])
     root = next(s for s in roots(spans) if s["attributes"][c.ATTR_TASK] == "raw")
     [raw] = [s for s in spans if s["name"] == "raw-api"]

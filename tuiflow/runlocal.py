@@ -36,6 +36,7 @@ from rich.table import Table
 from spool import Home, LeaseHeldError
 from spool.watch import WakePipe
 from workers.daemon import Worker, install_stop_handlers
+from workers.forked import ForkedProcess
 
 from .client import Client, task_views
 from .coordinator import Coordinator
@@ -337,41 +338,6 @@ class LocalRun:
         with self._lock:
             lines, self._lines = self._lines, []
         return lines
-
-
-class ForkedProcess:
-    """A forked worker, with the part of `subprocess.Popen`'s interface run-local uses."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere
-                self.returncode = -1
-                return self.returncode
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(f"worker process {self.pid}", timeout or 0)
-            time.sleep(0.01)
-        return code
-
-    def send_signal(self, sig: int) -> None:
-        if self.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
 
 
 # -------------------------------------------------------------------- display

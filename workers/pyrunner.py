@@ -159,14 +159,82 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def main() -> None:
-    rfd, wfd, scratch = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    if len(sys.argv) > 4:
-        _die_with(int(sys.argv[4]))
+def serve(rfd: int, wfd: int, scratch: str, parent: int | None = None) -> None:
+    """Run the requests read from `rfd` one by one, replying on `wfd`, until EOF."""
+    if parent is not None:
+        _die_with(parent)
     trace.set_tracer_provider(LazyTaskProvider())
     runner = Runner(scratch)
     while (req := read_frame(rfd)) is not None:
         write_frame(wfd, runner.run_one(req))
+
+
+def main() -> None:
+    rfd, wfd, scratch = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    serve(rfd, wfd, scratch, int(sys.argv[4]) if len(sys.argv) > 4 else None)
+
+
+def fork_serving(rfd: int, wfd: int, scratch: str, pythonpath: str) -> int:
+    """Fork this process into an executor process that serves on `rfd`/`wfd`; its pid.
+
+    A worker forks its executors when it has a single thread (fork is unsafe otherwise):
+    the child starts in milliseconds with this process's imports, where a fresh interpreter
+    takes ~0.1 s before it can run the first task. The child then drops what it inherited
+    and a fresh one would not have: its own session, default signal handlers, no logging
+    handlers, no descriptors but its pipes, stdin and stdout on /dev/null (like the spawned
+    executor's), and a frozen heap, so that no finalizer of an inherited object closes a
+    descriptor number a task has reused.
+    """
+    parent = os.getpid()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        _forget_the_parent(rfd, wfd, pythonpath)
+        serve(rfd, wfd, scratch, parent)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)  # never return into the worker's code (nor run its exit handlers)
+
+
+def _forget_the_parent(rfd: int, wfd: int, pythonpath: str) -> None:
+    import gc
+    import logging
+    import signal
+
+    gc.freeze()
+    os.setsid()
+    signal.set_wakeup_fd(-1)
+    for sig in (
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+    ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    keep = sorted({0, 1, 2, rfd, wfd})
+    for low, high in zip(keep, [*keep[1:], os.sysconf("SC_OPEN_MAX")], strict=True):
+        os.closerange(low + 1, high)
+    root = logging.getLogger()
+    for logger in [root, *logging.Logger.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger):
+            logger.handlers.clear()  # not closed: their descriptors were the parent's
+            logger.setLevel(logging.NOTSET)
+            logger.propagate = True
+            logger.disabled = False
+    root.setLevel(logging.WARNING)
+    os.environ["PYTHONPATH"] = pythonpath
+    sys.argv = [os.path.abspath(__file__)]
+    sys.path[0] = os.getcwd()  # as `python -m` would have it
 
 
 if __name__ == "__main__":

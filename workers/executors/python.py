@@ -14,10 +14,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
 
+from ..forked import ForkedProcess
 from ..framing import read_frame, write_frame
 from ..supervise import describe_exit, kill_group, tail
 from .base import Outcome, Phase, TaskContext
@@ -28,8 +30,12 @@ MIN_SETUP_SPAN = 0.005  # seconds
 class PythonExecutor:
     name = "python"
 
+    #: fork the executor process from the worker when it has one thread (see
+    #: `pyrunner.fork_serving`), else start a fresh interpreter
+    fork = True
+
     def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | ForkedProcess | None = None
         self._wfd = -1
         self._rfd = -1
         self.tasks_run = 0
@@ -40,26 +46,30 @@ class PythonExecutor:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         self.scratch = tempfile.mkdtemp(prefix="tuiflow-runner-")  # node-local, never the shared home
         try:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "workers.pyrunner",
-                    str(to_child_r),
-                    str(from_child_w),
-                    self.scratch,
-                    str(os.getpid()),
-                ],
-                pass_fds=(to_child_r, from_child_w),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-                env=env,
-            )
+            if self.fork and sys.platform.startswith("linux") and threading.active_count() == 1:
+                from ..pyrunner import fork_serving
+
+                self.proc = ForkedProcess(fork_serving(to_child_r, from_child_w, self.scratch, pythonpath))
+            else:
+                self.proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "workers.pyrunner",
+                        str(to_child_r),
+                        str(from_child_w),
+                        self.scratch,
+                        str(os.getpid()),
+                    ],
+                    pass_fds=(to_child_r, from_child_w),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=dict(os.environ, PYTHONPATH=pythonpath),
+                )
         finally:
             os.close(to_child_r)
             os.close(from_child_w)
