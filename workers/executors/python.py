@@ -3,7 +3,8 @@
 One executor process per worker slot, reused task after task so imports (and models)
 stay loaded. The worker waits for its reply with the attempt's deadline and stop checks;
 a timeout, a cancel or a crash kills the process (and its group) and the next task gets
-a fresh one.
+a fresh one. A worker with one thread forks the process (`pyrunner.fork_serving`); one
+with threads starts a fresh interpreter.
 """
 
 from __future__ import annotations
