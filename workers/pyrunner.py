@@ -21,6 +21,7 @@ finish (or hang on to a GPU for) a task whose attempt has already been given up.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -186,6 +187,9 @@ def fork_serving(rfd: int, wfd: int, scratch: str, pythonpath: str) -> int:
     descriptor number a task has reused.
     """
     parent = os.getpid()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()  # else the child would write our buffered output into a task's log
     pid = os.fork()
     if pid:
         return pid
