@@ -218,3 +218,14 @@ def test_cancel_and_doctor_and_purge(home, engine, tmp_path):
     code, out, _ = run("purge", "--home", home.root, "--json")
     assert code == 0 and json.loads(out)["removed"] == [wf_id]
     assert run("ls", "--home", home.root, "--json")[1].strip() == "[]"
+
+
+def test_coordinator_info_ages_the_lease_head(home):
+    lease = home.lease("coord-x")
+    lease.acquire(timeout=1)
+    lease.renew()
+    info = Client(home).coordinator_info()
+    assert (info["holder"], info["generation"]) == ("coord-x", 1)
+    assert 0 <= info["age_seconds"] < 5
+    lease.release()
+    assert Client(home).coordinator_info()["holder"] is None

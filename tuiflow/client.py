@@ -210,15 +210,19 @@ class Client:
 
     def coordinator_info(self) -> dict[str, Any] | None:
         lease = self.home.lease("observer")
-        info = lease.inspect()
-        if info is None:
-            return None
+        for _ in range(3):
+            info = lease.inspect()
+            if info is None:
+                return None
+            age = fs_age(lease.entry_path(info.version))
+            if age is not None:
+                break  # else that entry was followed (renewed) between the two reads: look again
         return {
             "holder": info.holder,
             "host": info.host,
             "pid": info.pid,
             "generation": info.generation,
-            "age_seconds": fs_age(lease.entry_path(info.version)),
+            "age_seconds": age,
         }
 
     def workers(self) -> list[dict[str, Any]]:
