@@ -16,7 +16,9 @@ Message names sort into service order::
     <rank:5>-<put_ns:19>-<id>.<attempt>.msg
       rank    = 32767 - priority   (priority in [-32768, 32767]; higher is served first)
       put_ns  = the putter's time.time_ns(); FIFO within a priority
-      id      = [A-Za-z0-9_~=+@-]{1,100}: the caller's, or process token + counter
+      id      = [A-Za-z0-9_~=+@-]{1,100}: the caller's, or process token + counter; an id
+                ending in "+<n>" names a message that carries n items (a batch), which
+                `counts` counts as n
       attempt = how many times the message was handed out and came back (nack / reap)
 
 A message file is msgpack ``[1, payload]`` (1 = format version). It is written under a
@@ -126,6 +128,27 @@ class QueueCounts:
     @property
     def claimed_total(self) -> int:
         return sum(self.claimed.values())
+
+
+def items_in(name: str) -> int:
+    """How many items the message `name` carries: n if its id ends in "+<n>", else 1."""
+    dot = name.rfind(".", _HEAD_LEN, -4)
+    plus = name.rfind("+", _HEAD_LEN, dot)
+    if plus < 0:
+        return 1
+    n = name[plus + 1 : dot]
+    return int(n) if n.isdigit() and 0 < len(n) < 7 else 1
+
+
+def _count(names: Iterable[str]) -> int:
+    return sum(items_in(n) if "+" in n else 1 for n in names)
+
+
+def _listdir(directory: str) -> list[str]:
+    try:
+        return [n for n in os.listdir(directory) if n[0] != "."]
+    except FileNotFoundError:
+        return []
 
 
 def parse_name(name: str) -> tuple[int, int, str, int] | None:
@@ -262,21 +285,37 @@ class SpoolQueue:
             raise ValueError(f"priority {priority} is outside [{MIN_PRIORITY}, {MAX_PRIORITY}]")
         return f"{MAX_PRIORITY - priority:05d}-"
 
-    def put(self, payload: Any, priority: int = 0, *, msg_id: str | None = None, delay: float = 0.0) -> str:
+    def put(
+        self,
+        payload: Any,
+        priority: int = 0,
+        *,
+        msg_id: str | None = None,
+        delay: float = 0.0,
+        order_ns: int | None = None,
+    ) -> str:
         """Enqueue `payload` (anything msgpack encodes); return the message name.
 
         Parameters:
             delay: seconds before it may be claimed (it waits in delayed/; measured on
                 this host's wall clock).
+            order_ns: the put time it is served by (default: now); an item taken out of
+                a batch message and queued alone keeps the batch's place with it.
 
         Raises:
             MessageTooLargeError: the encoded message exceeds `max_message_bytes`.
             StorageError: the write failed (e.g. ENOSPC); no partial message is visible.
         """
-        return self.put_encoded(self.encode(payload), priority, msg_id, delay=delay)
+        return self.put_encoded(self.encode(payload), priority, msg_id, delay=delay, order_ns=order_ns)
 
     def put_encoded(
-        self, data: bytes, priority: int = 0, msg_id: str | None = None, *, delay: float = 0.0
+        self,
+        data: bytes,
+        priority: int = 0,
+        msg_id: str | None = None,
+        *,
+        delay: float = 0.0,
+        order_ns: int | None = None,
     ) -> str:
         """Enqueue a message file made by `encode`."""
         prefix = _DEFAULT_PREFIX if priority == 0 and type(priority) is int else self._name_prefix(priority)
@@ -287,7 +326,11 @@ class SpoolQueue:
                 f"message id {msg_id!r} is not allowed: use [A-Za-z0-9_~=+@-], 1-100 chars"
             )
         # time_ns() has 19 digits from 2001 to 2286: the width of the field without formatting.
-        name = f"{prefix}{time.time_ns()}-{msg_id}.0.msg"
+        if order_ns is None:
+            order_ns = time.time_ns()
+        elif not 10**18 <= order_ns < 10**19:
+            raise ValueError(f"order_ns {order_ns!r} is not a time in nanoseconds from 2001 to 2286")
+        name = f"{prefix}{order_ns}-{msg_id}.0.msg"
         if delay > 0:
             due_ms = int((time.time() + delay) * 1000)
             publish_in(self._delayed, f"{due_ms:013d}~{name}", data, self.durability)
@@ -689,6 +732,32 @@ class SpoolQueue:
             names += claimed
         return names
 
+    def payloads(self, ids: Iterable[str]) -> tuple[list[Any], bool]:
+        """The payloads of the messages with these ids, wherever they lie (read only), and
+        whether every one was found where a listing had just seen it (False: one moved
+        meanwhile, so the answer may be short; sweepers then look again later)."""
+        want = set(ids)
+        places = [(d, n) for d in self._ready for n in _listdir(d)]
+        places += [(self._delayed, n) for n in _listdir(self._delayed)]
+        for worker, names in self.claimed().items():
+            places += [(f"{self._claimed_root}/{worker}", n) for n in names]
+        out: list[Any] = []
+        complete = True
+        for directory, name in places:
+            parsed = parse_name(name.partition("~")[2] if directory == self._delayed else name)
+            if parsed is None or parsed[2] not in want:
+                continue
+            try:
+                obj = msgpack.unpackb(read_bytes(f"{directory}/{name}", self.max_message_bytes))
+            except FileNotFoundError:
+                complete = False
+                continue
+            except Exception:  # poison (a claimer quarantines it) or unreadable: not a payload
+                continue
+            if type(obj) is list and len(obj) == 2 and obj[0] == MESSAGE_FORMAT:
+                out.append(obj[1])
+        return out, complete
+
     def ready_names(self) -> list[str]:
         names = []
         for directory in self._ready:
@@ -699,22 +768,12 @@ class SpoolQueue:
         return sorted(names)
 
     def counts(self) -> QueueCounts:
-        """Depths by state; costs one listing of every directory (use for dashboards, not hot paths)."""
-        ready = 0
-        for directory in self._ready:
-            try:
-                ready += sum(1 for n in os.listdir(directory) if n[0] != ".")
-            except FileNotFoundError:
-                pass
-        try:
-            delayed = sum(1 for n in os.listdir(self._delayed) if n[0] != ".")
-        except FileNotFoundError:
-            delayed = 0
-        try:
-            dead = sum(1 for n in os.listdir(self._dead) if n[0] != "." and not n.endswith(".reason.json"))
-        except FileNotFoundError:
-            dead = 0
-        claimed = {w: len(ns) for w, ns in self.claimed().items()}
+        """Depths by state, in items (a batch message counts as its items); costs one
+        listing of every directory (use for dashboards, not hot paths)."""
+        ready = sum(_count(_listdir(d)) for d in self._ready)
+        delayed = _count(_listdir(self._delayed))
+        dead = _count(n for n in _listdir(self._dead) if not n.endswith(".reason.json"))
+        claimed = {w: _count(ns) for w, ns in self.claimed().items()}
         return QueueCounts(ready, delayed, claimed, dead)
 
     def watch_paths(self) -> list[str]:

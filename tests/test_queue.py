@@ -218,3 +218,42 @@ def test_raised_priority_overtakes_a_long_cached_listing_within_a_tick(home: Hom
     other.put("urgent", priority=3)
     time.sleep(0.12)
     assert q.claim("w", 1)[0].payload == "urgent"
+
+
+def test_a_message_whose_id_ends_in_plus_n_counts_as_n_items(home: Home):
+    q = home.queue("default")
+    q.put("one", msg_id="a~1~0")
+    q.put(["x"] * 5, msg_id="a~2~0+5")
+    q.put("odd", msg_id="b+x")  # "+" but no count: one item
+    assert queue_mod.items_in(q.ready_names()[1]) == 5
+    assert q.counts().ready == 7
+    [first] = q.claim("w", 1)
+    assert first.payload == "one"
+    assert q.counts().ready == 6 and q.counts().claimed == {"w": 1}
+    [batch] = q.claim("w", 1)
+    assert q.counts().claimed == {"w": 6}
+    q.nack(batch, delay=60)
+    assert q.counts().delayed == 5
+
+
+def test_payloads_are_read_wherever_their_messages_lie(home: Home):
+    q = home.queue("default")
+    q.put("held", msg_id="c")
+    [held] = q.claim("w", 1)
+    q.put("ready", msg_id="r")
+    q.put("later", msg_id="d", delay=60)
+    q.put("other", msg_id="o")
+    found, complete = q.payloads(["r", "d", "c", "missing"])
+    assert complete and sorted(found) == ["held", "later", "ready"]
+    assert held.payload == "held" and os.path.exists(held.path)  # read only: nothing moved
+
+
+def test_a_message_put_with_an_order_time_keeps_that_place(home: Home):
+    q = home.queue("default")
+    q.put("first", msg_id="a")
+    q.put("second", msg_id="b")
+    [first] = q.claim("w", 1)
+    q.put("first again", msg_id="a2", order_ns=first.put_ns)  # e.g. taken out of a batch
+    assert [parse_name(n)[2] for n in q.ready_names()] == ["a2", "b"]  # service order
+    with pytest.raises(ValueError, match="order_ns"):
+        q.put("x", order_ns=12)
