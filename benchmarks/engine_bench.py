@@ -7,9 +7,9 @@
    Reports tasks/s over the workflow's wall time (and the whole session's seconds), next
    to two ceilings measured in the same run: the bare-syscall spool cycle (put + claim +
    ack with no library code) and the task-files floor: every file operation the engine
-   makes per task (message, attempt directory, spans, ack, a share of a completion
-   message), as bare syscalls, for as many tasks as the fan-out has, in 1 process and
-   split over 2 processes.
+   makes per task (attempt directory, spans, a share of its bundle's message and of a
+   completion message), as bare syscalls, for as many tasks as the fan-out has, in 1
+   process and split over 2 processes.
 2. chain: 200 no-op python tasks, each depending on the previous. The hop is the time from
    a task's completion (end of its root span, written by the worker) to its child's start
    (start of the child's root span): median and p95 in ms.
@@ -44,6 +44,7 @@ from spool.placement import spread_subdirectories  # noqa: E402
 from tuiflow.builder import Workflow  # noqa: E402
 from tuiflow.client import Client  # noqa: E402
 from tuiflow.runlocal import LocalRun  # noqa: E402
+from workers.protocol import bundle_size  # noqa: E402
 
 EXAMPLES = str(ROOT / "examples")
 
@@ -88,12 +89,13 @@ PAYLOAD_700 = b"m" * 700
 SPANS_3K = b"s" * 3000
 
 
-def task_files_step(root: str):
+def task_files_step(root: str, bundle: int = 1):
     """The file operations the engine makes per no-op python task, as bare syscalls with no
-    library code: the coordinator's put of the task message (temp file + rename), the
-    worker's claim (rename), read, attempt directory (task/attempt/logs), its spans.jsonl,
-    the probe for output.json, the ack (unlink), and a tenth of a completion message's put,
-    claim, read and ack (workers batch about ten events per message in a fan-out)."""
+    library code: its attempt directory (task/attempt/logs), its spans.jsonl, the probe for
+    output.json; a `bundle`-th of a task message's put (temp file + rename), claim
+    (rename), read and ack (unlink): a fan-out's tasks travel `bundle` to a message; and a
+    tenth of a completion message's put, claim, read and ack (workers batch about ten
+    events per message in a fan-out)."""
     for sub in ("ready", "claimed", "completions", "applied", "tasks"):
         os.makedirs(f"{root}/{sub}", exist_ok=True)
     counter = iter(range(1 << 62))
@@ -113,7 +115,8 @@ def task_files_step(root: str):
     def step(n: int) -> None:
         for _ in range(n):
             i = next(counter)
-            message("ready", "claimed", f"m{i}")
+            if i % bundle == 0:
+                message("ready", "claimed", f"m{i}")
             task = f"{root}/tasks/t{i}"
             os.mkdir(task)
             os.mkdir(f"{task}/0")
@@ -125,7 +128,8 @@ def task_files_step(root: str):
                 os.close(os.open(f"{task}/0/output.json", os.O_RDONLY))
             except FileNotFoundError:
                 pass
-            os.unlink(f"{root}/claimed/m{i}")
+            if i % bundle == bundle - 1:
+                os.unlink(f"{root}/claimed/m{i - i % bundle}")
             if i % 10 == 0:
                 message("completions", "applied", f"c{i}")
                 os.unlink(f"{root}/applied/c{i}")
@@ -133,8 +137,8 @@ def task_files_step(root: str):
     return step
 
 
-def _floor_worker(root: str, n: int, go, out) -> None:
-    step = task_files_step(root)
+def _floor_worker(root: str, n: int, bundle: int, go, out) -> None:
+    step = task_files_step(root, bundle)
     go.wait()
     t0 = time.perf_counter()
     step(n)
@@ -151,7 +155,9 @@ def task_floor(base: str, tasks: int, processes: int) -> float:
     go, out = ctx.Event(), ctx.Queue()
     share = [tasks // processes + (k < tasks % processes) for k in range(processes)]
     procs = [
-        ctx.Process(target=_floor_worker, args=(f"{base}/floor{processes}-{k}", share[k], go, out))
+        ctx.Process(
+            target=_floor_worker, args=(f"{base}/floor{processes}-{k}", share[k], bundle_size(tasks), go, out)
+        )
         for k in range(processes)
     ]
     for proc in procs:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spool import Home
+from spool import Home, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTORS = ROOT / "tests" / "support" / "actors.py"
@@ -172,3 +172,23 @@ def readonly_fs(tmp_path):
     subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+#: a home whose workers are judged dead within 1.5 s, for tests of crashes and takeovers
+FAST_SETTINGS = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0, poll_interval=0.05)
+
+
+@pytest.fixture
+def fast_home(tmp_path) -> Home:
+    return Home.open(tmp_path / "home", settings=FAST_SETTINGS)
+
+
+@pytest.fixture
+def procs():
+    """Processes a test started; whatever still runs at its end is killed."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(30)

@@ -20,7 +20,6 @@ from tuiflow.client import Client
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 WORKFLOWS = ROOT / "tests" / "workflows"
-FAST = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0, poll_interval=0.05)
 
 
 def cli(
@@ -53,21 +52,6 @@ def start_run_local(wf: Path, home: Home, **popen: Any) -> subprocess.Popen:
         cwd=ROOT,
         **popen,
     )
-
-
-@pytest.fixture
-def fast_home(tmp_path) -> Home:
-    return Home.open(tmp_path / "home", settings=FAST)
-
-
-@pytest.fixture
-def procs():
-    started: list[subprocess.Popen] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(30)
 
 
 def wait_for(predicate, timeout: float = 60, poll: float = 0.1, what: str = "condition"):

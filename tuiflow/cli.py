@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from spool import Home, LayoutError, LeaseHeldError, SpoolError
+from workers.protocol import BUNDLE_HOLD, BUNDLE_MAX
 
 from . import __version__
 from .errors import TuiflowError
@@ -429,13 +430,19 @@ def coordinator(
     wait: bool = typer.Option(
         False, "--wait", help="Wait for the lease instead of refusing while another coordinator is alive."
     ),
+    bundle_max: int = typer.Option(
+        BUNDLE_MAX,
+        "--bundle-max",
+        min=1,
+        help="Most tasks of a fan-out queued as one message (1: every task alone).",
+    ),
 ) -> None:
     """Run the coordinator daemon (one per home)."""
     from .coordinator import Coordinator
 
     logging.getLogger().setLevel(logging.INFO)
     h = _home(home, ctx, create=True)
-    coord = Coordinator(h, max_running_workflows=max_running_workflows)
+    coord = Coordinator(h, max_running_workflows=max_running_workflows, bundle_max=bundle_max)
     try:
         coord.acquire(wait=None if not wait else 1e9, break_lease=break_lease)
     except LeaseHeldError as e:
@@ -471,6 +478,12 @@ def worker(
     parent_pid: int | None = typer.Option(
         None, "--parent-pid", hidden=True, help="Stop when this process exits."
     ),
+    bundle_hold: float = typer.Option(
+        BUNDLE_HOLD,
+        "--bundle-hold",
+        min=0.0,
+        help="Seconds a task of a claimed bundle may run before the bundle's unstarted tasks go back to the queue.",
+    ),
     home: str | None = HomeOpt,
 ) -> None:
     """Run a worker daemon. SIGTERM drains; a second SIGTERM or SIGINT stops at once."""
@@ -494,6 +507,7 @@ def worker(
             worker_id=worker_id,
             parent_pid=parent_pid,
             warm=warm,
+            bundle_hold=bundle_hold,
         )
     except (ValueError, SpoolError) as e:
         raise _fail(str(e), EXIT_INVALID) from None

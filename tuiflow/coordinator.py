@@ -108,8 +108,10 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[str, Action, Run], None] | None = None,
         wake_fd: int | None = None,
+        bundle_max: int = p.BUNDLE_MAX,
     ):
         self.home = home
+        self.bundle_max = bundle_max
         # Readable when a worker in another process has just published events (run-local's
         # forked workers poke it): no waiting for the filesystem watcher.
         self.wake_fd = wake_fd
@@ -402,10 +404,11 @@ class Coordinator:
         work = collections.deque(actions)
         if actions:
             active.dirty = True
+        dispatches: list[Dispatch] = []
         while work:
             action = work.popleft()
             if isinstance(action, Dispatch):
-                work.extend(self._dispatch(wf_id, run, action, now))
+                dispatches.append(action)
             elif isinstance(action, Kill):
                 if action.reason == "timeout":
                     self.store.mark_kill(wf_id, action.idx, action.attempt)
@@ -415,6 +418,11 @@ class Coordinator:
                 self._cancelled_span(wf_id, run, action.idx, now)
             if self.on_change is not None:
                 self.on_change(wf_id, action, run)
+            if not work and dispatches:
+                # Tasks that became ready together are queued together (see _dispatch);
+                # the ones that could not be queued fail, which may make more ready.
+                work.extend(self._dispatch(wf_id, run, dispatches, now))
+                dispatches = []
 
     def _queue(self, name: str) -> SpoolQueue:
         q = self.queues.get(name)
@@ -422,22 +430,79 @@ class Coordinator:
             q = self.queues[name] = self.home.queue(name)
         return q
 
-    def _dispatch(self, wf_id: str, run: Run, action: Dispatch, now: float) -> list[Action]:
-        t = run.definition.tasks[action.idx]
+    def _dispatch(self, wf_id: str, run: Run, dispatches: list[Dispatch], now: float) -> list[Action]:
+        """Queue the attempts; returns the actions of those that could not be queued.
+
+        Many tasks that became ready at once in one queue (a fan-out) travel in bundles:
+        one message of up to `bundle_max` task messages, so that a thousand short tasks cost
+        a few dozen message files rather than a thousand. Bundles are only made where they
+        leave at least `p.BUNDLE_SPREAD` messages, so up to that many slots start at once; a
+        worker hands back what is left of a bundle when a task of it runs long (see
+        `workers.daemon`). Delayed retries and GPU tasks always travel alone.
+        """
+        failed: list[Action] = []
+        groups: dict[tuple[str, int], list[Dispatch]] = {}
+        for action in dispatches:
+            t = run.definition.tasks[action.idx]
+            if action.delay > 0 or t.gpus:
+                failed.extend(self._queue_tasks(wf_id, run, [action], 1, now, action.delay))
+            else:
+                groups.setdefault((t.queue, t.priority), []).append(action)
+        for actions in groups.values():
+            size = p.bundle_size(len(actions), self.bundle_max)
+            failed.extend(self._queue_tasks(wf_id, run, actions, size, now))
+        return failed
+
+    def _queue_tasks(
+        self, wf_id: str, run: Run, actions: list[Dispatch], size: int, now: float, delay: float = 0.0
+    ) -> list[Action]:
+        """Queue attempts of tasks of one queue and priority, `size` to a message."""
+        t = run.definition.tasks[actions[0].idx]
+        failed: list[Action] = []
+        batch: list[dict[str, Any]] = []
+        # Messages are built as they are queued: a 100k fan-out never holds 100k of them.
+        for k, action in enumerate(actions, 1):
+            try:
+                batch.append(self.build_message(wf_id, run, action.idx, action.attempt, now))
+            except (ExpressionError, ValueError, TypeError) as e:
+                failed.extend(self._not_queued(wf_id, run, action.idx, action.attempt, now, e))
+            if batch and (len(batch) == size or k == len(actions)):
+                failed.extend(self._put(wf_id, run, t.queue, t.priority, batch, now, delay))
+                batch = []
+        return failed
+
+    def _put(
+        self,
+        wf_id: str,
+        run: Run,
+        queue: str,
+        priority: int,
+        messages: list[dict[str, Any]],
+        now: float,
+        delay: float = 0.0,
+    ) -> list[Action]:
+        first = messages[0]
+        msg_id = p.message_id(wf_id, first["idx"], first["attempt"])
         try:
-            message = self.build_message(wf_id, run, action.idx, action.attempt, now)
-            self._queue(t.queue).put(
-                message,
-                priority=t.priority,
-                msg_id=p.message_id(wf_id, action.idx, action.attempt),
-                delay=action.delay,
-            )
-            self.stats.pushed += 1
-            return []
-        except (ExpressionError, ValueError, TypeError, SpoolError) as e:
-            error = f"could not start: {e}"
-            self._zero_span(wf_id, run, action.idx, action.attempt, now, "failed", error)
-            return run.on_failed(action.idx, action.attempt, None, now, error=error, kind="setup")
+            if len(messages) == 1:
+                self._queue(queue).put(first, priority=priority, msg_id=msg_id, delay=delay)
+            else:
+                self._queue(queue).put(
+                    p.bundle(messages), priority=priority, msg_id=p.bundle_id(msg_id, len(messages))
+                )
+        except SpoolError as e:
+            if len(messages) > 1:  # too large as one message, say: each on its own
+                return [a for m in messages for a in self._put(wf_id, run, queue, priority, [m], now)]
+            return self._not_queued(wf_id, run, first["idx"], first["attempt"], now, e)
+        self.stats.pushed += len(messages)
+        return []
+
+    def _not_queued(
+        self, wf_id: str, run: Run, idx: int, attempt: int, now: float, e: Exception
+    ) -> list[Action]:
+        error = f"could not start: {e}"
+        self._zero_span(wf_id, run, idx, attempt, now, "failed", error)
+        return run.on_failed(idx, attempt, None, now, error=error, kind="setup")
 
     def build_message(self, wf_id: str, run: Run, idx: int, attempt: int, now: float) -> dict[str, Any]:
         """The task message for one attempt: templates rendered, inputs attached."""
@@ -641,23 +706,43 @@ class Coordinator:
         # Messages it had claimed but not started go back; stale ones (already re-queued) go away.
         for name in self.home.list_queues():
             q = self._queue(name)
+            queued: set[str] | None = None
             for msg in q.claimed_messages(worker):
-                payload = msg.payload if isinstance(msg.payload, dict) else {}
-                active = self._get(payload.get("wf", "")) if payload.get("wf") else None
-                idx, attempt = payload.get("idx", -1), payload.get("attempt", -1)
-                if (
-                    active is not None
-                    and 0 <= idx < len(active.run)
-                    and active.run.st[idx] == READY
-                    and active.run.attempt[idx] == attempt
-                ):
-                    q.release(msg)
-                else:
-                    q.ack(msg)
+                members = p.members(msg.payload)
+                if members is None:
+                    if self._still_waiting(msg.payload):
+                        q.release(msg)
+                    else:
+                        q.ack(msg)
+                    continue
+                # A bundle: the tasks of it that never started go back, each alone, unless
+                # the worker gave them back itself before it died.
+                if queued is None:
+                    queued = {name[26:].rsplit(".", 2)[0] for name in q.all_names()}
+                for m in members:
+                    if self._still_waiting(m):
+                        msg_id = p.message_id(m["wf"], m["idx"], m["attempt"])
+                        if msg_id not in queued:
+                            q.put(m, priority=msg.priority, msg_id=msg_id, order_ns=msg.put_ns)
+                q.ack(msg)
             q.forget_claimant(worker)
         with contextlib.suppress(OSError):
             os.replace(path, path[: -len(HB_SUFFIX)] + ".dead")
         self.tracker.forget(worker)
+
+    def _still_waiting(self, payload: Any) -> bool:
+        """Whether a task message's attempt is still the one its (ready) task waits for."""
+        if not isinstance(payload, dict) or not payload.get("wf"):
+            return False
+        active = self._get(payload["wf"])
+        idx, attempt = payload.get("idx", -1), payload.get("attempt", -1)
+        return (
+            active is not None
+            and isinstance(idx, int)
+            and 0 <= idx < len(active.run)
+            and active.run.st[idx] == READY
+            and active.run.attempt[idx] == attempt
+        )
 
     def _repair_ready(self, now: float) -> None:
         """Re-queue ready tasks whose message is nowhere (after a crash or a purge)."""
@@ -674,7 +759,19 @@ class Coordinator:
         if not stale or self.completions.counts().ready:
             return  # events not yet applied may explain them
         for queue, items in stale.items():
-            present = {name[26:].rsplit(".", 2)[0] for name in self._queue(queue).all_names()}
+            q = self._queue(queue)
+            present = {name[26:].rsplit(".", 2)[0] for name in q.all_names()}
+            bundles = [i for i in present if p.is_bundle_id(i)]
+            if bundles:
+                found, complete = q.payloads(bundles)
+                if not complete:
+                    continue  # a bundle moved while we looked: judge this queue next time
+                present.update(
+                    p.message_id(m["wf"], m["idx"], m["attempt"])
+                    for payload in found
+                    for m in p.members(payload) or []
+                    if _is_task_message(m)
+                )
             for wf_id, idx, attempt in items:
                 if p.message_id(wf_id, idx, attempt) not in present:
                     log.warning(
@@ -709,6 +806,10 @@ class Coordinator:
             )
         self._last_stats = (mono, s.completions)
         self._next_stats = mono + self.stats_interval
+
+
+def _is_task_message(m: Any) -> bool:
+    return isinstance(m, dict) and {"wf", "idx", "attempt"} <= m.keys()
 
 
 @functools.lru_cache(maxsize=1024)

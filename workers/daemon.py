@@ -17,6 +17,7 @@ Stopping (flags only in signal handlers; the loop acts on them):
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from analyzer import contract as c
-from spool import ChangeWaiter, Home, Message, SpoolQueue
+from spool import ChangeWaiter, Home, Message, SpoolError, SpoolQueue
 from spool.atomic import atomic_write
 from spool.liveness import HeartbeatWriter
 from spool.watch import WakePipe, drain
@@ -58,6 +59,15 @@ def new_worker_id() -> str:
 
 
 @dataclasses.dataclass
+class _Bundle:
+    """A claimed bundle message: acked once none of its tasks is left here."""
+
+    msg: Message
+    q: SpoolQueue
+    left: int
+
+
+@dataclasses.dataclass
 class _Running:
     msg: Message
     payload: dict[str, Any]
@@ -71,6 +81,7 @@ class _Running:
     ctx: TaskContext | None = None
     executor: Any = None
     fd: int = -1  # an inline attempt's executor pipe: readable when it ended
+    bundle: _Bundle | None = None
 
 
 class Worker:
@@ -85,6 +96,8 @@ class Worker:
         wake: called after each published batch of events (run-local wakes its coordinator).
         wake_fd: a descriptor whose readability makes the loop look for work at once (a
             wake pipe its coordinator pokes after pushing tasks; see `spool.watch.poke`).
+        bundle_hold: once a task of a claimed bundle has run this many seconds, the
+            bundle's unstarted tasks go back to the queue for other slots.
     """
 
     def __init__(
@@ -102,6 +115,7 @@ class Worker:
         parent_pid: int | None = None,
         warm: Sequence[str] = (),
         wake_fd: int | None = None,
+        bundle_hold: float = p.BUNDLE_HOLD,
     ):
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -122,6 +136,7 @@ class Worker:
         self.free_gpus = list(gpus) if gpus is not None else []
         self._gpu_rank = {g: i for i, g in enumerate(gpus or [])}
         self.burst = burst
+        self.bundle_hold = bundle_hold
         self.kill_grace = kill_grace
         self.on_event = on_event
         self.wake_coordinator = wake
@@ -129,10 +144,14 @@ class Worker:
         self.heartbeat = HeartbeatWriter(home.workers_dir, self.id)
         self.running: dict[tuple[str, int, int], _Running] = {}
         self.held: list[tuple[Message, dict[str, Any], SpoolQueue]] = []  # claimed, waiting for GPUs
+        self.backlog: collections.deque[tuple[dict[str, Any], _Bundle]] = (
+            collections.deque()
+        )  # bundled, unstarted
         self.free_slots = list(range(slots))
         self.executors: list[dict[str, Any]] = [{} for _ in range(slots)]
         self.outbox: list[dict[str, Any]] = []
         self.to_ack: list[tuple[SpoolQueue, Message]] = []
+        self._finals = 0  # events in the outbox that end an attempt
         self.done: queue_mod.Queue[tuple[_Running, Outcome]] = queue_mod.Queue()
         self.inline: dict[int, _Running] = {}  # executor pipe -> attempt the loop follows
         self._handed_off = 0  # attempts on slot threads, not yet collected from `done`
@@ -213,6 +232,14 @@ class Worker:
                 if now >= self._next_marker_check and self.running:
                     self._check_markers()
                     self._next_marker_check = now + MARKER_CHECK_INTERVAL
+                    if (
+                        self.backlog
+                        and (self.held or not self.free_slots)
+                        and self._longest_run() > self.bundle_hold
+                    ):
+                        self._give_back_backlog("a task of its bundle runs long")
+                if self._drain and self.backlog:
+                    self._give_back_backlog("the worker is draining")
                 claimed = 0 if self._drain else self._fill_slots()
                 self._flush()
                 if self._drain and not self.running:
@@ -221,6 +248,7 @@ class Worker:
                     self.burst
                     and not self.running
                     and not self.held
+                    and not self.backlog
                     and claimed == 0
                     and self._queues_empty()
                 ):
@@ -231,7 +259,7 @@ class Worker:
                 if self.running:
                     timeout = min(timeout, MARKER_CHECK_INTERVAL)
                 if self.outbox:
-                    timeout = min(timeout, FLUSH_DELAY if self.to_ack else STARTED_DELAY)
+                    timeout = min(timeout, FLUSH_DELAY if self._finals else STARTED_DELAY)
                 for run in self.inline.values():
                     if run.ctx.deadline is not None:
                         timeout = max(0.0, min(timeout, run.ctx.deadline - now))
@@ -311,8 +339,9 @@ class Worker:
             self.held = still
             if self.held:
                 return started  # keep FIFO: nothing new until the GPU-bound head can start
+        started += self._start_backlog()
         names = self.queue_names
-        while self.free_slots and not self.held:
+        while self.free_slots and not self.held and not self.backlog:
             got = False
             for k in range(len(names)):
                 q = self.queues[names[(self._queue_cycle + k) % len(names)]]
@@ -322,21 +351,24 @@ class Worker:
                 self._queue_cycle += 1
                 got = True
                 for msg in msgs:
-                    if self._admit(msg, q):
-                        started += 1
+                    started += self._admit(msg, q)
                 break
             if not got:
                 break
         return started
 
-    def _admit(self, msg: Message, q: SpoolQueue) -> bool:
+    def _admit(self, msg: Message, q: SpoolQueue) -> int:
+        """Take on a claimed message; returns how many attempts it started."""
         payload = msg.payload
-        if not isinstance(payload, dict) or payload.get("v") != p.PROTOCOL or "wf" not in payload:
+        members = p.members(payload)
+        if members is not None:
+            return self._admit_bundle(msg, q, members)
+        if not _is_task(payload):
             q.quarantine(msg.path, f"not a task message of protocol {p.PROTOCOL}")
-            return False
+            return 0
         if self._cancelled(payload["wf"]):
             q.ack(msg)  # the coordinator already marked it cancelled
-            return False
+            return 0
         need = int(payload.get("gpus") or 0)
         if need and self.all_gpus is not None and need > len(self.all_gpus):
             log.error(
@@ -346,20 +378,78 @@ class Worker:
                 len(self.all_gpus),
             )
             q.release(msg)
-            return False
+            return 0
         if not self._start(msg, payload, q):
             self.held.append((msg, payload, q))
-            return False
-        return True
+            return 0
+        return 1
 
-    def _start(self, msg: Message, payload: dict[str, Any], q: SpoolQueue) -> bool:
+    def _admit_bundle(self, msg: Message, q: SpoolQueue, members: list[Any]) -> int:
+        if not members or not all(_is_task(m) for m in members):
+            q.quarantine(msg.path, f"not a bundle of task messages of protocol {p.PROTOCOL}")
+            return 0
+        live = [m for m in members if not self._cancelled(m["wf"])]
+        if not live:
+            q.ack(msg)
+            return 0
+        b = _Bundle(msg, q, len(live))
+        self.backlog.extend((m, b) for m in live)
+        return self._start_backlog()
+
+    def _start_backlog(self) -> int:
+        started = 0
+        while self.free_slots and self.backlog:
+            payload, b = self.backlog.popleft()
+            if self._cancelled(payload["wf"]):
+                self._settle_member(b)
+                continue
+            self._start(b.msg, payload, b.q, b)  # bundled tasks need no GPUs: a free slot is enough
+            started += 1
+        return started
+
+    def _settle_member(self, b: _Bundle) -> None:
+        """One task of a bundle is done with here: ack the bundle (with the next published
+        batch of events) once none is left."""
+        b.left -= 1
+        if not b.left:
+            self.to_ack.append((b.q, b.msg))
+
+    def _give_back_backlog(self, why: str) -> None:
+        """Put the unstarted tasks of claimed bundles back in their queue, each alone, so
+        that other slots can take them (the bundle is acked once its started tasks end)."""
+        n = 0
+        while self.backlog:
+            payload, b = self.backlog[0]
+            try:
+                b.q.put(
+                    payload,
+                    priority=b.msg.priority,
+                    msg_id=p.message_id(payload["wf"], payload["idx"], payload["attempt"]),
+                    order_ns=b.msg.put_ns,  # it keeps its bundle's place in the queue
+                )
+            except SpoolError as e:
+                log.warning("worker %s: could not give back a bundled task (will try again): %s", self.id, e)
+                break
+            self.backlog.popleft()
+            self._settle_member(b)
+            n += 1
+        if n:
+            log.info("worker %s gave back %d bundled task(s): %s", self.id, n, why)
+
+    def _longest_run(self) -> float:
+        now = time.time()
+        return max((now - r.started_at for r in self.running.values()), default=0.0)
+
+    def _start(
+        self, msg: Message, payload: dict[str, Any], q: SpoolQueue, bundle: _Bundle | None = None
+    ) -> bool:
         need = int(payload.get("gpus") or 0)
         if not self.free_slots or (self.all_gpus is not None and need > len(self.free_gpus)):
             return False
         gpus = []
         if self.all_gpus is not None and need:
             gpus, self.free_gpus = self.free_gpus[:need], self.free_gpus[need:]
-        run = _Running(msg, payload, self.free_slots.pop(0), gpus, time.time())
+        run = _Running(msg, payload, self.free_slots.pop(0), gpus, time.time(), bundle=bundle)
         self.running[(payload["wf"], payload["idx"], payload["attempt"])] = run
         self._emit(p.event("started", payload, run.started_at, worker=self.id), q)
         executor = self._executor(run.slot, payload.get("executor", "shell"))
@@ -656,7 +746,12 @@ class Worker:
             # back in the order --gpus listed them, so a multi-GPU task gets a stable device order
             self.free_gpus = sorted(self.free_gpus + run.gpus, key=self._gpu_rank.__getitem__)
             self.tasks_done += 1
-            q = self.queues[msg["queue"]] if msg.get("queue") in self.queues else None
+            if run.bundle is not None:
+                self._settle_member(run.bundle)
+                q, settles = None, None
+            else:
+                q = self.queues[msg["queue"]] if msg.get("queue") in self.queues else None
+                settles = run.msg
             now = time.time()
             if outcome.ok:
                 ev = p.event(
@@ -679,10 +774,12 @@ class Worker:
                     reason=outcome.reason,
                     exit_code=outcome.exit_code,
                 )
-            self._emit(ev, q, run.msg)
+            self._emit(ev, q, settles)
 
     def _emit(self, ev: dict[str, Any], q: SpoolQueue | None, settles: Message | None = None) -> None:
         self.outbox.append(ev)
+        if ev["kind"] != "started":
+            self._finals += 1
         if settles is not None and q is not None:
             self.to_ack.append((q, settles))
         if self.on_event is not None:
@@ -695,14 +792,15 @@ class Worker:
         carries its start time and saves a message.
         """
         if not self.outbox:
+            self._ack_settled()  # tasks of a bundle that were cancelled or given back
             return
         if not force:
             age = time.time() - self.outbox[0]["at"]
-            if not self.to_ack and age < STARTED_DELAY:
+            if not self._finals and age < STARTED_DELAY:
                 return
             # While attempts still run here, completions wait a few ms to share one message;
             # with nothing running, nobody gains from waiting (a chain's next task needs it).
-            if self.to_ack and self.running and age < FLUSH_DELAY and len(self.outbox) < FLUSH_MAX:
+            if self.running and age < FLUSH_DELAY and len(self.outbox) < FLUSH_MAX:
                 return
         events = self.outbox
         # A task that started and ended within one flush needs no separate "started".
@@ -712,11 +810,15 @@ class Worker:
         ]
         self.completions.put({"v": p.PROTOCOL, "worker": self.id, "events": events})
         self.outbox = []
+        self._finals = 0
+        self._ack_settled()
+        if self.wake_coordinator is not None:
+            self.wake_coordinator()
+
+    def _ack_settled(self) -> None:
         for q, msg in self.to_ack:
             q.ack(msg)
         self.to_ack = []
-        if self.wake_coordinator is not None:
-            self.wake_coordinator()
 
     # ------------------------------------------------------------ cancellation
     def _cancelled(self, wf_id: str) -> bool:
@@ -741,6 +843,7 @@ class Worker:
         for msg, _, q in self.held:
             q.release(msg)
         self.held = []
+        self._give_back_backlog("the worker is stopping")
         for run in self.running.values():
             run.stop_reason = "worker stopped"
         self._supervise_inline()  # inline attempts go to slot threads to be stopped
@@ -749,6 +852,10 @@ class Worker:
                 with contextlib.suppress(concurrent.futures.TimeoutError):
                     run.future.result(timeout=self.kill_grace + 15)
         self._collect_finished()
+
+
+def _is_task(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("v") == p.PROTOCOL and "wf" in payload
 
 
 def _worker_error(run: _Running, e: Exception) -> Outcome:

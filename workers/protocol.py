@@ -9,6 +9,17 @@ message id ``<wf_id>~<task index>~<attempt>``::
      "deps": [dependency names], "inputs": {name: value | {"$ref": path}} | None,
      "ready_at": coordinator time it was queued, "trace": {"traceparent": ...}}
 
+Bundles: tasks that became ready together in one queue may travel as one message, id
+``<first member's id>+<n>``, so that a fan-out of short tasks costs a few message files
+rather than one per task::
+
+    {"v": 1, "bundle": [task message, ...]}
+
+A worker runs the members as if each had been claimed alone; it acks the bundle once every
+member's final event is published, and puts unstarted members back as messages of their
+own when it stops or when a member runs long. A coordinator that finds a bundle held by a
+dead worker queues each member still waiting for it alone.
+
 Events (worker -> ``<home>/completions``), batched: one message carries a list::
 
     {"v": 1, "worker": id, "events": [
@@ -43,8 +54,41 @@ CANCEL_MARKER = "cancelled"
 KILL_DIR = "kill"
 
 
+#: most task messages in one bundle
+BUNDLE_MAX = 16
+#: bundles are only made where they leave at least this many messages (so as many slots start at once)
+BUNDLE_SPREAD = 64
+#: a worker puts a bundle's unstarted tasks back once one of its tasks has run this long (s)
+BUNDLE_HOLD = 0.5
+
+
 def message_id(wf_id: str, idx: int, attempt: int) -> str:
     return f"{wf_id}~{idx}~{attempt}"
+
+
+def bundle_size(n: int, most: int = BUNDLE_MAX) -> int:
+    """How many of `n` tasks that became ready together travel in one message."""
+    return max(1, min(most, n // BUNDLE_SPREAD))
+
+
+def bundle(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"v": PROTOCOL, "bundle": messages}
+
+
+def bundle_id(first_id: str, n: int) -> str:
+    """A bundle's message id: the spool counts a message whose id ends in "+<n>" as n items."""
+    return f"{first_id}+{n}"
+
+
+def is_bundle_id(msg_id: str) -> bool:
+    return "+" in msg_id  # task message ids are <wf>~<idx>~<attempt>: never a "+"
+
+
+def members(payload: Any) -> list[Any] | None:
+    """The task messages of a bundle payload; None if it is not one."""
+    if isinstance(payload, dict) and isinstance(payload.get("bundle"), list):
+        return payload["bundle"]
+    return None
 
 
 def workflow_dir(home_root: str, wf_id: str) -> str:

@@ -49,3 +49,13 @@ def raise_error() -> None:
 
 def not_json() -> object:
     return object()
+
+
+def slow_first(i: int, seconds: float, marker: str) -> dict:
+    """Task [0]'s first attempt sleeps `seconds` (after noting its start in `marker`);
+    every other task and attempt returns at once."""
+    if i == 0 and os.environ["TUIFLOW_ATTEMPT"] == "0":
+        with open(marker, "a") as f:
+            f.write(f"started pid {os.getpid()}\n")
+        time.sleep(seconds)
+    return {"i": i}
