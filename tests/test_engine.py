@@ -199,6 +199,31 @@ def test_outputs_inputs_large_outputs_and_env(tmp_path, fast_home):
     assert tasks["shell"]["output"] == {"sum": 8}
 
 
+def test_each_python_task_sees_its_own_environment_in_a_shared_executor(tmp_path, fast_home):
+    names = ["TF_A", "TF_B", "TUIFLOW_TASK"]
+    wf = write_wf(
+        tmp_path,
+        f"""
+        name: environments
+        tasks:
+          - {{name: one, call: "pytasks:environ", kwargs: {{names: {names}}}, env: {{TF_A: "1", TF_B: "b"}}}}
+          - {{name: two, depends_on: [one], call: "pytasks:environ", kwargs: {{names: {names}}}, env: {{TF_A: "2"}}}}
+          - {{name: three, depends_on: [two], call: "pytasks:environ", kwargs: {{names: {names}}}}}
+        """,
+    )
+    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+    r = cli("run-local", wf, "--workers", 1, "--json", home=fast_home.root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = {t["name"]: t["output"] for t in json.loads(r.stdout)["tasks"]}
+    assert len({o["pid"] for o in out.values()}) == 1  # one executor process ran all three
+    # what a task set is gone for the next; what it changed is changed back
+    assert [out[t]["env"] for t in ("one", "two", "three")] == [
+        {"TF_A": "1", "TF_B": "b", "TUIFLOW_TASK": "one"},
+        {"TF_A": "2", "TF_B": None, "TUIFLOW_TASK": "two"},
+        {"TF_A": None, "TF_B": None, "TUIFLOW_TASK": "three"},
+    ]
+
+
 def test_upstream_output_cannot_inject_shell(tmp_path, fast_home):
     marker = tmp_path / "pwned"
     wf = write_wf(

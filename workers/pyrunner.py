@@ -75,25 +75,32 @@ class Runner:
         self.env = dict(self.base_env)
         self.base_path = list(sys.path)
 
-    def _set_env(self, env: dict[str, str]) -> None:
-        # Change only what differs from the previous task: putenv for every variable of
-        # every task is the bulk of a no-op task's cost otherwise.
-        for key in [k for k in self.env if k not in env]:
-            del os.environ[key]
-        for key, value in env.items():
-            if self.env.get(key) != value:
-                os.environ[key] = value
-        self.env = dict(env)
+    def _set_env(self, req: dict[str, Any]) -> None:
+        """The task's environment: whole (a first task), or what changed since the last one.
+        Only what differs is put: putenv for every variable of every task is the bulk of a
+        no-op task's cost otherwise."""
+        if "env" in req:
+            env = req["env"]
+            unset = [k for k in self.env if k not in env]
+            changed = {k: v for k, v in env.items() if self.env.get(k) != v}
+        else:
+            unset, changed = req["env_unset"], req["env_set"]
+        for key in unset:
+            os.environ.pop(key, None)
+            self.env.pop(key, None)
+        for key, value in changed.items():
+            os.environ[key] = value
+            self.env[key] = value
 
     def run_one(self, req: dict[str, Any]) -> dict[str, Any]:
-        self._set_env(req["env"])
+        self._set_env(req)
         if os.getcwd() != req["cwd"]:
             os.chdir(req["cwd"])
         sys.path[:] = [p for p in (req["cwd"], req["base_dir"]) if p not in self.base_path] + self.base_path
         # Spans the task makes (tuiflow.span, or any OpenTelemetry instrumentation) are
         # children of the worker's span for this attempt, carried over in $TRACEPARENT.
         token = None
-        parent = context_from_traceparent(req["env"].get("TRACEPARENT"))
+        parent = context_from_traceparent(self.env.get("TRACEPARENT"))
         if parent is not None:
             token = otel_context.attach(parent)
         try:

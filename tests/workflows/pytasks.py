@@ -59,3 +59,8 @@ def slow_first(i: int, seconds: float, marker: str) -> dict:
             f.write(f"started pid {os.getpid()}\n")
         time.sleep(seconds)
     return {"i": i}
+
+
+def environ(names: list[str]) -> dict:
+    """The values of these variables in the task's environment (None: unset), and its pid."""
+    return {"env": {n: os.environ.get(n) for n in names}, "pid": os.getpid()}

@@ -42,6 +42,7 @@ class PythonExecutor:
         self.tasks_run = 0
         self.scratch: str | None = None
         self._t0 = 0.0  # when the current attempt was sent
+        self._env: dict[str, str] | None = None  # the environment the process last got
 
     def _spawn(self) -> None:
         to_child_r, to_child_w = os.pipe()
@@ -75,6 +76,7 @@ class PythonExecutor:
             os.close(to_child_r)
             os.close(from_child_w)
         self._wfd, self._rfd = to_child_w, from_child_r
+        self._env = None  # a new process gets the whole environment with its first task
 
     def _discard(self, ctx: TaskContext | None = None, grace: float = 0.0) -> int | None:
         proc, self.proc = self.proc, None
@@ -140,15 +142,21 @@ class PythonExecutor:
         request = {
             "call": spec["call"],
             "kwargs": spec.get("kwargs", {}),
-            "env": ctx.env,
             "cwd": ctx.cwd,
             "base_dir": ctx.msg.get("base_dir") or ctx.cwd,
             "stdout": ctx.stdout_path,
             "stderr": ctx.stderr_path,
             "output": ctx.output_path,
         }
+        env, last = ctx.env, self._env
+        if last is None:
+            request["env"] = env
+        else:  # what changed since the last task: a few variables, not the whole environment
+            request["env_set"] = {k: v for k, v in env.items() if last.get(k) != v}
+            request["env_unset"] = [k for k in last if k not in env]
         try:
             write_frame(self._wfd, request)
+            self._env = env
         except (BrokenPipeError, OSError) as e:
             code = self._discard()
             return Outcome("error", f"python executor process unavailable ({e}; {describe_exit(code or 0)})")
