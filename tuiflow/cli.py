@@ -438,7 +438,7 @@ def coordinator(
     ),
 ) -> None:
     """Run the coordinator daemon (one per home)."""
-    from .coordinator import Coordinator
+    from .coordinator import Coordinator, freeze_heap
 
     logging.getLogger().setLevel(logging.INFO)
     h = _home(home, ctx, create=True)
@@ -454,6 +454,7 @@ def coordinator(
     from workers.daemon import install_stop_handlers
 
     install_stop_handlers(lambda hard: coord.stop())
+    freeze_heap()
     try:
         coord.run(acquire=False)
     except SpoolError as e:

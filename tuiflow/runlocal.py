@@ -39,7 +39,7 @@ from workers.daemon import Worker, install_stop_handlers
 from workers.forked import ForkedProcess
 
 from .client import Client, task_views
-from .coordinator import Coordinator
+from .coordinator import Coordinator, freeze_heap
 from .dag import COMPLETED, FAILED, SKIPPED, TERMINAL, UPSTREAM_FAILED, WF_TERMINAL, Action, Changed, Run
 from .errors import TuiflowError
 from .model import Definition
@@ -149,6 +149,7 @@ class LocalRun:
         if self.worker_mode == "process":
             self._spawn_workers()  # they start up while we submit
         self.wf_id = self.client.submit(self.definition)
+        freeze_heap()
         if self.external_coordinator is None:
             original = self.coordinator.step
 
