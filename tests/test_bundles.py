@@ -90,51 +90,67 @@ def test_ready_repair_finds_tasks_inside_bundles_and_requeues_a_lost_bundle(fast
         t.join(30)
 
 
-def slow_fan(tmp_path: Path, seconds: float) -> tuple[Path, Path]:
-    """128 python tasks, queued as 64 bundles of two; work[0]'s first attempt sleeps."""
-    marker = tmp_path / "slow.txt"
-    (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
-    wf = write_wf(
-        tmp_path,
-        f"""
-        name: slow-fan
-        tasks:
-          - name: work
-            foreach: {{range: 128}}
-            call: "pytasks:slow_first"
-            kwargs: {{i: "{{{{ item }}}}", seconds: {seconds}, marker: "{marker}"}}
-            num_retries: 1
-        """,
-    )
-    return wf, marker
+class SlowFan:
+    """A coordinator and one worker (1 slot) serving 128 python tasks, queued as 64
+    bundles of two; work[0]'s first attempt sleeps `seconds` and notes its start in
+    `marker`. The worker holds the bundle it claims for `hold` seconds."""
 
+    def __init__(self, home: Home, tmp_path: Path, procs: list, seconds: float, worker: str, hold: float):
+        self.home, self.tmp = home, tmp_path
+        self.marker = tmp_path / "slow.txt"
+        (tmp_path / "pytasks.py").write_text((WORKFLOWS / "pytasks.py").read_text())
+        wf = write_wf(
+            tmp_path,
+            f"""
+            name: slow-fan
+            tasks:
+              - name: work
+                foreach: {{range: 128}}
+                call: "pytasks:slow_first"
+                kwargs: {{i: "{{{{ item }}}}", seconds: {seconds}, marker: "{self.marker}"}}
+                num_retries: 1
+            """,
+        )
+        procs.append(start("coordinator", home=home.root, log=tmp_path / "c.log"))
+        self.worker = self.start_worker(procs, worker, "--bundle-hold", hold)
+        self.wf_id = cli("submit", wf, home=home.root).stdout.strip()
+        self.client = Client(home)
+        self.queue = home.queue("default")
 
-def claimed_by(home: Home, worker: str) -> list[str]:
-    return home.queue("default").claimed().get(worker, [])
+    def start_worker(self, procs: list, worker: str, *args: object):
+        proc = start("worker", "--id", worker, *args, home=self.home.root, log=self.tmp / f"{worker}.log")
+        procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def first_running(self) -> None:
+        wait_for(lambda: self.client.status(self.wf_id)["counts"]["running"] == 1, what="work[0] to run")
+
+    def end(self) -> dict:
+        status = wait_for(
+            lambda: (s := self.client.status(self.wf_id))["state"] in ("completed", "failed") and s,
+            timeout=90,
+            what="the end",
+        )
+        assert status["state"] == "completed", self.log("c")[-2000:]
+        return status
+
+    def queued_alone(self, idx: int, attempt: int = 0) -> bool:
+        return any(n.endswith(f"-{self.wf_id}~{idx}~{attempt}.0.msg") for n in self.queue.all_names())
 
 
 def test_worker_killed_holding_a_bundle_loses_no_task_and_runs_none_twice(fast_home, tmp_path, procs):
-    wf, marker = slow_fan(tmp_path, 61.37)
-    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
-    doomed = start(
-        "worker", "--id", "doomed", "--bundle-hold", "600", home=fast_home.root, log=tmp_path / "w1.log"
-    )
-    procs.append(doomed)
-    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
-    client = Client(fast_home)
-    wait_for(lambda: client.status(wf_id)["counts"]["running"] == 1, what="work[0] to run")
+    fan = SlowFan(fast_home, tmp_path, procs, 61.37, "doomed", hold=600)
+    fan.first_running()
     # work[0] runs; work[1], its bundle mate, waits in the worker, which holds the bundle
-    [held] = claimed_by(fast_home, "doomed")
-    assert held.endswith(f"-{wf_id}~0~0+2.0.msg")
-    doomed.send_signal(signal.SIGKILL)
-    doomed.wait()
-    procs.append(start("worker", "--id", "rescuer", home=fast_home.root, log=tmp_path / "w2.log"))
-    status = wait_for(
-        lambda: (s := client.status(wf_id))["state"] in ("completed", "failed") and s,
-        timeout=90,
-        what="the end",
-    )
-    assert status["state"] == "completed", (tmp_path / "c.log").read_text()[-2000:]
+    [held] = fan.queue.claimed()["doomed"]
+    assert held.endswith(f"-{fan.wf_id}~0~0+2.0.msg")
+    fan.worker.send_signal(signal.SIGKILL)
+    fan.worker.wait()
+    fan.start_worker(procs, "rescuer")
+    status = fan.end()
     tasks = {t["name"]: t for t in status["tasks"]}
     # the task that was running is retried (its attempt was lost with the worker)...
     assert tasks["work[0]"]["attempt"] == 1 and tasks["work[0]"]["worker"] == "rescuer"
@@ -142,65 +158,40 @@ def test_worker_killed_holding_a_bundle_loses_no_task_and_runs_none_twice(fast_h
     assert tasks["work[1]"]["attempt"] == 0 and tasks["work[1]"]["worker"] == "rescuer"
     assert all(t["output"] == {"i": int(n[5:-1])} for n, t in tasks.items())
     assert status["stats"]["completions_applied"] == 128  # every task applied exactly once
-    assert marker.read_text().count("started") == 1
-    assert "worker doomed is dead" in (tmp_path / "c.log").read_text()
-    assert fast_home.queue("default").counts().claimed == {}
+    assert fan.marker.read_text().count("started") == 1
+    assert "worker doomed is dead" in fan.log("c")
+    assert fan.queue.counts().claimed == {}
 
 
 def test_a_long_task_gives_back_the_rest_of_its_bundle(fast_home, tmp_path, procs):
-    wf, marker = slow_fan(tmp_path, 5.0)
-    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
-    first = start(
-        "worker", "--id", "first", "--bundle-hold", "0.3", home=fast_home.root, log=tmp_path / "w1.log"
-    )
-    procs.append(first)
-    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
-    wait_for(lambda: marker.exists() and marker.read_text(), what="work[0] to start")
+    fan = SlowFan(fast_home, tmp_path, procs, 5.0, "first", hold=0.3)
     # work[0] runs long: its bundle mate goes back to the queue alone, for another worker
-    q = fast_home.queue("default")
-    wait_for(
-        lambda: any(n.endswith(f"-{wf_id}~1~0.0.msg") for n in q.all_names()),
-        timeout=10,
-        what="work[1] given back",
-    )
-    procs.append(start("worker", "--id", "second", home=fast_home.root, log=tmp_path / "w2.log"))
-    client = Client(fast_home)
-    status = wait_for(
-        lambda: (s := client.status(wf_id))["state"] in ("completed", "failed") and s,
-        timeout=90,
-        what="the end",
-    )
-    assert status["state"] == "completed"
+    wait_for(lambda: fan.queued_alone(1), timeout=10, what="work[1] given back")
+    fan.start_worker(procs, "second")
+    status = fan.end()
     tasks = {t["name"]: t for t in status["tasks"]}
     assert tasks["work[0]"]["attempt"] == 0 and tasks["work[0]"]["worker"] == "first"
     assert tasks["work[1]"]["attempt"] == 0 and tasks["work[1]"]["worker"] == "second"
     assert status["stats"]["completions_applied"] == 128
-    assert "gave back 1 bundled task(s): a task of its bundle runs long" in (tmp_path / "w1.log").read_text()
-    assert q.counts().claimed == {}
+    assert "gave back 1 bundled task(s): a task of its bundle runs long" in fan.log("first")
+    assert fan.queue.counts().claimed == {}
 
 
 def test_a_stopped_worker_puts_its_unstarted_bundled_tasks_back(fast_home, tmp_path, procs):
-    wf, marker = slow_fan(tmp_path, 61.37)
-    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
-    w = start(
-        "worker", "--id", "stopper", "--bundle-hold", "600", home=fast_home.root, log=tmp_path / "w.log"
-    )
-    procs.append(w)
-    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
-    wait_for(lambda: marker.exists() and marker.read_text(), what="work[0] to start")
-    w.send_signal(signal.SIGINT)  # hard stop: the running task is stopped, the waiting one goes back
-    assert w.wait(30) == 0
-    q = fast_home.queue("default")
-    assert q.claimed() == {}  # the bundle was acked: nothing of it is held any more
-    assert any(n.endswith(f"-{wf_id}~1~0.0.msg") for n in q.ready_names())
-    client = Client(fast_home)
+    fan = SlowFan(fast_home, tmp_path, procs, 61.37, "stopper", hold=600)
+    wait_for(lambda: fan.marker.exists() and fan.marker.read_text(), what="work[0] to start")
+    fan.worker.send_signal(signal.SIGINT)  # hard stop: the running task is stopped, the waiting one goes back
+    assert fan.worker.wait(30) == 0
+    assert fan.queue.claimed() == {}  # the bundle was acked: nothing of it is held any more
+    assert fan.queued_alone(1)
     work0 = wait_for(
-        lambda: (t := client.status(wf_id)["tasks"][0])["attempt"] == 1 and t, what="work[0] queued again"
+        lambda: (t := fan.client.status(fan.wf_id)["tasks"][0])["attempt"] == 1 and t,
+        what="work[0] queued again",
     )
     assert work0["state"] == "ready" and work0["reason"] == "attempt 0: worker stopper stopped"
-    counts = q.counts()
+    counts = fan.queue.counts()
     assert counts.ready + counts.delayed == 128  # 126 in bundles, work[1] alone, work[0]'s next attempt
-    assert client.status(wf_id)["tasks"][1]["state"] == "ready"
+    assert fan.client.status(fan.wf_id)["tasks"][1]["state"] == "ready"
 
 
 def test_a_bundle_too_large_for_a_message_is_queued_task_by_task(tmp_path):
@@ -213,26 +204,29 @@ def test_a_bundle_too_large_for_a_message_is_queued_task_by_task(tmp_path):
 
 
 def test_bundled_tasks_of_a_cancelled_workflow_are_dropped_unrun(fast_home, tmp_path, procs):
-    wf, marker = slow_fan(tmp_path, 61.37)
-    procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c.log"))
-    procs.append(start("worker", "--bundle-hold", "600", home=fast_home.root, log=tmp_path / "w.log"))
-    wf_id = cli("submit", wf, home=fast_home.root).stdout.strip()
-    client = Client(fast_home)
-    wait_for(lambda: client.status(wf_id)["counts"]["running"] == 1, what="work[0] to run")
-    assert cli("cancel", wf_id, home=fast_home.root).returncode == 0
+    fan = SlowFan(fast_home, tmp_path, procs, 61.37, "canceller", hold=600)
+    fan.first_running()
+    assert cli("cancel", fan.wf_id, home=fast_home.root).returncode == 0
     status = wait_for(
-        lambda: (s := client.status(wf_id))["counts"]["running"] == 0 and s, timeout=30, what="the cancel"
+        lambda: (s := fan.client.status(fan.wf_id))["counts"]["running"] == 0 and s,
+        timeout=30,
+        what="the cancel",
     )
     assert status["state"] == "cancelled" and status["counts"]["cancelled"] == 128
-    q = fast_home.queue("default")
     # the worker takes the remaining bundles and acks them without running anything
-    wait_for(lambda: q.counts() == QueueCounts(0, 0, {}, 0), timeout=30, what="the queue to empty")
+    wait_for(lambda: fan.queue.counts() == QueueCounts(0, 0, {}, 0), timeout=30, what="the queue to empty")
     # nothing but work[0] ever ran: every other attempt's trace is the coordinator's one span
     # for a task cancelled while queued (a worker would have written its own spans beside it)
     for i in range(1, 128):
         spans = (
-            Path(fast_home.workflows_dir) / wf_id / "tasks" / f"work%5B{i}%5D" / "0" / "logs" / "spans.jsonl"
+            Path(fast_home.workflows_dir)
+            / fan.wf_id
+            / "tasks"
+            / f"work%5B{i}%5D"
+            / "0"
+            / "logs"
+            / "spans.jsonl"
         )
         [span] = [json.loads(line) for line in spans.read_text().splitlines()]
         assert span["status"]["description"] == "workflow cancelled while queued"
-    assert marker.read_text().count("started") == 1
+    assert fan.marker.read_text().count("started") == 1
