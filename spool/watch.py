@@ -80,17 +80,18 @@ def _mounts() -> list[tuple[str, str]]:
     return out
 
 
-def fs_type(path: str) -> str | None:
-    """The type of the filesystem holding `path` (e.g. "ext4", "nfs4", "fuse.latencyfs")."""
+def fs_type(path: str, mounts: list[tuple[str, str]] | None = None) -> str | None:
+    """The type of the filesystem holding `path` (e.g. "ext4", "nfs4", "fuse.latencyfs");
+    `mounts`: the mount table as `_mounts` returns it, when the caller already read it."""
     real = os.path.realpath(path)
-    for point, kind in _mounts():
+    for point, kind in _mounts() if mounts is None else mounts:
         if real == point or real.startswith(point.rstrip("/") + "/") or point == "/":
             return kind
     return None
 
 
-def needs_polling(path: str) -> bool:
-    kind = fs_type(path) or ""
+def needs_polling(path: str, mounts: list[tuple[str, str]] | None = None) -> bool:
+    kind = fs_type(path, mounts) or ""
     return kind in REMOTE_FS_TYPES or kind.startswith("fuse") or kind.startswith("nfs")
 
 
@@ -99,7 +100,8 @@ def resolve_mode(paths: Iterable[str], mode: str = "auto") -> str:
         raise ValueError(f"watch mode must be auto, events or poll, not {mode!r}")
     if mode != "auto":
         return mode
-    return "poll" if any(needs_polling(p) for p in paths) else "events"
+    mounts = _mounts()  # once: a worker watches a queue's 17 directories
+    return "poll" if any(needs_polling(p, mounts) for p in paths) else "events"
 
 
 def _signature(path: str) -> tuple[int, int, int, int] | None:
