@@ -36,6 +36,7 @@ from opentelemetry import trace as otel_trace
 from analyzer import contract as c
 from spool import ChangeWaiter, ConflictError, DeposedError, Home, LivenessTracker, SpoolError, SpoolQueue
 from spool.liveness import SUFFIX as HB_SUFFIX
+from spool.queue import parse_name
 from spool.watch import drain
 from workers import protocol as p
 from workers.tracing import Telemetry, forced_ids, ns, set_error, traceparent, workflow_context
@@ -719,7 +720,7 @@ class Coordinator:
                 # A bundle: the tasks of it that never started go back, each alone, unless
                 # the worker gave them back itself before it died.
                 if queued is None:
-                    queued = {name[26:].rsplit(".", 2)[0] for name in q.all_names()}
+                    queued = _queued_ids(q)
                 for m in members:
                     if self._still_waiting(m):
                         msg_id = p.message_id(m["wf"], m["idx"], m["attempt"])
@@ -761,7 +762,7 @@ class Coordinator:
             return  # events not yet applied may explain them
         for queue, items in stale.items():
             q = self._queue(queue)
-            present = {name[26:].rsplit(".", 2)[0] for name in q.all_names()}
+            present = _queued_ids(q)
             bundles = [i for i in present if p.is_bundle_id(i)]
             if bundles:
                 found, complete = q.payloads(bundles)
@@ -815,6 +816,11 @@ def freeze_heap() -> None:
     each one walked all of it (~25 ms of a 1,000-task fan-out's 0.4 s). Called by the
     processes that host a coordinator, once they are set up."""
     gc.freeze()
+
+
+def _queued_ids(q: SpoolQueue) -> set[str]:
+    """The ids of every message in the queue: ready, delayed or claimed."""
+    return {parsed[2] for name in q.all_names() if (parsed := parse_name(name)) is not None}
 
 
 def _is_task_message(m: Any) -> bool:
