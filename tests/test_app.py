@@ -262,6 +262,25 @@ async def test_live_task_list_repaints_the_rows_that_changed(demo_home, tmp_path
         assert line_of("score") == before
 
 
+async def test_a_screen_closed_while_it_fetches_drops_the_late_result(demo_home):
+    """A refresh whose files were read before its screen closed (Escape, or the app
+    quitting) arrives after the screen's widgets are gone: it is thrown away, not drawn
+    (drawing it would query widgets that no longer exist, and fail the app)."""
+    app = make_app(demo_home, initial_workflow=IDS["diamond"])
+    async with app.run_test(size=(120, 30)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, WorkflowScreen) and screen.loaded
+        late = await asyncio.to_thread(screen.load, demo.NOW)
+        screen._fetching = True  # as while that fetch ran
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, WorkflowScreen)
+        screen._done(late)
+        assert not screen._fetching
+    # leaving the context re-raises whatever the app raised
+
+
 async def test_keymap_rebinds_by_id(demo_home, tmp_path):
     home_dir = tmp_path / "home"
     shutil.copytree(demo_home.root, home_dir)

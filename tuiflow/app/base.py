@@ -77,6 +77,11 @@ class LiveScreen(Screen):
         self.app.call_from_thread(self._done, data)
 
     def _done(self, data: Any) -> None:
+        if self._pruning or not self.is_attached:
+            # Closed while its files were read (Escape, or the app quitting): its widgets
+            # are gone or going, so there is nothing to draw on.
+            self._fetching = self._pending = False
+            return
         t0 = time.perf_counter()
         try:
             if isinstance(data, Exception):
