@@ -201,6 +201,33 @@ class AttemptFiles(SpanProcessor):
 _RESOURCE_JSON: dict[int, tuple[Resource, str]] = {}
 _EMPTY_TRACE_STATE_JSON = json.dumps(repr(TraceState()))
 _dumps = json.dumps
+# json.dumps(obj) for the attribute dicts of our own spans (plain values, never cyclic), by
+# the C encoder built once: json.dumps builds an encoder per call, which costs more than
+# encoding a span's dozen attributes.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_encode_attributes = (
+    _c_make_encoder(
+        None,  # no cycle check: these dicts are built here from plain values, never cyclic
+        json.JSONEncoder().default,
+        json.encoder.encode_basestring_ascii,
+        None,  # indent
+        ": ",
+        ", ",
+        False,  # sort_keys
+        False,  # skipkeys
+        True,  # allow_nan
+    )
+    if _c_make_encoder is not None
+    else None
+)
+
+
+def _attributes_json(attributes: dict[str, Any]) -> str:
+    if _encode_attributes is None:
+        return _dumps(attributes)
+    return "".join(_encode_attributes(attributes, 0))
+
+
 # what json.dumps does with a str (ensure_ascii), without its per-call set-up
 _dumps_str = json.encoder.encode_basestring_ascii
 
@@ -346,40 +373,45 @@ class AttemptTrace:
     def end(self, end: float) -> None:
         """Write every span of the attempt (and hand them to the other exporters)."""
         telemetry = self.telemetry
-        resource = _resource_json(telemetry.resource)
-        root = (TASK_SPAN, self.span_id, self.start, max(end, self.start), self.attributes)
         try:
-            lines = []
-            for name, span_id, start, stop, attributes in [*self.phases, root]:
-                is_root = span_id == self.span_id
-                lines.append(
-                    _line(
-                        name,
-                        _context_json(self.trace_id, span_id, self.trace_state),
-                        _INTERNAL,
-                        (self.parent.span_id if self.parent is not None else None)
-                        if is_root
-                        else self.span_id,
-                        ns(start),
-                        ns(stop),
-                        self.status if is_root else _UNSET,
-                        _dumps(attributes),
-                        "[]",
-                        "[]",
-                        resource,
-                    )
-                )
-                lines.append("\n")
+            text = self._render(max(end, self.start), _resource_json(telemetry.resource))
         except Exception as e:  # telemetry must never break the task it describes
             telemetry.files.errors += 1
             log.warning("could not serialise the spans for %s: %s", self.path, e)
         else:
-            telemetry.files.append(self.path, "".join(lines), TASK_SPAN)
+            telemetry.files.append(self.path, text, TASK_SPAN)
         if len(telemetry.processors) > 1:
             spans = self.readable_spans(end)
             for processor in telemetry.processors[1:]:
                 for span in spans:
                     processor.on_end(span)
+
+    def _render(self, end: float, resource: str) -> str:
+        """The lines `_line` would make, phases first and root last, with what they share
+        (trace id, trace state, root id, the closing fields) formatted once: an attempt's
+        spans are rendered on the worker's loop, once per task."""
+        state = _dumps(repr(self.trace_state)) if self.trace_state else _EMPTY_TRACE_STATE_JSON
+        head = f'", "context": {{"trace_id": "0x{self.trace_id:032x}", "span_id": "0x'
+        mid = f'", "trace_state": {state}}}, "kind": "{_INTERNAL}", "parent_id": '
+        tail = f', "events": [], "links": [], "resource": {resource}}}\n'
+        unset = '", "status": {"status_code": "UNSET"}, "attributes": '
+        child_of_root = f'"0x{self.span_id:016x}", "start_time": "'
+        lines = [
+            f'{{"name": {_dumps_str(name)}{head[1:]}{span_id:016x}{mid}{child_of_root}'
+            f'{iso_time(ns(start))}", "end_time": "{iso_time(ns(stop))}{unset}'
+            f"{_attributes_json(attributes)}{tail}"
+            for name, span_id, start, stop, attributes in self.phases
+        ]
+        parent = f'"0x{self.parent.span_id:016x}"' if self.parent is not None else "null"
+        status = f'{{"status_code": "{self.status.status_code.name}"'
+        if self.status.description:
+            status += f', "description": {_dumps_str(self.status.description)}'
+        lines.append(
+            f'{{"name": "{TASK_SPAN}{head}{self.span_id:016x}{mid}{parent}, "start_time": '
+            f'"{iso_time(ns(self.start))}", "end_time": "{iso_time(ns(end))}", "status": {status}}}, '
+            f'"attributes": {_attributes_json(self.attributes)}{tail}'
+        )
+        return "".join(lines)
 
     def readable_spans(self, end: float) -> list[ReadableSpan]:
         """The attempt's spans as the SDK's ReadableSpans (phases first, root last)."""
