@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .expr import Expression, ExpressionError, has_template
+from .expr import Expression, ExpressionError, has_template, strings_in
 from .model import EXECUTORS, Definition, Issue, TaskDef, WorkflowValidationError, _expression, _template
 
 TASK_NAME_RE = re.compile(r"[A-Za-z0-9_.=\-\[\]]+(/[A-Za-z0-9_.=\-\[\]]+)*\Z")
@@ -166,17 +166,6 @@ def parse_text(text: str, source: str) -> tuple[Any, LineMap]:
 
 
 # ------------------------------------------------------------------------ compiling
-def _strings(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
-
-
 def parse_set_values(pairs: Iterable[str]) -> dict[str, Any]:
     """``--set key=value`` pairs; values are parsed as YAML scalars (3 -> int, true -> bool)."""
     out: dict[str, Any] = {}
@@ -347,7 +336,7 @@ def compile_workflow(
             except ExpressionError as e:
                 issue_at("condition", str(e))
         for field, value in _template_fields(td):
-            for text in _strings(value):
+            for text in strings_in(value):
                 if has_template(text):
                     try:
                         exprs.extend((field, e) for e in _template(text).exprs)

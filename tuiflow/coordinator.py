@@ -510,8 +510,9 @@ class Coordinator:
         """The task message for one attempt: templates rendered, inputs attached."""
         d = run.definition
         t = d.tasks[idx]
-        spec = dict(t.spec)
-        if any(has_template(s) for s in _strings(spec)):
+        spec = t.spec  # shared, never changed: a rendered spec is a copy
+        if d.templated(idx):
+            spec = dict(spec)
             env = run.env_for(idx)
             try:
                 if "run" in spec:
@@ -831,20 +832,6 @@ def _is_task_message(m: Any) -> bool:
 def workflow_traceparent(wf_id: str) -> str:
     """W3C traceparent naming the workflow's root span (every task span's parent)."""
     return traceparent(otel_trace.get_current_span(workflow_context(wf_id)).get_span_context())
-
-
-def _strings(value: Any) -> list[str]:
-    out: list[str] = []
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, str):
-            out.append(v)
-        elif isinstance(v, dict):
-            stack.extend(v.values())
-        elif isinstance(v, list):
-            stack.extend(v)
-    return out
 
 
 __all__ = ["COMPLETED", "STATE_NAMES", "Coordinator"]

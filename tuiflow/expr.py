@@ -450,6 +450,18 @@ def has_template(text: Any) -> bool:
     return isinstance(text, str) and "{{" in text
 
 
+def strings_in(value: Any) -> Iterable[str]:
+    """Every string inside a (nested) JSON-like value."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from strings_in(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from strings_in(v)
+
+
 def templates_in(value: Any) -> Iterable[Template]:
     """Every template inside a (nested) JSON-like value."""
     if isinstance(value, str):

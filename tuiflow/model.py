@@ -13,7 +13,7 @@ import dataclasses
 import functools
 from typing import Any
 
-from .expr import Expression, Template
+from .expr import Expression, Template, has_template, strings_in
 
 DEFINITION_FORMAT = 1
 #: executors the workers know; `executor:` names one explicitly (`run` means shell, `call` python)
@@ -149,9 +149,19 @@ class Definition:
             for d in deps:
                 children[d].append(i)
         self.children = [tuple(c) for c in children]
+        self._templated: list[bool | None] = [None] * len(tasks)
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    def templated(self, idx: int) -> bool:
+        """Whether task `idx`'s spec holds a {{ template }}, to render for every attempt;
+        the others are sent as they are (most tasks of a large fan-out). Found out once per
+        task, when it is first dispatched."""
+        found = self._templated[idx]
+        if found is None:
+            found = self._templated[idx] = any(has_template(s) for s in strings_in(self.tasks[idx].spec))
+        return found
 
     @functools.cached_property
     def prefixes(self) -> list[str]:
