@@ -97,9 +97,9 @@ def task_views(run: Run, now: float, indices: list[int] | None = None) -> list[T
 class Client:
     """Talks to a home's coordinator through files; `who` is recorded on requests."""
 
-    def __init__(self, home: Home, who: str | None = None):
+    def __init__(self, home: Home, who: str | None = None, store: WorkflowStore | None = None):
         self.home = home
-        self.store = WorkflowStore(home)
+        self.store = store or WorkflowStore(home)
         self.who = who or _whoami()
 
     # ------------------------------------------------------------------ writes
