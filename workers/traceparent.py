@@ -6,6 +6,8 @@ which parents every task's spans on ``$TRACEPARENT``, starts without importing t
 
 from __future__ import annotations
 
+import functools
+
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -15,8 +17,11 @@ def traceparent(span_context: SpanContext) -> str:
     return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{int(span_context.trace_flags):02x}"
 
 
+@functools.lru_cache(maxsize=256)
 def span_context_from_traceparent(value: str | None) -> SpanContext | None:
-    """Parse a W3C traceparent (as carried in task messages and executor requests)."""
+    """Parse a W3C traceparent (as carried in task messages and executor requests).
+    Cached: every task of a workflow names the same parent (the workflow's span), and a
+    SpanContext is immutable."""
     if not value:
         return None
     try:
