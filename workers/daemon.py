@@ -576,8 +576,9 @@ class Worker:
         )
         spec = msg["spec"]
         base_dir = msg.get("base_dir") or os.getcwd()
-        env = dict(self._base_env)
-        env.update(spec.get("env") or {})
+        # On top of the worker's environment (not copied: a python executor is sent only
+        # what changed since its last task, found without looking at the shared part).
+        env = dict(spec.get("env") or {})
         env.update(
             {
                 "TUIFLOW_HOME": self.home.root,
@@ -611,7 +612,8 @@ class Worker:
             msg=msg,
             home_root=self.home.root,
             attempt_dir=attempt_dir,
-            env=env,
+            base_env=self._base_env,
+            task_env=env,
             cwd=resolve_cwd(base_dir, spec.get("cwd")),
             stdout_path=f"{attempt_dir}/stdout.log",
             stderr_path=f"{attempt_dir}/stderr.log",

@@ -14,7 +14,10 @@ class TaskContext:
     msg: dict[str, Any]
     home_root: str
     attempt_dir: str
-    env: dict[str, str]
+    #: the worker's environment, one dict shared by all its attempts and never changed
+    base_env: dict[str, str]
+    #: what this attempt sets on top of it (the task's `env`, TUIFLOW_*, TRACEPARENT...)
+    task_env: dict[str, str]
     cwd: str
     stdout_path: str
     stderr_path: str
@@ -25,6 +28,11 @@ class TaskContext:
     #: returns a reason ("cancelled", "worker stopped", ...) once the attempt must stop
     should_stop: Callable[[], str | None]
     kill_grace: float = 5.0
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The attempt's whole environment."""
+        return {**self.base_env, **self.task_env}
 
 
 @dataclasses.dataclass

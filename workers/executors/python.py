@@ -42,7 +42,8 @@ class PythonExecutor:
         self.tasks_run = 0
         self.scratch: str | None = None
         self._t0 = 0.0  # when the current attempt was sent
-        self._env: dict[str, str] | None = None  # the environment the process last got
+        # the environment the process last got: (the worker's, the attempt's on top)
+        self._env: tuple[dict[str, str], dict[str, str]] | None = None
 
     def _spawn(self) -> None:
         to_child_r, to_child_w = os.pipe()
@@ -148,15 +149,23 @@ class PythonExecutor:
             "stderr": ctx.stderr_path,
             "output": ctx.output_path,
         }
-        env, last = ctx.env, self._env
-        if last is None:
-            request["env"] = env
+        base, task = ctx.base_env, ctx.task_env
+        if self._env is None or self._env[0] is not base:
+            request["env"] = ctx.env
         else:  # what changed since the last task: a few variables, not the whole environment
-            request["env_set"] = {k: v for k, v in env.items() if last.get(k) != v}
-            request["env_unset"] = [k for k in last if k not in env]
+            last = self._env[1]
+            changed = {k: v for k, v in task.items() if last.get(k, base.get(k)) != v}
+            unset = []
+            for k in last:
+                if k not in task:  # back to what the worker has, or gone
+                    if k in base:
+                        changed[k] = base[k]
+                    else:
+                        unset.append(k)
+            request["env_set"], request["env_unset"] = changed, unset
         try:
             write_frame(self._wfd, request)
-            self._env = env
+            self._env = (base, task)
         except (BrokenPipeError, OSError) as e:
             code = self._discard()
             return Outcome("error", f"python executor process unavailable ({e}; {describe_exit(code or 0)})")
