@@ -153,6 +153,10 @@ class ChangeWaiter:
         self._notify: RustNotify | None = None
         self._inotify: _Inotify | None = None
         self._signatures: list[tuple[int, int, int, int] | None] = []
+        #: after `wait`: which of its `fds` were readable when it returned, where the wait
+        #: knows (None: not known, look). A loop that follows many descriptors saves a
+        #: look at each of them per wake.
+        self.ready_fds: list[int] | None = None
         if self.mode == "events":
             # Watching starts here, so changes made before the first wait() count.
             if not recursive and _LIBC is not None:
@@ -166,6 +170,7 @@ class ChangeWaiter:
         """Block until a change, a readable fd in `fds`, or `timeout` seconds (None: forever);
         True unless the timeout passed. Readable fds are left for the caller to read."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self.ready_fds = None
         inotify = self._inotify
         if inotify is not None:
             if self._stop.is_set():
@@ -174,6 +179,7 @@ class ChangeWaiter:
                 ready, _, _ = select.select([inotify.fd, self._wake.r, *fds], [], [], timeout)
             except (OSError, ValueError):  # closed by another thread meanwhile
                 return False
+            self.ready_fds = [fd for fd in ready if fd in fds] if fds else []
             if not ready:
                 return False
             if inotify.fd in ready:

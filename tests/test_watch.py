@@ -53,6 +53,29 @@ def test_a_readable_fd_or_a_wake_ends_the_wait(tmp_path, mode):
             os.close(w)
 
 
+def test_an_events_wait_tells_which_of_its_fds_were_readable(tmp_path):
+    import os
+
+    with ChangeWaiter([str(tmp_path)], mode="events") as waiter:
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        try:
+            assert waiter.wait(timeout=0.05, fds=[r1, r2]) is False
+            assert waiter.ready_fds == []  # known: none
+            os.write(w2, b"x")
+            assert waiter.wait(timeout=20, fds=[r1, r2]) is True
+            assert waiter.ready_fds == [r2]
+            (tmp_path / "f").write_text("x")  # a change, with r2 still readable
+            assert waiter.wait(timeout=20, fds=[r1, r2]) is True
+            assert waiter.ready_fds == [r2]
+            waiter.wake()
+            assert waiter.wait(timeout=20, fds=[r1, r2]) is True
+            assert waiter.ready_fds is None  # woken before looking: unknown
+        finally:
+            for fd in (r1, w1, r2, w2):
+                os.close(fd)
+
+
 def test_arrivals_only_wakes_for_renames_in_not_for_temp_files(tmp_path):
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.mkdir()

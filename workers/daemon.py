@@ -276,6 +276,7 @@ class Worker:
                     if due is not None:
                         timeout = min(timeout, due + 0.01)
                 self.waiter.wait(timeout, fds)
+                self._readable = self.waiter.ready_fds
         finally:
             self._flush(force=True)
             for slot in self.executors:
