@@ -63,8 +63,13 @@ log = logging.getLogger("tuiflow.coordinator")
 
 #: longest a busy coordinator waits between state writes (seconds)
 FLUSH_INTERVAL = 0.05
-#: when the queues run dry, write at once unless the first change is younger than this
-IDLE_FLUSH = 0.002
+#: longest a coordinator busy with completions goes without looking for control requests
+CONTROL_INTERVAL = 0.05
+#: when the queues run dry, write once the first change is this old: the completions of a
+#: busy fan-out arrive a few milliseconds apart, and each state write costs about a
+#: millisecond (the lock, two files) whatever the state's size. A workflow that ends is
+#: written at once (whoever waits for it reads the stored state).
+IDLE_FLUSH = 0.02
 
 
 @dataclasses.dataclass
@@ -146,6 +151,8 @@ class Coordinator:
         self._waiter: ChangeWaiter | None = None
         self._unacked: list[tuple[SpoolQueue, Any, set[str]]] = []
         self._unflushed_since: float | None = None
+        self._ended_unflushed = False  # a workflow ended since the last write
+        self._next_control = 0.0
 
     # ---------------------------------------------------------------- lifecycle
     def acquire(self, *, wait: float | None = None, break_lease: bool = False) -> int:
@@ -264,16 +271,23 @@ class Coordinator:
 
         Group commit: applied messages are acknowledged only after the states they touched
         are written, and states are written at most every FLUSH_INTERVAL while messages keep
-        coming (at once when the queues run dry). Ready tasks are pushed as soon as they are
-        ready, so this delays no task; it only keeps the messages claimed a little longer.
+        coming (IDLE_FLUSH after the first change when the queues run dry, at once when a
+        workflow ended). Ready tasks are pushed as soon as they are ready, so this delays no
+        task; it only keeps the messages claimed a little longer.
         """
-        controls = self.control.claim(self.id, 256)
         events: list[Any] = []
         while len(events) < self.batch:
             got = self.completions.claim(self.id, 512)
-            if not got:
-                break
             events.extend(got)
+            if len(got) < 512:
+                break  # it looked at every shard: nothing more for now
+        # A look for control requests stats every shard directory: while completions keep
+        # coming, look at most every CONTROL_INTERVAL (a cancel waits that much longer).
+        controls: list[Any] = []
+        mono = time.monotonic()
+        if not events or mono >= self._next_control:
+            controls = self.control.claim(self.id, 256)
+            self._next_control = mono + CONTROL_INTERVAL
         for msg in controls:
             self._unacked.append((self.control, msg, self._on_control(msg.payload, now)))
         for msg in events:
@@ -285,6 +299,7 @@ class Coordinator:
             age = time.monotonic() - self._unflushed_since
             if (
                 force_flush
+                or self._ended_unflushed
                 or age >= FLUSH_INTERVAL
                 or len(self._unacked) >= self.batch
                 or (not handled and age >= IDLE_FLUSH)
@@ -562,6 +577,9 @@ class Coordinator:
 
     def _finished(self, wf_id: str, run: Run, action: Finished) -> None:
         log.info("workflow %s (%s) %s", wf_id, run.definition.name, action.state)
+        self._ended_unflushed = True  # written at the next step, not IDLE_FLUSH later
+        if self._unflushed_since is None:
+            self._unflushed_since = time.monotonic()
         with forced_ids(wf_id, workflow_span=True):
             span = self.tracer.start_span(
                 c.WORKFLOW_SPAN,
@@ -630,6 +648,7 @@ class Coordinator:
     # --------------------------------------------------------------- writing
     def _flush(self, now: float) -> set[str]:
         """Write every dirty state once; returns the workflows whose write failed."""
+        self._ended_unflushed = False
         failed = set()
         for wf_id, active in list(self.active.items()):
             if not active.dirty:
