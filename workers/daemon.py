@@ -216,6 +216,8 @@ class Worker:
             while True:
                 now = time.monotonic()
                 readable, self._readable = self._readable, None
+                if readable is None:  # not waited (a round after claims): one look at them all
+                    readable = select.select(self._fds(), [], [], 0)[0]
                 self._drain_wakes(readable)
                 self._supervise_inline(readable)
                 self._collect_finished()
@@ -263,10 +265,7 @@ class Worker:
                 for run in self.inline.values():
                     if run.ctx.deadline is not None:
                         timeout = max(0.0, min(timeout, run.ctx.deadline - now))
-                # Attempts end on a slot thread (which wakes us) or on an executor pipe.
-                fds = [self._wake.r, *self.inline]
-                if self.wake_fd is not None:
-                    fds.append(self.wake_fd)
+                fds = self._fds()
                 if not self.free_slots or self._drain:
                     # New messages cannot matter until an attempt ends: wait for that alone.
                     self._readable = select.select(fds, [], [], timeout)[0]
@@ -724,6 +723,14 @@ class Worker:
         return outcome
 
     # -------------------------------------------------------------- settling
+    def _fds(self) -> list[int]:
+        """What the loop waits on besides the queues: attempts end on a slot thread (which
+        pokes the wake pipe) or on an executor pipe; run-local pokes `wake_fd`."""
+        fds = [self._wake.r, *self.inline]
+        if self.wake_fd is not None:
+            fds.append(self.wake_fd)
+        return fds
+
     def _drain_wakes(self, readable: list[int] | None) -> None:
         if readable is None or self._wake.r in readable:
             self._wake.drain()
