@@ -464,15 +464,7 @@ def strings_in(value: Any) -> Iterable[str]:
 
 def templates_in(value: Any) -> Iterable[Template]:
     """Every template inside a (nested) JSON-like value."""
-    if isinstance(value, str):
-        if has_template(value):
-            yield Template(value)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from templates_in(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from templates_in(v)
+    return (Template(s) for s in strings_in(value) if has_template(s))
 
 
 def render_value(value: Any, env: Mapping[str, Any]) -> Any:
