@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -142,6 +144,137 @@ def fs_root(request, tmp_path) -> Path:
     root = request.getfixturevalue("fuse_root") / request.node.name.replace("[", "_").replace("]", "")
     root.mkdir()
     return root
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One line of a latencyfs --audit log (see tests/support/latencyfs.py)."""
+
+    time_ns: int
+    tgid: int
+    tid: int
+    op: str
+    paths: tuple[str, ...]
+    result: str
+
+    @classmethod
+    def parse(cls, line: str) -> AuditRecord:
+        t, tgid, tid, op, *paths, result = line.split()
+        unquoted = tuple(re.sub(r"\\x([0-9a-f]{2})", lambda m: chr(int(m[1], 16)), p) for p in paths)
+        return cls(int(t), int(tgid), int(tid), op, unquoted, result)
+
+
+class NfsMounts:
+    """Latencyfs mounts over one backing directory, one FUSE process per simulated NFS client."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.source = base / "source"  # the "server": write here to act behind every client's back
+        self.mounts: list[Path] = []
+        self.audit_paths: list[Path] = []  # per mount; empty unless audit=True
+        self.logs: list[Path] = []
+        self.faults_off_file = base / "faults-off"
+        self._procs: list[subprocess.Popen] = []
+
+    @property
+    def mount(self) -> Path:
+        """The first client's mount point."""
+        return self.mounts[0]
+
+    def faults_off(self) -> None:
+        """Suppress every fault on every client (latency and caches stay)."""
+        self.faults_off_file.touch()
+
+    def faults_on(self) -> None:
+        self.faults_off_file.unlink(missing_ok=True)
+
+    def audit(self, client: int = 0) -> list[AuditRecord]:
+        """The audit records that client `client` has written so far."""
+        lines = self.audit_paths[client].read_text().splitlines()
+        return [AuditRecord.parse(line) for line in lines if line.strip()]
+
+    def _start(self, args: list[str], audit: bool, seed: int | None) -> None:
+        k = len(self.mounts)
+        mnt, log_path = self.base / f"mnt{k}", self.base / f"latencyfs{k}.log"
+        mnt.mkdir()
+        if audit:
+            self.audit_paths.append(self.base / f"audit{k}.log")
+            args = [*args, f"--audit={self.audit_paths[-1]}"]
+        if seed is not None:
+            args = [*args, f"--seed={seed + k}"]  # distinct draws per client, reproducible
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(LATENCYFS), str(self.source), str(mnt), *args], stdout=log, stderr=log
+            )
+        self._procs.append(proc)
+        self.mounts.append(mnt)
+        self.logs.append(log_path)
+        deadline = time.monotonic() + 15
+        while not os.path.ismount(mnt):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"latencyfs did not mount {mnt}:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        for mnt in self.mounts:
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False, capture_output=True)
+        for proc in self._procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def nfs_mounts(tmp_path):
+    """Factory: latencyfs "NFS clients" mounted over a fresh backing directory.
+
+    nfs_mounts(clients=2, latency_ms=1, lost_reply=0.01, estale=0.01, negative_cache=0.2,
+               audit=True, faults_off=False, seed=None) -> NfsMounts
+
+    Every client is its own FUSE process (own kernel dentry/attribute caches) over the same
+    `.source`. With faults_off=True the faults start suppressed; `.faults_on()` enables them.
+    Client k draws its faults with seed `seed + k` (random when seed is None).
+    Everything is unmounted and stopped at teardown. Skips where FUSE is unavailable.
+    """
+    reason = _fuse_unavailable()
+    if reason:
+        pytest.skip(f"FUSE tests skipped: {reason}")
+    made: list[NfsMounts] = []
+
+    def make(
+        clients: int = 1,
+        latency_ms: float = 1.0,
+        lost_reply: float = 0.0,
+        estale: float = 0.0,
+        negative_cache: float = 0.0,
+        audit: bool = False,
+        faults_off: bool = False,
+        seed: int | None = None,
+    ) -> NfsMounts:
+        base = tmp_path / f"nfs{len(made)}"
+        base.mkdir()
+        mounts = NfsMounts(base)
+        made.append(mounts)
+        mounts.source.mkdir()
+        if faults_off:
+            mounts.faults_off()
+        args = [
+            f"--latency-ms={latency_ms}",
+            f"--lost-reply={lost_reply}",
+            f"--estale={estale}",
+            f"--negative-cache={negative_cache}",
+            f"--faults-off-file={mounts.faults_off_file}",
+        ]
+        for _ in range(clients):
+            mounts._start(args, audit, seed)
+        return mounts
+
+    yield make
+    for mounts in made:
+        mounts.close()
 
 
 def _mount_tmpfs(mnt: Path, options: str) -> None:
