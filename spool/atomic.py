@@ -16,12 +16,16 @@ Durability:
 from __future__ import annotations
 
 import enum
+import errno
 import itertools
 import os
 import secrets
 import socket
+import time
+from collections.abc import Callable
 
 from .errors import CorruptRecordError, StorageError
+from .fsops import link_new, listed, place, retry_stale
 
 TEMP_PREFIX = ".tmp."
 _SMALL = 16384
@@ -127,13 +131,28 @@ def write_temp(directory: str, data: Buffers, durability: Durability) -> str:
     return tmp
 
 
-def publish(tmp: str, path: str, durability: Durability) -> None:
-    """Rename a temporary file over `path` (replacing it) and, for `machine`, fsync the directory."""
+Fence = Callable[[], None] | None
+
+
+def publish(tmp: str, path: str, durability: Durability, fence: Fence = None) -> None:
+    """Rename a temporary file over `path` (replacing it) and, for `machine`, fsync the directory.
+
+    A reply lost on NFS (ENOENT although the rename happened) is recognised (`fsops.place`).
+
+    Parameters:
+        fence: called right before the rename; if it raises, nothing is published (the
+            temporary file is removed) and its exception propagates. Writers that may be
+            deposed check their right to write here, as late as it can be checked.
+    """
     try:
-        os.rename(tmp, path)
-    except OSError as e:
+        if fence is not None:
+            fence()
+        place(tmp, path)
+    except BaseException as e:
         _unlink_quietly(tmp)
-        raise StorageError.from_os("publish", path, e) from e
+        if isinstance(e, OSError):
+            raise StorageError.from_os("publish", path, e) from e
+        raise
     if durability is Durability.MACHINE:
         try:
             fsync_dir(os.path.dirname(path) or ".")
@@ -141,10 +160,10 @@ def publish(tmp: str, path: str, durability: Durability) -> None:
             raise StorageError.from_os("fsync the directory of", path, e) from e
 
 
-def publish_in(directory: str, name: str, data: bytes, durability: Durability) -> None:
+def publish_in(directory: str, name: str, data: bytes, durability: Durability, fence: Fence = None) -> None:
     """`atomic_write` of `directory`/`name`, in as few steps as possible (the spool's hot path)."""
     if durability is not Durability.PROCESS:
-        publish(write_temp(directory, data, durability), f"{directory}/{name}", durability)
+        publish(write_temp(directory, data, durability), f"{directory}/{name}", durability, fence)
         return
     tmp = f"{directory}/{_ID.prefix}{next(_ID.counter)}"
     try:
@@ -157,51 +176,81 @@ def publish_in(directory: str, name: str, data: bytes, durability: Durability) -
                 _write_all(fd, memoryview(data)[os.lseek(fd, 0, os.SEEK_CUR) :])
         finally:
             os.close(fd)
-        os.rename(tmp, f"{directory}/{name}")
-    except OSError as e:
+        if fence is not None:
+            fence()
+        place(tmp, f"{directory}/{name}")
+    except BaseException as e:
         _unlink_quietly(tmp)
-        raise StorageError.from_os("write", f"{directory}/{name}", e) from e
+        if isinstance(e, OSError):
+            raise StorageError.from_os("write", f"{directory}/{name}", e) from e
+        raise
 
 
-def atomic_write(path: str, data: Buffers, durability: Durability = Durability.PROCESS) -> None:
+def atomic_write(
+    path: str, data: Buffers, durability: Durability = Durability.PROCESS, fence: Fence = None
+) -> None:
     """Publish `data` at `path` atomically: readers see the old content or the new, never a mix.
 
     Raises:
         StorageError: naming `path`; no partial file is left visible and the previous
             content of `path` is untouched.
     """
-    publish(write_temp(os.path.dirname(path) or ".", data, durability), path, durability)
+    publish(write_temp(os.path.dirname(path) or ".", data, durability), path, durability, fence)
 
 
 def create_exclusive(path: str, data: bytes, durability: Durability = Durability.PROCESS) -> bool:
     """Publish `data` at `path` only if nothing is there yet (put-if-absent, via link(2)).
 
-    Returns True if this call created the file, False if `path` already existed.
+    Returns True if this call created the file, False if `path` already existed. A link
+    whose reply was lost on NFS (EEXIST although it happened) counts as created (`fsops.link_new`).
     """
     tmp = write_temp(os.path.dirname(path) or ".", data, durability)
     try:
-        os.link(tmp, path)
-    except FileExistsError:
-        # NFS: a retransmitted LINK whose first try succeeded answers EEXIST; the link count
-        # of our temporary file tells (the classic NFS lock-file test).
-        try:
-            return os.stat(tmp).st_nlink > 1
-        except OSError:
-            return False
+        created = link_new(tmp, path)
     except OSError as e:
         raise StorageError.from_os("create", path, e) from e
     finally:
         _unlink_quietly(tmp)
-    if durability is Durability.MACHINE:
+    if created and durability is Durability.MACHINE:
         fsync_dir(os.path.dirname(path) or ".")
-    return True
+    return created
 
 
-def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
+def read_bytes(path: str, max_bytes: int | None = None, *, wait_visible: float = 0.0) -> bytes:
     """Read a whole file; refuse (CorruptRecordError) one larger than `max_bytes`.
 
-    Raises FileNotFoundError untouched (callers decide what absence means).
+    An ESTALE open or read is retried by path (`fsops.retry_stale`); one that keeps failing
+    is a StorageError naming the path. FileNotFoundError is raised untouched (callers decide
+    what absence means).
+
+    Parameters:
+        wait_visible: for files that should be there (an output a task wrote, a record
+            just renamed into place). An NFS client may answer "no such file" from a
+            negative lookup cache for a while after the file appeared; with this > 0, a
+            FileNotFoundError is only raised once a listing of the directory (which asks
+            the server) agrees, or after this many seconds of retrying.
     """
+    try:
+        return retry_stale(lambda: _read_once(path, max_bytes), "read", path)
+    except FileNotFoundError:
+        if wait_visible <= 0:
+            raise
+    deadline = time.monotonic() + wait_visible
+    delay = 0.01
+    while listed(path):
+        if time.monotonic() >= deadline:
+            why = f"listed in its directory, but not readable for {wait_visible:g} s"
+            raise FileNotFoundError(errno.ENOENT, why, path)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+        try:
+            return retry_stale(lambda: _read_once(path, max_bytes), "read", path)
+        except FileNotFoundError:
+            continue
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+def _read_once(path: str, max_bytes: int | None) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         # Most records are small: one read of up to 16 KiB that comes back short proves EOF
@@ -229,6 +278,19 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_head(path: str, n: int) -> bytes:
+    """The first `n` bytes of a file (ESTALE retried, as `read_bytes`)."""
+
+    def once() -> bytes:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.read(fd, n)
+        finally:
+            os.close(fd)
+
+    return retry_stale(once, "read", path)
 
 
 def _unlink_quietly(path: str) -> None:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from .atomic import Durability, publish, read_bytes, write_temp
+from .atomic import Durability, publish, read_bytes, read_head, write_temp
 from .errors import ConflictError, CorruptRecordError, StorageError
 from .lock import SpoolLock
 
@@ -95,10 +95,12 @@ class CasRecord:
         self._dir = os.path.dirname(path) or "."
         self.lock = SpoolLock(f"{path}.lock", stale_after=lock_stale_after, timeout=lock_timeout)
 
-    def read(self) -> tuple[Any, int]:
-        """(value, version) without locking; (None, 0) if the record does not exist yet."""
+    def read(self, *, wait_visible: float = 0.0) -> tuple[Any, int]:
+        """(value, version) without locking; (None, 0) if the record does not exist yet.
+
+        `wait_visible`: see `atomic.read_bytes` (for records known to exist)."""
         try:
-            raw = read_bytes(self.path, self.max_bytes)
+            raw = read_bytes(self.path, self.max_bytes, wait_visible=wait_visible)
         except FileNotFoundError:
             return None, 0
         except OSError as e:
@@ -108,15 +110,12 @@ class CasRecord:
     def read_version(self) -> int:
         """The current version, reading only the header."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            head = read_head(self.path, HEADER_SIZE)
         except FileNotFoundError:
             return 0
         except OSError as e:
             raise StorageError.from_os("read", self.path, e) from e
-        try:
-            return _check_header(os.read(fd, HEADER_SIZE), self.path)[0]
-        finally:
-            os.close(fd)
+        return _check_header(head, self.path)[0]
 
     def exists(self) -> bool:
         return os.path.exists(self.path)
@@ -125,8 +124,9 @@ class CasRecord:
         """Replace the record with `value` if its version is still `expected_version`.
 
         Parameters:
-            fence: called inside the lock before anything is written; raising stops the
-                write (e.g. `Lease.assert_held`, so a deposed coordinator cannot write).
+            fence: called inside the lock, right before the rename that publishes the new
+                version; raising stops the write (e.g. `Lease.assert_held`, so a deposed
+                coordinator cannot write).
 
         Returns:
             The new version (`expected_version` + 1).
@@ -142,16 +142,17 @@ class CasRecord:
             current = self.read_version()
             if current != expected_version:
                 raise ConflictError(self.path, expected_version, current)
-            if fence is not None:
-                fence()
             header = _HEADER.pack(_MAGIC, RECORD_FORMAT, 0, current + 1, crc, len(body))
             tmp = write_temp(self._dir, [header, body], self.durability)
-            try:
+
+            def checks() -> None:
+                # As late as they can be made: a writer stopped before this point (SIGSTOP)
+                # is judged on the state of the world after it resumes, not before it stopped.
                 self.lock.assert_held()
-            except BaseException:
-                os.unlink(tmp)
-                raise
-            publish(tmp, self.path, self.durability)
+                if fence is not None:
+                    fence()
+
+            publish(tmp, self.path, self.durability, checks)
             return current + 1
 
     def update(self, fn: Callable[[Any], T], *, retries: int = 1000) -> tuple[T, int]:

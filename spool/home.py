@@ -29,6 +29,7 @@ from typing import Any
 
 from .atomic import Durability, create_exclusive, read_bytes
 from .errors import LayoutError, StorageError
+from .fsops import listdir
 from .lease import Lease
 from .names import check_component
 from .placement import spread_subdirectories
@@ -241,7 +242,7 @@ class Home:
 
     def list_queues(self) -> list[str]:
         try:
-            return sorted(n for n in os.listdir(self.queues_dir) if not n.startswith("."))
+            return sorted(n for n in listdir(self.queues_dir) if not n.startswith("."))
         except FileNotFoundError:
             return []
 

@@ -24,6 +24,7 @@ mtime. It is shown to people, never used to decide.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import secrets
 import struct
@@ -34,9 +35,12 @@ from typing import Any
 
 import msgpack
 
-from .atomic import HOST, fsync_dir
-from .errors import CorruptRecordError, StorageError
+from .atomic import HOST, fsync_dir, read_bytes
+from .errors import CorruptRecordError, SpoolError, StorageError
+from .fsops import listdir
 from .names import check_component
+
+log = logging.getLogger("spool.liveness")
 
 HEARTBEAT_FORMAT = 1
 _MAGIC = b"TFHB"
@@ -65,6 +69,7 @@ class HeartbeatWriter:
         self.beats = 0
         self._fsync = fsync
         self._fd: int | None = None
+        self._ino = 0
         os.makedirs(directory, exist_ok=True)
 
     def beat(self, info: dict[str, Any] | None = None) -> None:
@@ -84,8 +89,14 @@ class HeartbeatWriter:
         )
         record = _HEADER.pack(_MAGIC, HEARTBEAT_FORMAT, 0, len(body), zlib.crc32(body)) + body
         try:
+            if self._fd is not None and not self._still_at_path():
+                # A coordinator judged us dead and moved the record aside (.dead): what we
+                # ran was retried elsewhere. Beat on in a new record, so we are seen again.
+                log.warning("heartbeat %s was moved away (judged dead); writing a new one", self.path)
+                self.close()
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._ino = os.fstat(self._fd).st_ino
                 if self._fsync:
                     fsync_dir(os.path.dirname(self.path))
             os.pwrite(self._fd, record, 0)
@@ -94,6 +105,12 @@ class HeartbeatWriter:
         except OSError as e:
             self.close()
             raise StorageError.from_os("write heartbeat", self.path, e) from e
+
+    def _still_at_path(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self._ino
+        except FileNotFoundError:
+            return False
 
     def remove(self) -> None:
         """Delete the record (clean shutdown: the holder is gone, not dead)."""
@@ -112,9 +129,9 @@ class HeartbeatWriter:
 
 
 def read_raw(path: str) -> bytes:
-    """The record's bytes (open + read: close-to-open revalidates on NFS, stat() would not)."""
-    with open(path, "rb") as f:
-        return f.read(1 << 20)
+    """The record's bytes (open + read: close-to-open revalidates on NFS, stat() would not;
+    ESTALE is retried). Raises FileNotFoundError if there is none."""
+    return read_bytes(path, max_bytes=1 << 20)
 
 
 def decode(raw: bytes, path: str = "<heartbeat>") -> Heartbeat:
@@ -177,7 +194,7 @@ class LivenessTracker:
         now = self.clock() if now is None else now
         out = []
         try:
-            names = os.listdir(directory)
+            names = listdir(directory)
         except FileNotFoundError:
             names = []
         present = set()
@@ -190,6 +207,13 @@ class LivenessTracker:
                 raw = read_raw(path)
             except FileNotFoundError:
                 continue  # RACE: removed by a clean shutdown while we listed
+            except SpoolError as e:
+                # Unreadable for now (ESTALE that persists, a record over the size limit): no
+                # evidence either way, so its holder is judged on what we saw before.
+                log.warning("cannot read heartbeat %s: %s", path, e)
+                if holder in self._seen:
+                    present.add(holder)
+                continue
             present.add(holder)
             silent = self.observe(holder, raw, now)
             try:

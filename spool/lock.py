@@ -8,7 +8,9 @@ The rule for locks left behind (documented in docs/protocols.md, tested in tests
 
 1. **Holder provably dead on this host** (its pid is gone, or the pid now belongs to a
    process with another start time): a waiter takes the lock over at its next poll
-   (filelock swaps the marker atomically, so the lock path is never empty).
+   (filelock swaps the marker atomically, so the lock path is never empty). Where that
+   swap is refused (renameat2 on NFS and FUSE), the waiter breaks the marker as in rule 2,
+   without waiting, once its pid is gone.
 2. **Otherwise** (holder on another host, or a live holder that does not let go): a waiter
    breaks the marker only after seeing it *unchanged* for `stale_after` seconds on its own
    monotonic clock (no cross-host timestamps). A marker with no identity in it (its
@@ -34,12 +36,16 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 
 import filelock
 
-from .errors import LockLostError, LockTimeout
+from .atomic import read_head
+from .errors import LockLostError, LockTimeout, SpoolError
+from .fsops import link_new, take
+from .liveness import local_process_gone
 
 log = logging.getLogger("spool.lock")
 
@@ -49,11 +55,15 @@ EMPTY_MARKER_AFTER = 2.0
 
 def _read_marker(path: str) -> list[str] | None:
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read(1024).split("\n")
-    except OSError:
+        lines = read_head(path, 1024).decode("utf-8", "replace").split("\n")
+    except (OSError, SpoolError):
         return None
     return lines if len(lines) >= 2 and lines[0].strip().isdigit() and lines[1] else []
+
+
+def _holder_gone_here(lines: list[str]) -> bool:
+    """Whether the marker names a process of this host that has provably exited."""
+    return lines[1].split("?")[0] == socket.gethostname() and local_process_gone(int(lines[0]), None)
 
 
 def describe_marker(path: str) -> str:
@@ -154,11 +164,10 @@ class SpoolLock:
             st = os.lstat(self.path)
         except FileNotFoundError:
             st = None
-        if (
-            st is None
-            or (st.st_dev, st.st_ino, st.st_ctime_ns) != self._identity
-            or not self._lock.is_lock_held_by_us
-        ):
+        # The marker we made is known by its inode and change time (taken once we held it):
+        # a broken and re-made marker differs in both. Reading its content would add a file
+        # open, which NFS may answer with ESTALE.
+        if st is None or (st.st_dev, st.st_ino, st.st_ctime_ns) != self._identity:
             raise LockLostError(f"{self.path}: lock marker was broken by another process", path=self.path)
 
     def _break_if_stale(self) -> bool:
@@ -172,15 +181,21 @@ class SpoolLock:
             self._seen = (key, now)
             return False
         lines = _read_marker(self.path)
-        threshold = min(self.stale_after, EMPTY_MARKER_AFTER) if lines == [] else self.stale_after
+        if lines and _holder_gone_here(lines):
+            threshold = 0.0  # rule 1, where filelock's own takeover (renameat2) is refused (NFS, FUSE)
+        elif lines == []:
+            threshold = min(self.stale_after, EMPTY_MARKER_AFTER)
+        else:
+            threshold = self.stale_after
         if now - self._seen[1] < threshold:
             return False
         holder = describe_marker(self.path)
         aside = f"{self.path}.broken.{secrets.token_hex(8)}"
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return True  # RACE: another waiter broke it, or its holder released it
+            if not take(self.path, aside):
+                return True  # RACE: another waiter broke it, or its holder released it
+        except OSError:
+            return False  # could not move it (ESTALE that persists, ...): look again next poll
         try:
             taken = os.lstat(aside)
             # rename(2) moves ctime, so the file we took is recognised by inode and mtime: a new
@@ -188,8 +203,8 @@ class SpoolLock:
             if (taken.st_ino, taken.st_mtime_ns) != key[:2]:
                 # RACE: the judged marker went away and a fresh one took its place before our
                 # rename. Put it back; link(2) never replaces a marker created meanwhile.
-                with contextlib.suppress(FileExistsError):
-                    os.link(aside, self.path)
+                with contextlib.suppress(OSError):
+                    link_new(aside, self.path)
                 return False
             log.warning(
                 "broke stale lock %s held by %s: unchanged for %.1f s (threshold %g s)",

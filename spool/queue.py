@@ -7,7 +7,8 @@ Layout of one queue (its root is ``<home>/queues/<name>``, ``<home>/completions`
     priority.hint                 touched by every put with priority > 0
     ready/<ss>/<name>             S shard directories (ss = 2 hex digits)
     claimed/<worker>/<name>       claimed messages, one directory per claimant
-    delayed/<due_ms>~<name>       nacked with a delay; promoted to ready/ once due
+    delayed/d<delay_ms>~<name>    put or nacked with a delay; promoted to ready/ once it has
+                                  waited that long (on the promoter's own clock)
     dead/<name>                   quarantined messages (undecodable, oversized, malformed)
     dead/<name>.reason.json       why, when and by whom
 
@@ -59,7 +60,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import msgpack
@@ -75,6 +76,7 @@ from .atomic import (
     write_temp,
 )
 from .errors import CorruptRecordError, InvalidNameError, MessageTooLargeError, StorageError
+from .fsops import listdir, listed, take
 from .names import check_component
 
 QUEUE_FORMAT = 1
@@ -85,6 +87,8 @@ _DELAYED_CHECK_INTERVAL = 0.1
 _ID_RE = re.compile(r"[A-Za-z0-9_~=+@-]{1,100}\Z")
 _HEAD_LEN = 26  # "<rank:5>-<put_ns:19>-"
 _DEFAULT_PREFIX = f"{MAX_PRIORITY:05d}-"
+_DELAY_MARK = "d"  # delayed/d<delay_ms>~<name>
+_UNREAD_RETRY = 0.05  # seconds between tries to read a claimed message the client cannot see yet
 
 
 class Message(NamedTuple):
@@ -146,7 +150,7 @@ def _count(names: Iterable[str]) -> int:
 
 def _listdir(directory: str) -> list[str]:
     try:
-        return [n for n in os.listdir(directory) if n[0] != "."]
+        return [n for n in listdir(directory) if n[0] != "."]
     except FileNotFoundError:
         return []
 
@@ -225,6 +229,13 @@ class SpoolQueue:
         self._spread = 1
         self._hits_since_miss = 0
         self._next_delayed_check = 0.0
+        # claimed (the rename happened) but not readable yet: path -> (name, claimant)
+        self._unread: dict[str, tuple[str, str]] = {}
+        self._next_unread_check = 0.0
+        self._delayed_seen: dict[str, float] = {}  # delayed entry -> when its age started (monotonic)
+        #: called right before every rename or publication this object makes; a holder of
+        #: the coordinator lease sets it, so that once deposed it moves no message
+        self.fence: Callable[[], None] | None = None
 
     # ----------------------------------------------------------------- layout
     def _open_layout(self, shards: int) -> int:
@@ -297,8 +308,8 @@ class SpoolQueue:
         """Enqueue `payload` (anything msgpack encodes); return the message name.
 
         Parameters:
-            delay: seconds before it may be claimed (it waits in delayed/; measured on
-                this host's wall clock).
+            delay: seconds before it may be claimed (it waits in delayed/ until a claimer
+                promotes it: see `promote_due`).
             order_ns: the put time it is served by (default: now); an item taken out of
                 a batch message and queued alone keeps the batch's place with it.
 
@@ -332,12 +343,11 @@ class SpoolQueue:
             raise ValueError(f"order_ns {order_ns!r} is not a time in nanoseconds from 2001 to 2286")
         name = f"{prefix}{order_ns}-{msg_id}.0.msg"
         if delay > 0:
-            due_ms = int((time.time() + delay) * 1000)
-            publish_in(self._delayed, f"{due_ms:013d}~{name}", data, self.durability)
+            publish_in(self._delayed, self._delayed_entry(name, delay), data, self.durability, self.fence)
             return name
         shard = self._put_shard
         self._put_shard = (shard + 1) % self.shards
-        publish_in(self._ready[shard], name, data, self.durability)
+        publish_in(self._ready[shard], name, data, self.durability, self.fence)
         if priority > 0:
             self._touch_hint()
         return name
@@ -362,7 +372,7 @@ class SpoolQueue:
             name = f"{prefix}{time.time_ns():019d}-{process_token()}{next(self._ids):x}.0.msg"
             staged.append((write_temp(directory, data, Durability.MACHINE), directory, name))
         for tmp, directory, name in staged:
-            publish(tmp, f"{directory}/{name}", Durability.PROCESS)
+            publish(tmp, f"{directory}/{name}", Durability.PROCESS, self.fence)
         for directory in {d for _, d, _ in staged}:
             fsync_dir(directory)
         if priority > 0:
@@ -397,7 +407,7 @@ class SpoolQueue:
             # stat before listing: a change racing the listing then shows as "changed" next time
             st = os.stat(directory)
             self._dir_seen[shard] = (st.st_mtime_ns, st.st_ino)
-            names = [n for n in os.listdir(directory) if n[0] != "."]
+            names = [n for n in listdir(directory) if n[0] != "."]
         except FileNotFoundError:
             os.makedirs(directory, exist_ok=True)
             names = []
@@ -472,6 +482,9 @@ class SpoolQueue:
                     self._relist(shard, now)
             self._next_refresh = min(at + ttl for at, ttl in zip(self._listed_at, self._ttl, strict=True))
         out: list[Message] = []
+        if self._unread and now >= self._next_unread_check:
+            out = self._load_unread(worker, max_n)
+            self._next_unread_check = now + _UNREAD_RETRY
         relisted_all = False
         while len(out) < max_n:
             picked = self._pick()
@@ -487,27 +500,48 @@ class SpoolQueue:
                 continue
             name, shard = picked
             dst = f"{claim_dir}/{name}"
+            if self.fence is not None:
+                self.fence()
             try:
-                os.rename(f"{self._ready[shard]}/{name}", dst)
-            except FileNotFoundError:
-                # RACE: another claimer renamed it first, or (NFS) our rename happened and only
-                # its reply was lost. Only our own destination can tell the two apart.
-                if not os.path.lexists(dst):
-                    if not os.path.isdir(claim_dir):
-                        os.makedirs(claim_dir, exist_ok=True)
-                    self._note_miss(shard, now)
-                    continue
+                # RACE: another claimer may rename it first; a reply lost on NFS is told apart
+                # by our own destination (`fsops.take`).
+                won = take(f"{self._ready[shard]}/{name}", dst)
             except OSError as e:
                 raise StorageError.from_os("claim", f"{self._ready[shard]}/{name}", e) from e
+            if not won:
+                if not os.path.isdir(claim_dir):
+                    os.makedirs(claim_dir, exist_ok=True)  # a sweeper removed it: we were judged dead
+                self._note_miss(shard, now)
+                continue
             self._misses = 0
             if self._spread > 1:
                 self._note_hit()
-            msg = self._load(dst, name, worker)
+            msg = self._load(dst, name, worker, claimed_now=True)
             if msg is not None:
                 out.append(msg)
         return out
 
-    def _load(self, path: str, name: str, worker: str) -> Message | None:
+    def _load_unread(self, worker: str, max_n: int) -> list[Message]:
+        """Messages this object claimed but could not read yet (see `_load`)."""
+        out = []
+        for path, (name, owner) in list(self._unread.items()):
+            if len(out) >= max_n:
+                break
+            if owner != worker:
+                continue
+            del self._unread[path]
+            msg = self._load(path, name, worker, claimed_now=True)  # back in _unread if still unreadable
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def _load(self, path: str, name: str, worker: str, *, claimed_now: bool = False) -> Message | None:
+        """The message at `path`; None if it is gone or poison (then quarantined).
+
+        Parameters:
+            claimed_now: this object just claimed it: if the server lists it although it
+                cannot be read yet, keep it for a later claim (`_unread`).
+        """
         attempt = _attempt_of(name)
         if attempt < 0:
             self.quarantine(path, f"malformed message name {name!r}")
@@ -515,7 +549,13 @@ class SpoolQueue:
         try:
             data = read_bytes(path, self.max_message_bytes)
         except FileNotFoundError:
-            return None  # RACE: reaped by a sweeper that judged us dead; it is back in ready/
+            # RACE: reaped by a sweeper that judged us dead (it is back in ready/), or (NFS)
+            # our lookup answered from a negative cache entry, made a moment ago when the
+            # file was not there yet. A listing asks the server: if it is there, it is ours,
+            # and a later claim loads it.
+            if claimed_now and listed(path):
+                self._unread[path] = (name, worker)
+            return None
         except CorruptRecordError as e:
             self.quarantine(path, f"oversized: {e}")
             return None
@@ -544,15 +584,13 @@ class SpoolQueue:
         return sum(self.ack(m) for m in msgs)
 
     def nack(self, msg: Message, delay: float = 0.0) -> str | None:
-        """Return a message that failed; attempt + 1. With `delay` > 0 it waits in delayed/.
-
-        The delay is measured on the nacker's wall clock (clock skew between hosts shifts it).
+        """Return a message that failed; attempt + 1. With `delay` > 0 it waits in delayed/
+        (see `promote_due` for whose clock measures the delay).
         Returns the new name, or None if the message was no longer ours.
         """
         new_name = _with_attempt(msg.name, msg.attempt + 1)
         if delay > 0:
-            due_ms = int((time.time() + delay) * 1000)
-            dst = f"{self._delayed}/{due_ms:013d}~{new_name}"
+            dst = f"{self._delayed}/{self._delayed_entry(new_name, delay)}"
         else:
             dst = f"{self._ready[self._next_put_shard()]}/{new_name}"
         return new_name if self._move(msg.path, dst) else None
@@ -562,48 +600,86 @@ class SpoolQueue:
         return msg.name if self._move(msg.path, f"{self._ready[self._next_put_shard()]}/{msg.name}") else None
 
     def _move(self, src: str, dst: str) -> bool:
+        if self.fence is not None:
+            self.fence()
         try:
-            os.rename(src, dst)
-        except FileNotFoundError:
-            return os.path.lexists(dst)  # RACE: lost NFS reply, or reaped/acked by someone else
+            if not take(src, dst):
+                return False  # RACE: reaped, acked or promoted by someone else first
         except OSError as e:
             raise StorageError.from_os("move", src, e) from e
         if self.durability is Durability.MACHINE:
             fsync_dir(os.path.dirname(dst))
         return True
 
-    def promote_due(self, now_ms: int | None = None) -> int:
-        """Move delayed messages whose time has come into ready/; returns how many moved."""
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    def _delayed_entry(self, name: str, delay: float) -> str:
+        """The delayed/ name of message `name` put back for `delay` seconds; this object
+        starts its age now (it is the first to know of it)."""
+        entry = f"{_DELAY_MARK}{max(1, round(delay * 1000))}~{name}"
+        self._delayed_seen[entry] = time.monotonic()
+        return entry
+
+    def _delayed_due(self, entries: list[str], now: float) -> list[tuple[str, str, float]]:
+        """(entry, message name, seconds until due on this process's clock) of well-formed
+        delayed entries; malformed ones are quarantined. Entries first seen now start their
+        age now (so a message is never promoted before its delay has passed)."""
+        seen = self._delayed_seen
+        out = []
+        listed = set()
+        for entry in entries:
+            head, sep, name = entry.partition("~")
+            if entry[0] == "." or not sep:
+                continue
+            if head[:1] == _DELAY_MARK and head[1:].isdigit() and parse_name(name) is not None:
+                listed.add(entry)
+                first = seen.setdefault(entry, now)
+                out.append((entry, name, first + int(head[1:]) / 1000 - now))
+            elif head.isdigit() and parse_name(name) is not None:
+                # An earlier tuiflow's entry: due at this wall-clock time of its putter.
+                out.append((entry, name, int(head) / 1000 - time.time()))
+            else:
+                self.quarantine(f"{self._delayed}/{entry}", f"malformed delayed entry {entry!r}")
+        for gone in [e for e in seen if e not in listed]:
+            del seen[gone]
+        return out
+
+    def promote_due(self, now: float | None = None) -> int:
+        """Move delayed messages whose delay has passed into ready/; returns how many moved.
+
+        A message's delay is judged by its age on *this process's* monotonic clock: from its
+        put (or nack) if this object made it, else from when this object first listed it.
+        No timestamp written on another host is compared with this host's clock, so a
+        promoter whose clock is off never promotes early; one that did not put a message may
+        promote it late by the time it took to notice it.
+
+        Parameters:
+            now: this process's `time.monotonic()` (injectable for tests).
+        """
+        now = time.monotonic() if now is None else now
         try:
-            names = os.listdir(self._delayed)
+            entries = listdir(self._delayed)
         except FileNotFoundError:
             return 0
         moved = 0
-        for entry in names:
-            due, sep, name = entry.partition("~")
-            if entry[0] == "." or not sep:
-                continue
-            if not due.isdigit() or parse_name(name) is None:
-                self.quarantine(f"{self._delayed}/{entry}", f"malformed delayed entry {entry!r}")
-                continue
-            if int(due) <= now_ms and self._move(
+        for entry, name, due_in in self._delayed_due(entries, now):
+            if due_in <= 0 and self._move(
                 f"{self._delayed}/{entry}", f"{self._ready[self._next_put_shard()]}/{name}"
             ):
                 moved += 1  # RACE: several promoters: the rename picks one winner
+                self._delayed_seen.pop(entry, None)
         return moved
 
     def next_due_in(self) -> float | None:
         """Seconds until the earliest delayed message is due (0 if overdue), None if none waits."""
+        now = time.monotonic()
         try:
-            dues = [int(n.partition("~")[0]) for n in os.listdir(self._delayed) if n[:1].isdigit()]
-        except (FileNotFoundError, ValueError):
+            dues = [due_in for _, _, due_in in self._delayed_due(listdir(self._delayed), now)]
+        except FileNotFoundError:
             return None
         if not dues:
             return None
-        due = max(0.0, min(dues) / 1000 - time.time())
+        due = max(0.0, min(dues))
         # Whoever waits for this due time claims next: let that claim promote at once.
-        self._next_delayed_check = min(self._next_delayed_check, time.monotonic() + due)
+        self._next_delayed_check = min(self._next_delayed_check, now + due)
         return due
 
     def claimed_messages(self, worker: str) -> list[Message]:
@@ -611,7 +687,7 @@ class SpoolQueue:
         message by message, to `release` or `ack` them after the worker died)."""
         directory = f"{self._claimed_root}/{check_component(worker, 'worker id')}"
         try:
-            names = sorted(n for n in os.listdir(directory) if n[0] != ".")
+            names = sorted(n for n in listdir(directory) if n[0] != ".")
         except FileNotFoundError:
             return []
         out = []
@@ -633,7 +709,7 @@ class SpoolQueue:
         """Return every message claimed by `worker` (judged dead) to ready/, attempt + 1."""
         directory = f"{self._claimed_root}/{check_component(worker, 'worker id')}"
         try:
-            names = os.listdir(directory)
+            names = listdir(directory)
         except FileNotFoundError:
             return []
         requeued = []
@@ -678,9 +754,7 @@ class SpoolQueue:
         )
         dst = f"{self._dead}/{name}"
         try:
-            os.rename(path, dst)
-        except FileNotFoundError:
-            pass  # RACE: someone else quarantined or removed it first
+            take(path, dst)  # RACE: False when someone else quarantined or removed it first
         except OSError as e:
             raise StorageError.from_os("quarantine", path, e) from e
         return dst
@@ -688,7 +762,7 @@ class SpoolQueue:
     def dead(self) -> list[DeadMessage]:
         out = []
         try:
-            names = sorted(os.listdir(self._dead))
+            names = sorted(listdir(self._dead))
         except FileNotFoundError:
             return out
         for name in names:
@@ -703,18 +777,33 @@ class SpoolQueue:
         return out
 
     # -------------------------------------------------------------- inspection
+    def claimants(self) -> list[str]:
+        """Names of every claim directory (a claimant that has claimed here at least once)."""
+        try:
+            return [n for n in listdir(self._claimed_root) if n[0] != "."]
+        except FileNotFoundError:
+            return []
+
+    def holds_any(self, worker: str) -> bool:
+        """Whether `worker` holds a claimed message here now."""
+        try:
+            names = listdir(f"{self._claimed_root}/{check_component(worker, 'worker id')}")
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return any(n[0] != "." for n in names)
+
     def claimed(self) -> dict[str, list[str]]:
         """Names of claimed messages, per claimant."""
         out: dict[str, list[str]] = {}
         try:
-            workers = os.listdir(self._claimed_root)
+            workers = listdir(self._claimed_root)
         except FileNotFoundError:
             return out
         for worker in workers:
             if worker[0] == ".":
                 continue
             try:
-                names = [n for n in os.listdir(f"{self._claimed_root}/{worker}") if n[0] != "."]
+                names = [n for n in listdir(f"{self._claimed_root}/{worker}") if n[0] != "."]
             except (FileNotFoundError, NotADirectoryError):
                 continue
             if names:
@@ -725,7 +814,7 @@ class SpoolQueue:
         """Names of every message anywhere in the queue (ready, delayed, claimed)."""
         names = self.ready_names()
         try:
-            names += [n.partition("~")[2] for n in os.listdir(self._delayed) if n[0] != "."]
+            names += [n.partition("~")[2] for n in listdir(self._delayed) if n[0] != "."]
         except FileNotFoundError:
             pass
         for claimed in self.claimed().values():
@@ -762,7 +851,7 @@ class SpoolQueue:
         names = []
         for directory in self._ready:
             try:
-                names.extend(n for n in os.listdir(directory) if n[0] != ".")
+                names.extend(n for n in listdir(directory) if n[0] != ".")
             except FileNotFoundError:
                 continue
         return sorted(names)
@@ -775,6 +864,12 @@ class SpoolQueue:
         dead = _count(n for n in _listdir(self._dead) if not n.endswith(".reason.json"))
         claimed = {w: _count(ns) for w, ns in self.claimed().items()}
         return QueueCounts(ready, delayed, claimed, dead)
+
+    def directories(self) -> list[str]:
+        """Every directory of the queue (for `spool.janitor`)."""
+        return [*self._ready, self._delayed, self._dead, self._claimed_root] + [
+            f"{self._claimed_root}/{w}" for w in self.claimants()
+        ]
 
     def watch_paths(self) -> list[str]:
         """Directories whose change means new work may be ready (for `spool.watch`)."""
