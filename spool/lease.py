@@ -2,36 +2,41 @@
 
 The lease is a directory of *entries*, ``<path>/<n>`` with n zero-padded, each created
 exclusively (link(2) of a complete temporary file, which never replaces anything) and never
-rewritten. The entry with the highest n, the *head*, says who holds the lease::
+rewritten. The *head* is the entry with the highest number in a listing of the directory;
+it says who holds the lease::
 
     {"holder", "host", "pid", "start", "nonce", "generation", "renewals", "renewed_at", "ttl"}
 
 or ``holder: null`` once released or broken (the generation is kept, so the next holder
 gets generation + 1 and everything it writes can be told apart from its predecessor's).
 
-Every change appends entry head + 1, and of several processes appending the same n exactly
-one succeeds, on NFS too. That is the whole point of the layout: a CAS record rewritten by
-rename(2) under a lock lets a holder that was stopped between its last check and its rename
-land that rename after a successor took over, clobbering the successor's record and
-carrying on as if it still held the lease. An exclusive create has no such window.
+Every change appends an entry: of several processes creating the same n exactly one
+succeeds, on NFS too. An append only counts once a fresh listing shows the new entry as
+the head (`_append`): a process that was stopped for a while may create a number that
+was in use long ago and has since been removed, but it can never create one above the
+head without having seen the head, so such an entry is never the head and changes nothing.
 
 * acquire: a free lease is taken by appending an entry with generation + 1. A held lease
   is taken over only when its holder is provably dead on this host (pid gone), or when the
-  head has not moved for `ttl` seconds on the contender's *own monotonic clock*
-  (renewals move it).
-* renew: append the next entry. If it already exists, someone took the lease over or an
-  operator broke it: `DeposedError`.
-* Whoever appends entry n + 1 then unlinks entry n, so the directory holds the head alone
-  (two entries for a moment), and a holder's own entry exists exactly as long as nobody
-  followed it.
-* assert_held: our entry still exists (checked by open(2): NFS revalidates an open against
-  the server, where a stat may answer from its attribute cache) and the next one does not
-  (which catches an appender that died before its unlink). Callers (the coordinator) pass
-  it as the `fence` of their CAS state writes, so it runs inside the state lock, right
-  before the write: a holder that was stopped (SIGSTOP) past its ttl and resumed learns it
-  was deposed before it writes anything.
-* break: operators clear a lease (``--break-lease``); it is logged and appended to
-  ``<path>.log`` next to the directory.
+  head has not moved for `ttl` seconds on the contender's *own monotonic clock* (renewals
+  move it).
+* renew: append the next entry. If it exists already, or the listing after the append
+  shows a higher entry, someone took the lease over or an operator broke it: `DeposedError`.
+* assert_held, the fence of every state write (it runs inside the record's lock, right
+  before the write): the holder's entry is the head of a fresh listing. Before that, a
+  holder whose last renewal is older than half the ttl on its own clock renews first, so a
+  holder that was stopped (SIGSTOP) past its ttl learns it was deposed without trusting a
+  listing its file system may have cached.
+* renew_if_older_than: the cheap check of the hot paths (claiming, queueing a task): no
+  file is touched unless the last renewal is older than the bound. A contender takes over
+  only after seeing the head unchanged for a whole ttl, so within ttl of a renewal that
+  this holder made, nobody else holds the lease.
+* The holder removes entries more than `KEEP` below its head; they only make an append
+  by a long-stopped process fail at once instead of at the listing.
+* break: operators clear a lease (``--break-lease``). Breaks, takeovers and depositions
+  are appended to ``<path>.log`` next to the directory.
+
+docs/protocols.md has the argument for why two holders can never both pass the fence.
 """
 
 from __future__ import annotations
@@ -47,13 +52,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .atomic import HOST, Durability, create_exclusive
-from .errors import CorruptRecordError, DeposedError, LayoutError, LeaseHeldError, StorageError
+from .atomic import HOST, Durability, create_exclusive, read_bytes
+from .errors import CorruptRecordError, DeposedError, LayoutError, LeaseHeldError, SpoolError, StorageError
+from .fsops import listdir
 from .liveness import local_process_gone, process_start_token
 
 log = logging.getLogger("spool.lease")
 
 _WIDTH = 16  # digits in an entry name, so names sort like their numbers
+#: entries kept below the head (about KEEP renewals of history)
+KEEP = 32
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,9 +123,8 @@ class Lease:
         self.generation: int | None = None
         self._value: dict[str, Any] | None = None
         self._version: int | None = None  # our head entry while we hold the lease
-        self._renewed_at: float | None = None
+        self._renewed_at: float | None = None  # when our last confirmed append began (our clock)
         self._observed: tuple[int, float] | None = None
-        self._hint = 0  # the highest entry seen so far: probing starts there
 
     # ---------------------------------------------------------------- entries
     def _entry(self, n: int) -> str:
@@ -126,12 +133,13 @@ class Lease:
     def _read(self, n: int) -> dict[str, Any] | None:
         path = self._entry(n)
         try:
-            with open(path, "rb") as f:
-                raw = f.read(1 << 16)
+            raw = read_bytes(path, max_bytes=1 << 16)
         except FileNotFoundError:
             return None
         except NotADirectoryError:
             raise self._legacy() from None
+        except CorruptRecordError:
+            raise CorruptRecordError(f"{path}: lease entry is larger than 64 KiB", path=path) from None
         except OSError as e:
             raise StorageError.from_os("read", path, e) from e
         try:
@@ -149,35 +157,35 @@ class Lease:
             path=self.path,
         )
 
-    def _listed_head(self) -> int:
+    def _numbers(self) -> list[int]:
+        """The entry numbers of a fresh listing (a listing asks the server; a lookup of one
+        name may be answered from a cache)."""
         try:
-            names = os.listdir(self.path)
+            names = listdir(self.path)
         except FileNotFoundError:
-            return 0
+            return []
         except NotADirectoryError:
             raise self._legacy() from None
         except OSError as e:
             raise StorageError.from_os("list", self.path, e) from e
-        return max((int(n) for n in names if len(n) == _WIDTH and n.isdigit()), default=0)
+        return [int(n) for n in names if len(n) == _WIDTH and n.isdigit()]
 
     def _head(self) -> tuple[int, dict[str, Any] | None]:
         """(n, value) of the head entry; (0, None) if nothing was ever written."""
-        n = self._hint
-        while True:
-            if not n or not os.path.exists(self._entry(n)):
-                n = self._listed_head()  # a fresh reader, or the head moved on since we looked
-            while os.path.exists(self._entry(n + 1)):
-                n += 1
+        for _ in range(100):
+            n = max(self._numbers(), default=0)
             if n == 0:
                 return 0, None
             value = self._read(n)
             if value is not None:
-                self._hint = n
                 return n, value
-            n = 0  # RACE: followed (and unlinked) between the probe and the read; list again
+            # RACE: removed between the listing and the read (an operator, or a junk entry of
+            # a stopped process that saw itself below the head): list again.
+        raise StorageError(f"{self.path}: the head entry keeps vanishing while it is read", path=self.path)
 
     def _append(self, n: int, value: dict[str, Any]) -> bool:
-        """Create entry `n`; False if it exists already (someone else appended it)."""
+        """Create entry `n` and confirm it is the head; False if it is not (someone else
+        appended n, or the head is beyond it)."""
         data = json.dumps(value, separators=(",", ":")).encode()
         try:
             os.makedirs(self.path, exist_ok=True)
@@ -187,9 +195,17 @@ class Lease:
             raise StorageError.from_os("create", self.path, e) from e
         if not create_exclusive(self._entry(n), data, self.durability):
             return False
-        self._hint = max(self._hint, n)
-        with contextlib.suppress(OSError):  # a leftover is caught by assert_held's second check
-            os.unlink(self._entry(n - 1))
+        numbers = self._numbers()
+        if max(numbers, default=0) != n:
+            # A number freed long ago, created by a process that was stopped while others
+            # went on: never the head, so it means nothing. Ours to remove.
+            with contextlib.suppress(OSError):
+                os.unlink(self._entry(n))
+            return False
+        for old in numbers:
+            if old <= n - KEEP:
+                with contextlib.suppress(OSError):  # RACE: another holder's cleanup got there first
+                    os.unlink(self._entry(old))
         return True
 
     # ------------------------------------------------------------------ query
@@ -209,9 +225,18 @@ class Lease:
     def try_acquire(self) -> bool:
         """Take the lease if it is free or its holder is gone; False if a live holder has it."""
         if self._version is not None:
-            return True
+            try:
+                self.assert_held()
+                return True
+            except DeposedError:
+                pass  # lost meanwhile: contend again like anyone else
         version, value = self._head()
         now = self.clock()
+        if value is not None and value.get("holder") is not None and value.get("nonce") == self.nonce:
+            # RACE (NFS): our own append, whose reply was lost: we hold it already.
+            self._adopt(version, value, now)
+            return True
+        taking_over = ""
         if value is not None and value.get("holder") is not None:
             dead_here = (
                 self.fast_takeover
@@ -225,14 +250,8 @@ class Lease:
                     return False
                 if now - self._observed[1] < self.ttl:
                     return False
-            log.warning(
-                "taking over lease %s from %s (pid %s on %s, generation %s): %s",
-                self.path,
-                value.get("holder"),
-                value.get("pid"),
-                value.get("host"),
-                value.get("generation"),
-                "its process is gone" if dead_here else f"not renewed for {now - self._observed[1]:.1f} s",
+            taking_over = (
+                "its process is gone" if dead_here else f"not renewed for {now - self._observed[1]:.1f} s"
             )
         generation = int(value.get("generation", 0)) + 1 if value is not None else 1
         new = {
@@ -249,11 +268,26 @@ class Lease:
         self._observed = None
         if not self._append(version + 1, new):
             return False  # RACE: another contender won, or the holder renewed
-        self._version = version + 1
-        self._value = new
-        self.generation = generation
-        self._renewed_at = self.clock()
+        self._adopt(version + 1, new, now)
+        if taking_over:
+            log.warning(
+                "took over lease %s (generation %s) from %s (pid %s on %s, generation %s): %s",
+                self.path,
+                generation,
+                value.get("holder"),
+                value.get("pid"),
+                value.get("host"),
+                value.get("generation"),
+                taking_over,
+            )
+            self.log_event("takeover", reason=taking_over, previous=_info(value, version))
         return True
+
+    def _adopt(self, version: int, value: dict[str, Any], renewed_at: float) -> None:
+        self._version = version
+        self._value = value
+        self.generation = int(value["generation"])
+        self._renewed_at = renewed_at
 
     def acquire(
         self, timeout: float | None = None, poll: float | None = None, *, refuse_live: bool = False
@@ -290,37 +324,53 @@ class Lease:
         """Refresh the lease; DeposedError if it was taken over or broken."""
         if self._version is None or self._value is None:
             raise DeposedError(f"{self.path}: not holding the lease", path=self.path)
+        began = self.clock()
         new = dict(self._value, renewals=self._value["renewals"] + 1, renewed_at=time.time())
         if not self._append(self._version + 1, new):
             self._lose()
         self._version += 1
         self._value = new
-        self._renewed_at = self.clock()
+        self._renewed_at = began
+
+    def renew_if_older_than(self, seconds: float) -> None:
+        """Renew unless the last renewal began less than `seconds` ago on this process's clock
+        (then nothing is read or written). DeposedError if the lease was lost."""
+        if self._renewed_at is None:
+            raise DeposedError(f"{self.path}: not holding the lease", path=self.path)
+        # A loop: a renewal that took that long (or was stopped half-way) is not fresh either.
+        while self.clock() - self._renewed_at >= seconds:
+            self.renew()
 
     def assert_held(self) -> None:
-        """DeposedError unless our entry is still the head (an open and a stat)."""
-        if self._version is None:
+        """DeposedError unless our entry is the head of a fresh listing (after renewing, if
+        the last renewal is older than half the ttl)."""
+        if self._version is None or self._renewed_at is None:
             raise DeposedError(f"{self.path}: not holding the lease", path=self.path)
-        try:
-            os.close(os.open(self._entry(self._version), os.O_RDONLY | os.O_CLOEXEC))
-        except FileNotFoundError:
+        if self.clock() - self._renewed_at >= self.ttl / 2:
+            self.renew()  # its append is confirmed by a fresh listing
+        elif max(self._numbers(), default=0) != self._version:
             self._lose()
-        if os.path.exists(self._entry(self._version + 1)):
-            self._lose()
+        # Last, with no file access after it: a holder stopped during the listing or the
+        # renewal above is judged by the time it resumes, not by what it saw before.
+        self.renew_if_older_than(self.ttl / 2)
 
     def _lose(self) -> None:
-        _, value = self._head()
+        try:
+            _, value = self._head()
+        except SpoolError:
+            value = None
+        lost = self.generation
         self._version = self._value = self._renewed_at = None
-        who = "nobody (it was broken by an operator)"
+        who = "nobody (it was released or broken by an operator)"
         if value is not None and value.get("holder"):
             who = (
                 f"{value['holder']} (pid {value.get('pid')} on {value.get('host')}, "
                 f"generation {value.get('generation')})"
             )
-        raise DeposedError(
-            f"{self.path}: lease generation {self.generation} was taken over; now held by {who}",
-            path=self.path,
-        )
+        message = f"{self.path}: lease generation {lost} was taken over; now held by {who}"
+        with contextlib.suppress(OSError):
+            self.log_event("deposed", reason=message)
+        raise DeposedError(message, path=self.path)
 
     def release(self) -> None:
         """Give the lease up (clean shutdown). Quietly does nothing if it was already lost."""
@@ -342,16 +392,26 @@ class Lease:
             if self._append(version + 1, cleared):
                 break
         broken = None if value is None else _info(value, version)
+        log.warning("lease %s broken by %s: %s (was %s)", self.path, self.holder, reason, broken)
+        self.log_event("break", reason=reason, previous=broken)
+        return broken
+
+    def log_event(self, event: str, *, reason: str, previous: LeaseInfo | None = None) -> None:
+        """Append one line to ``<path>.log``: what happened to the lease, by whom, and why."""
         entry = {
             "at": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+            "event": event,
             "by": f"{self.holder} (pid {os.getpid()} on {HOST})",
+            "generation": self.generation,
             "reason": reason,
-            "broken": dataclasses.asdict(broken) if broken else None,
+            "previous": dataclasses.asdict(previous) if previous else None,
         }
-        log.warning("lease %s broken by %s: %s (was %s)", self.path, entry["by"], reason, entry["broken"])
-        with open(f"{self.path}.log", "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry) + "\n")
-        return broken
+        # One write(2) of one line in append mode: lines of several writers do not mix.
+        fd = os.open(f"{self.path}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode())
+        finally:
+            os.close(fd)
 
     def entry_path(self, version: int) -> str:
         """The file of entry `version` (`LeaseInfo.version`): its mtime is when it was made."""

@@ -9,6 +9,7 @@ import pytest
 
 from spool import CasRecord, DeposedError, LayoutError, Lease, LeaseHeldError
 from spool.atomic import create_exclusive
+from spool.lease import KEEP
 
 
 def test_two_contenders_one_holder(fs_root):
@@ -85,8 +86,8 @@ def test_operator_break_is_logged_and_deposes_the_holder(tmp_path):
     broken = operator.break_lease("coordinator host is unreachable")
     assert broken.holder == "coordinator-1"
     entry = json.loads((tmp_path / "lease.log").read_text().splitlines()[-1])
-    assert entry["reason"] == "coordinator host is unreachable"
-    assert entry["broken"]["holder"] == "coordinator-1"
+    assert (entry["event"], entry["reason"]) == ("break", "coordinator host is unreachable")
+    assert entry["previous"]["holder"] == "coordinator-1"
     with pytest.raises(DeposedError, match="broken by an operator"):
         holder.assert_held()
     assert operator.acquire(timeout=1) == 2
@@ -124,18 +125,18 @@ def test_a_stalled_holder_cannot_clobber_its_successor(tmp_path):
         a.assert_held()
 
 
-def test_the_lease_directory_holds_its_head_alone(tmp_path):
+def test_the_lease_directory_keeps_a_bounded_history(tmp_path):
     path = tmp_path / "lease"
     holder = Lease(str(path), "a", ttl=5)
     holder.acquire(timeout=1)
-    for _ in range(50):
+    for _ in range(100):
         holder.renew()
-    assert os.listdir(path) == [f"{52 - 1:016d}"]
+    assert sorted(os.listdir(path)) == [f"{n:016d}" for n in range(101 - KEEP + 1, 102)]
     info = Lease(str(path), "observer").inspect()
-    assert (info.holder, info.renewals, info.version) == ("a", 50, 51)
+    assert (info.holder, info.renewals, info.version) == ("a", 100, 101)
     holder.release()
     assert Lease(str(path), "observer").inspect().holder is None
-    assert len(os.listdir(path)) == 1
+    assert len(os.listdir(path)) == KEEP
 
 
 def test_an_appender_that_died_before_its_unlink_still_deposes_the_holder(tmp_path):
