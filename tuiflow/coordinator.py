@@ -35,6 +35,7 @@ from opentelemetry import trace as otel_trace
 
 from analyzer import contract as c
 from spool import ChangeWaiter, ConflictError, DeposedError, Home, LivenessTracker, SpoolError, SpoolQueue
+from spool.janitor import remove_stale_temps
 from spool.liveness import SUFFIX as HB_SUFFIX
 from spool.queue import parse_name
 from spool.watch import drain
@@ -65,6 +66,8 @@ log = logging.getLogger("tuiflow.coordinator")
 FLUSH_INTERVAL = 0.05
 #: longest a coordinator busy with completions goes without looking for control requests
 CONTROL_INTERVAL = 0.05
+#: seconds between looks for temporary files that dead writers left (`spool.janitor`)
+JANITOR_INTERVAL = 600.0
 #: when the queues run dry, write once the first change is this old: the completions of a
 #: busy fan-out arrive a few milliseconds apart, and each state write costs about a
 #: millisecond (the lock, two files) whatever the state's size. A workflow that ends is
@@ -99,6 +102,7 @@ class Coordinator:
         (the worker enforces the timeout first; this is the backstop for a hung worker).
     clock: wall clock (state timestamps); injectable.
     on_change: called as (wf_id, action, run) for every action (run-local prints them).
+    on_pushed: called after tasks were queued (run-local wakes its workers).
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class Coordinator:
         on_change: Callable[[str, Action, Run], None] | None = None,
         wake_fd: int | None = None,
         bundle_max: int = p.BUNDLE_MAX,
+        on_pushed: Callable[[], None] | None = None,
     ):
         self.home = home
         self.bundle_max = bundle_max
@@ -125,8 +130,14 @@ class Coordinator:
         self.store = WorkflowStore(home)
         self.id = name or f"coordinator-{socket.gethostname()}-{os.getpid()}"
         self.lease = home.lease(self.id)
+        # Claims, queued tasks and markers are checked against the lease right before each
+        # rename: no file access within lease_ttl / 2 of a renewal that began on our clock
+        # (a contender takes over only after a whole ttl without one), a renewal otherwise.
+        self._fence = functools.partial(self.lease.renew_if_older_than, home.settings.lease_ttl / 2)
+        self.store.fence = self._fence
         self.control = home.control()
         self.completions = home.completions()
+        self.control.fence = self.completions.fence = self._fence
         self.queues: dict[str, SpoolQueue] = {}
         self.max_running = max_running_workflows
         self.batch = batch
@@ -145,6 +156,7 @@ class Coordinator:
         self.tracer = self.telemetry.tracer
         self._next_sweep = 0.0
         self._next_adopt = 0.0
+        self._next_janitor = 0.0
         self._next_repair = 0.0
         self._next_stats = 0.0
         self._last_stats = (0.0, 0)
@@ -153,6 +165,14 @@ class Coordinator:
         self._unflushed_since: float | None = None
         self._ended_unflushed = False  # a workflow ended since the last write
         self._next_control = 0.0
+        self._renew_every = home.settings.lease_ttl / 4
+        # Decided (and written) but not yet queued: tasks are queued only after the state
+        # that made them ready is on disk, so a successor never queues them a second time.
+        self._to_push: dict[str, list[Dispatch]] = {}
+        self._missing: set[tuple[str, int, int]] = set()
+        self._takeover_repairs = 2  # sweeps that look for every ready task's message  # ready tasks whose message the last repair missed
+        self._unbeating: dict[str, float] = {}  # worker with work but no heartbeat -> first seen (monotonic)
+        self.on_pushed = on_pushed
 
     # ---------------------------------------------------------------- lifecycle
     def acquire(self, *, wait: float | None = None, break_lease: bool = False) -> int:
@@ -182,29 +202,28 @@ class Coordinator:
         try:
             self._take_over_claims()
             self.adopt_all(self.clock())
-            renew_every = self.home.settings.lease_ttl / 4
-            next_renew = time.monotonic() + renew_every
             while not self.stop_event.is_set():
+                # Renew before anything else: a coordinator that was stopped (SIGSTOP) past
+                # its lease learns it was deposed here, before it claims or writes.
+                self.lease.renew_if_older_than(self._renew_every)
                 busy = self.step(self.clock())
                 mono = time.monotonic()
-                if mono >= next_renew:
-                    self.lease.renew()
-                    next_renew = mono + renew_every
                 if mono >= self._next_sweep:
                     self.sweep(self.clock())
                     self._next_sweep = mono + self.sweep_interval
                 if mono >= self._next_stats:
                     self._log_stats(mono)
                 if not busy:
-                    timeout = max(0.0, min(next_renew, self._next_sweep) - time.monotonic())
+                    renew_in = self._renew_every - (self.lease.since_renewal or 0.0)
+                    timeout = max(0.0, min(renew_in, self._next_sweep - time.monotonic()))
                     flush_in = self._next_flush_in()
                     if flush_in is not None:
                         timeout = min(timeout, flush_in)
                     woken = [self.wake_fd] if self.wake_fd is not None else []
                     if self._waiter.wait(timeout, woken) and woken:
                         drain(self.wake_fd)
-        except DeposedError:
-            log.error("%s lost the coordinator lease; stopping without writing anything more", self.id)
+        except DeposedError as e:
+            log.error("%s: %s; stopping without claiming or writing anything more", self.id, e)
             raise
         finally:
             if self._unacked and self.lease.held:
@@ -271,10 +290,13 @@ class Coordinator:
 
         Group commit: applied messages are acknowledged only after the states they touched
         are written, and states are written at most every FLUSH_INTERVAL while messages keep
-        coming (IDLE_FLUSH after the first change when the queues run dry, at once when a
-        workflow ended). Ready tasks are pushed as soon as they are ready, so this delays no
-        task; it only keeps the messages claimed a little longer.
+        coming (IDLE_FLUSH after the first change when the queues run dry), at once when a
+        workflow ended or tasks became ready. Tasks are queued right after the state that
+        made them ready is written: a coordinator that dies between the two leaves a ready
+        task without a message (ready-repair queues it), never a message its successor
+        queues a second time.
         """
+        self._fence()
         events: list[Any] = []
         while len(events) < self.batch:
             got = self.completions.claim(self.id, 512)
@@ -293,26 +315,29 @@ class Coordinator:
         for msg in events:
             self._unacked.append((self.completions, msg, self._on_events(msg.payload, now)))
         handled = len(controls) + len(events)
+        if handled:
+            self.stats.batches += 1
+            self._admit(now)
         if handled and self._unflushed_since is None:
             self._unflushed_since = time.monotonic()
-        if self._unflushed_since is not None:
-            age = time.monotonic() - self._unflushed_since
+        if self._unflushed_since is not None or self._to_push:
+            age = time.monotonic() - (self._unflushed_since or time.monotonic())
             if (
                 force_flush
                 or self._ended_unflushed
+                or self._to_push
                 or age >= FLUSH_INTERVAL
                 or len(self._unacked) >= self.batch
                 or (not handled and age >= IDLE_FLUSH)
             ):
                 self.commit(now)
-        if handled:
-            self.stats.batches += 1
-            self._admit(now)
         return handled
 
     def commit(self, now: float) -> None:
-        """Write every touched state, then ack (or give back) the messages applied to them."""
+        """Write every touched state, queue the tasks they made ready, then ack (or give
+        back) the messages applied to them."""
         failed = self._flush(now)
+        self._push(now, failed)
         for queue, msg, wfs in self._unacked:
             if wfs & failed:
                 queue.release(msg)  # applied to a state we could not write: apply again later
@@ -368,6 +393,12 @@ class Coordinator:
             return set()
         touched = set()
         worker = payload.get("worker", "?")
+        # The worker's times are moved onto our clock by how long before sending (on its own
+        # clock) each thing happened: only differences of one host's clock are used, so a
+        # worker whose clock is minutes off still reports true durations. What is ignored is
+        # the time the message took to reach us (milliseconds, unless we were down).
+        sent = payload.get("sent_at")
+        shift = now - sent if _is_time(sent) else 0.0
         for ev in payload["events"]:
             try:
                 wf_id, idx, attempt, kind = ev["wf"], int(ev["idx"]), int(ev["attempt"]), ev["kind"]
@@ -378,20 +409,23 @@ class Coordinator:
             if active is None:
                 continue
             run = active.run
+            at = min(now, ev["at"] + shift) if shift and _is_time(ev.get("at")) else now
+            started_at = ev.get("started_at")
+            started_at = min(at, started_at + shift) if _is_time(started_at) else None
             before = run.stats["duplicates_ignored"]
             self.stats.events += 1
             if kind == "started":
-                actions = run.on_started(idx, attempt, worker, now)
+                actions = run.on_started(idx, attempt, worker, at)
             elif kind == "completed":
                 ref = ev.get("output_ref")
                 actions = run.on_completed(
                     idx,
                     attempt,
                     worker,
-                    now,
+                    at,
                     output=ev.get("output"),
                     output_ref=(ref[0], ref[1]) if ref else None,
-                    started_at=ev.get("started_at"),
+                    started_at=started_at,
                 )
                 self.stats.completions += 1
             elif kind == "failed":
@@ -399,11 +433,11 @@ class Coordinator:
                     idx,
                     attempt,
                     worker,
-                    now,
+                    at,
                     error=str(ev.get("error") or "failed"),
                     kind=ev.get("reason") or "error",
                     exit_code=ev.get("exit_code"),
-                    started_at=ev.get("started_at"),
+                    started_at=started_at,
                 )
             else:
                 log.warning("ignoring event of unknown kind %r", kind)
@@ -416,16 +450,13 @@ class Coordinator:
 
     # ------------------------------------------------------------------ actions
     def _apply(self, wf_id: str, active: _Active, actions: list[Action], now: float) -> None:
-        """Carry out actions; actions they cause (a dispatch that fails) are carried out too."""
+        """Carry out actions. Dispatches wait in `_to_push` until the state is written."""
         run = active.run
-        work = collections.deque(actions)
         if actions:
             active.dirty = True
-        dispatches: list[Dispatch] = []
-        while work:
-            action = work.popleft()
+        for action in actions:
             if isinstance(action, Dispatch):
-                dispatches.append(action)
+                self._to_push.setdefault(wf_id, []).append(action)
             elif isinstance(action, Kill):
                 if action.reason == "timeout":
                     self.store.mark_kill(wf_id, action.idx, action.attempt)
@@ -435,16 +466,31 @@ class Coordinator:
                 self._cancelled_span(wf_id, run, action.idx, now)
             if self.on_change is not None:
                 self.on_change(wf_id, action, run)
-            if not work and dispatches:
-                # Tasks that became ready together are queued together (see _dispatch);
-                # the ones that could not be queued fail, which may make more ready.
-                work.extend(self._dispatch(wf_id, run, dispatches, now))
-                dispatches = []
+
+    def _push(self, now: float, failed: set[str]) -> None:
+        """Queue the tasks that became ready in states now written (not those of `failed`,
+        whose writes failed: they are reloaded and decided again)."""
+        pending, self._to_push = self._to_push, {}
+        pushed = False
+        for wf_id, dispatches in pending.items():
+            active = self.active.get(wf_id)
+            if wf_id in failed or active is None:
+                continue
+            # Tasks that could not be queued fail; what that changes is written (and
+            # anything it makes ready queued) at the next commit.
+            not_queued = self._dispatch(wf_id, active.run, dispatches, now)
+            self._apply(wf_id, active, not_queued, now)
+            pushed = True
+            if active.dirty and self._unflushed_since is None:
+                self._unflushed_since = time.monotonic()
+        if pushed and self.on_pushed is not None:
+            self.on_pushed()
 
     def _queue(self, name: str) -> SpoolQueue:
         q = self.queues.get(name)
         if q is None:
             q = self.queues[name] = self.home.queue(name)
+            q.fence = self._fence
         return q
 
     def _dispatch(self, wf_id: str, run: Run, dispatches: list[Dispatch], now: float) -> list[Action]:
@@ -679,22 +725,64 @@ class Coordinator:
 
     # ------------------------------------------------------------------ sweeps
     def sweep(self, now: float) -> None:
+        self._fence()
         self._take_over_claims()
-        for obs in self.tracker.scan(self.home.workers_dir):
-            if not obs.alive:
-                self._worker_lost(obs.holder, obs.path, obs.heartbeat, now)
+        self._sweep_workers(now)
         for wf_id, active in list(self.active.items()):
             actions = active.run.check_timeouts(now, self.timeout_grace)
             if actions:
                 self._apply(wf_id, active, actions, now)
         mono = time.monotonic()
-        if mono >= self._next_repair:
+        if self._takeover_repairs:
+            # A predecessor may have died (or been deposed) between writing a state and
+            # queueing the tasks it made ready: look for them at once, twice, not after
+            # repair_after. Tasks this coordinator queued itself are where it put them.
+            self._takeover_repairs -= 1
+            self._repair_ready(now, min_age=0.0)
+        elif mono >= self._next_repair:
             self._repair_ready(now)
             self._next_repair = mono + max(10.0, self.repair_after / 3)
         if mono >= self._next_adopt:
             self.adopt_all(now)
             self._next_adopt = mono + 5.0
-        self._flush(now)
+        if mono >= self._next_janitor:
+            self._clean_up()
+            self._next_janitor = mono + JANITOR_INTERVAL
+        self.commit(now)
+
+    def _clean_up(self) -> None:
+        """Remove the temporary files of writers that died (`spool.janitor`)."""
+        h = self.home
+        directories = [h.workers_dir, h.workflows_dir, self.lease.path, *map(self.store.dir, self.active)]
+        for q in (self.completions, self.control, *map(self._queue, h.list_queues())):
+            directories += q.directories()
+        removed = remove_stale_temps(directories)
+        if removed:
+            log.info("removed %d temporary file(s) left by writers that died", removed)
+
+    def _sweep_workers(self, now: float) -> None:
+        """Workers whose heartbeat stopped changing for `dead_after` are dead; so are workers
+        that hold claimed messages or running attempts but have no heartbeat record at all
+        (it was removed, or never became visible here) for as long, judged on our clock."""
+        beating = set()
+        for obs in self.tracker.scan(self.home.workers_dir):
+            beating.add(obs.holder)
+            if not obs.alive:
+                self._worker_lost(obs.holder, now, obs.path)
+        holders = set()
+        for active in self.active.values():
+            run = active.run
+            holders.update(w for i, w in run.worker.items() if run.st[i] == RUNNING and w not in beating)
+        for name in self.home.list_queues():
+            q = self._queue(name)
+            holders.update(w for w in q.claimants() if w not in beating and q.holds_any(w))
+        mono = time.monotonic()
+        for worker in [w for w in self._unbeating if w not in holders]:
+            del self._unbeating[worker]
+        for worker in holders:
+            if mono - self._unbeating.setdefault(worker, mono) >= self.home.settings.dead_after:
+                del self._unbeating[worker]
+                self._worker_lost(worker, now)
 
     def _take_over_claims(self) -> None:
         """Give back what an earlier coordinator claimed and never acked (it was killed
@@ -702,6 +790,7 @@ class Coordinator:
         messages, so every other claimant there is a predecessor; a deposed one that still
         runs cannot write state any more (fenced) and its late ack finds nothing. Applying
         is idempotent, so messages it did apply cost nothing the second time."""
+        self.lease.assert_held()  # a deposed coordinator must not take its successor's claims
         for q in (self.completions, self.control):
             for claimant in q.claimed():
                 if claimant != self.id:
@@ -714,9 +803,11 @@ class Coordinator:
                             claimant,
                         )
 
-    def _worker_lost(self, worker: str, path: str, heartbeat: Any, now: float) -> None:
+    def _worker_lost(self, worker: str, now: float, heartbeat_path: str | None = None) -> None:
+        """Fail the attempts a dead worker ran (as "lost") and give back what it had claimed."""
         self.stats.workers_lost += 1
-        log.warning("worker %s is dead (no heartbeat for %g s)", worker, self.home.settings.dead_after)
+        why = "no heartbeat" if heartbeat_path is None else "its heartbeat stopped"
+        log.warning("worker %s is dead (%s for %g s)", worker, why, self.home.settings.dead_after)
         for wf_id, active in list(self.active.items()):
             run = active.run
             lost = [(i, run.attempt[i], run.started[i]) for i in run.running_on(worker)]
@@ -748,8 +839,9 @@ class Coordinator:
                             q.put(m, priority=msg.priority, msg_id=msg_id, order_ns=msg.put_ns)
                 q.ack(msg)
             q.forget_claimant(worker)
-        with contextlib.suppress(OSError):
-            os.replace(path, path[: -len(HB_SUFFIX)] + ".dead")
+        if heartbeat_path is not None:
+            with contextlib.suppress(OSError):
+                os.replace(heartbeat_path, heartbeat_path[: -len(HB_SUFFIX)] + ".dead")
         self.tracker.forget(worker)
 
     def _still_waiting(self, payload: Any) -> bool:
@@ -766,45 +858,61 @@ class Coordinator:
             and active.run.attempt[idx] == attempt
         )
 
-    def _repair_ready(self, now: float) -> None:
-        """Re-queue ready tasks whose message is nowhere (after a crash or a purge)."""
+    def _repair_ready(self, now: float, min_age: float | None = None) -> None:
+        """Re-queue ready tasks whose message is nowhere (after a crash between a state
+        write and the queueing it decided, or a purge). Absence is only believed when two
+        looks in a row find it, the completions queue is empty after the look (a message
+        is acked only after its events are published), and the task has been ready for
+        `min_age` seconds (default `repair_after`: on NFS a listing may lag behind a rename)."""
+        min_age = self.repair_after if min_age is None else min_age
         stale: dict[str, list[tuple[str, int, int]]] = {}
         for wf_id, active in self.active.items():
             run = active.run
             if run.terminal:
                 continue
+            queueing = {d.idx for d in self._to_push.get(wf_id, ())}
             for idx, code in enumerate(run.st):
-                if code == READY and now - run.ready_at[idx] > self.repair_after:
+                if code == READY and now - run.ready_at[idx] >= min_age and idx not in queueing:
                     stale.setdefault(run.definition.tasks[idx].queue, []).append(
                         (wf_id, idx, run.attempt[idx])
                     )
-        if not stale or self.completions.counts().ready:
-            return  # events not yet applied may explain them
+        missing: set[tuple[str, int, int]] = set()
         for queue, items in stale.items():
-            q = self._queue(queue)
-            present = _queued_ids(q)
-            bundles = [i for i in present if p.is_bundle_id(i)]
-            if bundles:
-                found, complete = q.payloads(bundles)
-                if not complete:
-                    continue  # a bundle moved while we looked: judge this queue next time
-                present.update(
-                    p.message_id(m["wf"], m["idx"], m["attempt"])
-                    for payload in found
-                    for m in p.members(payload) or []
-                    if _is_task_message(m)
-                )
-            for wf_id, idx, attempt in items:
-                if p.message_id(wf_id, idx, attempt) not in present:
-                    log.warning(
-                        "re-queueing %s/%s attempt %d: its message is missing",
-                        wf_id,
-                        self.active[wf_id].run.definition.tasks[idx].name,
-                        attempt,
-                    )
-                    self.stats.repaired += 1
-                    active = self.active[wf_id]
-                    self._apply(wf_id, active, [Dispatch(idx, attempt)], now)
+            present = self._queued_task_ids(self._queue(queue))
+            if present is not None:
+                missing.update(i for i in items if p.message_id(*i) not in present)
+        if missing and self.completions.counts().ready:
+            missing = set()  # events not yet applied may explain them
+        confirmed, self._missing = missing & self._missing, missing
+        for wf_id, idx, attempt in sorted(confirmed):
+            active = self.active.get(wf_id)
+            if active is None or active.run.st[idx] != READY or active.run.attempt[idx] != attempt:
+                continue
+            log.warning(
+                "re-queueing %s/%s attempt %d: its message is missing",
+                wf_id,
+                active.run.definition.tasks[idx].name,
+                attempt,
+            )
+            self.stats.repaired += 1
+            self._apply(wf_id, active, [Dispatch(idx, attempt)], now)
+
+    def _queued_task_ids(self, q: SpoolQueue) -> set[str] | None:
+        """Ids of the task messages anywhere in `q`, bundle members included; None if a
+        bundle moved while we looked (judge this queue next time)."""
+        present = _queued_ids(q)
+        bundles = [i for i in present if p.is_bundle_id(i)]
+        if bundles:
+            found, complete = q.payloads(bundles)
+            if not complete:
+                return None
+            present.update(
+                p.message_id(m["wf"], m["idx"], m["attempt"])
+                for payload in found
+                for m in p.members(payload) or []
+                if _is_task_message(m)
+            )
+        return present
 
     def _log_stats(self, mono: float) -> None:
         last_t, last_n = self._last_stats
@@ -841,6 +949,10 @@ def freeze_heap() -> None:
 def _queued_ids(q: SpoolQueue) -> set[str]:
     """The ids of every message in the queue: ready, delayed or claimed."""
     return {parsed[2] for name in q.all_names() if (parsed := parse_name(name)) is not None}
+
+
+def _is_time(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
 
 
 def _is_task_message(m: Any) -> bool:

@@ -90,6 +90,7 @@ class LocalRun:
         self.coordinator = Coordinator(
             home,
             on_change=self._on_change,
+            on_pushed=self._wake_workers,
             sweep_interval=0.5,
             wake_fd=self._coordinator_wake.fileno() if self._coordinator_wake else None,
         )
@@ -154,15 +155,6 @@ class LocalRun:
         self.wf_id = self.client.submit(self.definition)
         freeze_heap()
         if self.external_coordinator is None:
-            original = self.coordinator.step
-
-            def step_and_wake(now: float) -> int:
-                handled = original(now)
-                if handled:
-                    self._wake_workers()
-                return handled
-
-            self.coordinator.step = step_and_wake  # type: ignore[method-assign]
             self._thread(self.coordinator.run, "coordinator", acquire=False)
         for w in self.workers:
             self._thread(w.run, f"worker-{w.id}")
