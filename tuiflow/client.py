@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from spool import Home, SpoolError
+from spool.fsops import listdir
 from spool.liveness import SUFFIX as HB_SUFFIX
 from spool.liveness import decode, fs_age, fs_now, read_raw
 from workers import protocol as p
@@ -230,7 +231,7 @@ class Client:
         out = []
         directory = self.home.workers_dir
         try:
-            names = sorted(os.listdir(directory))
+            names = sorted(listdir(directory))
         except FileNotFoundError:
             return out
         try:
@@ -282,7 +283,12 @@ class Client:
 
     # ------------------------------------------------------------------ doctor
     def doctor(self, *, stuck_after: float = 600.0) -> dict[str, Any]:
-        """Health of the home: lease, workers, queues, poison, stuck tasks."""
+        """Health of the home: lease, workers, queues, poison, stuck tasks.
+
+        Only live problems count: a dead worker whose work the coordinator has already
+        given back is history (it is listed, not reported), and an idle home needs no
+        coordinator.
+        """
         problems: list[str] = []
         try:
             self.home.check_writable()
@@ -290,11 +296,18 @@ class Client:
         except SpoolError as e:
             writable = False
             problems.append(str(e))
+        queues = self.queues()
+        unfinished, stuck, holding = self._unfinished_work(problems, stuck_after)
+        for q in queues:
+            holding.update(w for w, names in self.home.queue(q["name"]).claimed().items() if names)
+        pending = unfinished or any(q["ready"] or q["delayed"] or q["claimed"] for q in queues)
         coordinator = self.coordinator_info()
         if coordinator is None or not coordinator["holder"]:
-            problems.append(
-                "no coordinator holds the lease: start `tuiflow coordinator` (or use `tuiflow run-local`)"
-            )
+            if pending:
+                problems.append(
+                    "no coordinator holds the lease, and there is unfinished work: start "
+                    "`tuiflow coordinator` (or use `tuiflow run-local`)"
+                )
         elif (
             coordinator["age_seconds"] is not None
             and coordinator["age_seconds"] > 2 * self.home.settings.lease_ttl
@@ -304,11 +317,11 @@ class Client:
             )
         workers = self.workers()
         for w in workers:
-            if w["dead"]:
+            if w["dead"] and w["id"] in holding:
                 problems.append(
-                    f"worker {w['id']} on {w['host']} is dead (last heartbeat {_age(w['heartbeat_age'])} ago)"
+                    f"worker {w['id']} on {w['host']} is dead (last heartbeat {_age(w['heartbeat_age'])} ago) "
+                    "and still holds work: the coordinator gives it back once it notices"
                 )
-        queues = self.queues()
         poison = []
         for q in queues:
             if q["dead"]:
@@ -321,39 +334,6 @@ class Client:
                 problems.append(
                     f"queue {q['name']} has {q['ready']} ready message(s) and no live worker serves it"
                 )
-        stuck = []
-        now = time.time()
-        for s in self.store.summaries():
-            if s.get("state") in WF_TERMINAL or s.get("state") == "corrupt":
-                if s.get("state") == "corrupt":
-                    problems.append(s.get("error", "corrupt workflow record"))
-                continue
-            try:
-                run, _ = self.store.load_run(s["id"])
-            except (SpoolError, NotFound) as e:
-                problems.append(f"workflow {s['id']}: {e}")
-                continue
-            for v in task_views(run, now):
-                if v.state == "ready" and v.queued_for and v.queued_for > stuck_after:
-                    stuck.append(
-                        {"workflow": run.wf_id, "task": v.name, "state": v.state, "for_seconds": v.queued_for}
-                    )
-                elif (
-                    v.state == "running"
-                    and v.ran_for
-                    and v.ran_for > stuck_after
-                    and run.st[run.definition.index[v.name]] == RUNNING
-                ):
-                    timeout = run.definition.tasks[run.definition.index[v.name]].timeout
-                    if timeout is None or v.ran_for > timeout:
-                        stuck.append(
-                            {
-                                "workflow": run.wf_id,
-                                "task": v.name,
-                                "state": v.state,
-                                "for_seconds": v.ran_for,
-                            }
-                        )
         if stuck:
             problems.append(f"{len(stuck)} task(s) waiting or running for more than {stuck_after:g} s")
         return {
@@ -370,6 +350,46 @@ class Client:
             "ok": not problems,
         }
 
+    def _unfinished_work(
+        self, problems: list[str], stuck_after: float
+    ) -> tuple[bool, list[dict[str, Any]], set[str]]:
+        """Whether any workflow is unfinished, its tasks stuck for `stuck_after` seconds,
+        and the workers its running attempts are on (problems found on the way are added)."""
+        unfinished = False
+        stuck: list[dict[str, Any]] = []
+        running_on: set[str] = set()
+        now = time.time()
+        for s in self.store.summaries():
+            if s.get("state") == "corrupt":
+                problems.append(s.get("error", "corrupt workflow record"))
+                continue
+            if s.get("state") in WF_TERMINAL:
+                continue
+            unfinished = True
+            try:
+                run, _ = self.store.load_run(s["id"])
+            except (SpoolError, NotFound) as e:
+                problems.append(f"workflow {s['id']}: {e}")
+                continue
+            running_on.update(w for i, w in run.worker.items() if run.st[i] == RUNNING)
+            for v in task_views(run, now):
+                if v.state == "ready" and v.queued_for and v.queued_for > stuck_after:
+                    stuck.append(
+                        {"workflow": run.wf_id, "task": v.name, "state": v.state, "for_seconds": v.queued_for}
+                    )
+                elif v.state == "running" and v.ran_for and v.ran_for > stuck_after:
+                    timeout = run.definition.tasks[run.definition.index[v.name]].timeout
+                    if timeout is None or v.ran_for > timeout:
+                        stuck.append(
+                            {
+                                "workflow": run.wf_id,
+                                "task": v.name,
+                                "state": v.state,
+                                "for_seconds": v.ran_for,
+                            }
+                        )
+        return unfinished, stuck, running_on
+
     # ------------------------------------------------------------------- purge
     def purge(self, *, all_: bool = False) -> list[str]:
         """Delete finished workflows (all workflows with `all_`), and dead workers' records."""
@@ -379,7 +399,7 @@ class Client:
                 shutil.rmtree(self.store.dir(s["id"]), ignore_errors=True)
                 removed.append(s["id"])
         try:
-            for name in os.listdir(self.home.workers_dir):
+            for name in listdir(self.home.workers_dir):
                 if name.endswith(".dead"):
                     os.unlink(f"{self.home.workers_dir}/{name}")
         except FileNotFoundError:

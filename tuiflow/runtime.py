@@ -36,19 +36,21 @@ def set_output(value: Any) -> None:
 
     A python task's non-None return value does the same (and wins over this call).
     """
-    data = json.dumps(value)
-    path = _env("TUIFLOW_OUTPUT")
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    from spool.atomic import atomic_write  # survives the NFS faults the home may show
+
+    atomic_write(_env("TUIFLOW_OUTPUT"), json.dumps(value).encode())
 
 
 def _load(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"$ref"}:
-        with open(value["$ref"], encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(_read(value["$ref"]))
     return value
+
+
+def _read(path: str) -> bytes:
+    from spool.atomic import read_bytes  # ESTALE retried, and an NFS negative cache waited out
+
+    return read_bytes(path, wait_visible=10.0)
 
 
 def upstream_outputs() -> dict[str, Any]:
@@ -62,8 +64,7 @@ def upstream_outputs() -> dict[str, Any]:
         if "TUIFLOW_TASK" not in os.environ:
             raise NotInTask("$TUIFLOW_TASK is not set: this code is not running as a tuiflow task")
         return dict.fromkeys(json.loads(os.environ.get("TUIFLOW_UPSTREAM") or "[]"))
-    with open(path, encoding="utf-8") as f:
-        return {name: _load(v) for name, v in json.load(f).items()}
+    return {name: _load(v) for name, v in json.loads(_read(path)).items()}
 
 
 def get_upstream_output(name: str) -> Any:

@@ -1,5 +1,6 @@
 """Workflows on disk: definition, state and summary records, and finding them again.
 
+    workflows/.new.<wf_id>.<token>/        a submit in progress (renamed to <wf_id> when whole)
     workflows/<wf_id>/definition.msgpack   CAS record, written once at submit (immutable)
     workflows/<wf_id>/state.msgpack        CAS record, the `Run` state; written by the
                                            coordinator only (and by submit, version 1)
@@ -15,15 +16,20 @@ Workflow ids are 8 characters of Crockford base32, so a user can type a unique p
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from spool import CasRecord, CorruptRecordError, Home, SpoolError, atomic_write, read_bytes
+from spool import CasRecord, CorruptRecordError, Home, SpoolError, StorageError, atomic_write, read_bytes
+from spool.atomic import process_token
+from spool.fsops import listdir, place
 from workers import protocol as p
 
 from .dag import STATE_NAMES, WF_TERMINAL, Run
@@ -33,6 +39,11 @@ from .model import Definition
 
 ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 ID_LENGTH = 8
+#: workflow directories are built under this dot-name, then renamed into place
+STAGING_PREFIX = ".new."
+#: seconds a workflow's record may stay listed but unreadable (an NFS client's negative
+#: cache after the workflow directory was renamed into place)
+RECORD_VISIBLE_WAIT = 5.0
 SUMMARY_FORMAT = 1
 
 
@@ -47,6 +58,8 @@ class WorkflowStore:
         self.home = home
         self.root = home.workflows_dir
         self._definitions: dict[str, Definition] = {}
+        #: called right before each marker is published (the coordinator's lease check)
+        self.fence: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ paths
     def dir(self, wf_id: str) -> str:
@@ -65,34 +78,52 @@ class WorkflowStore:
 
     # ---------------------------------------------------------------- create
     def create(self, definition: Definition, *, now: float | None = None, owner: str | None = None) -> str:
-        """Store a new workflow (definition + pending state + summary); returns its id."""
+        """Store a new workflow (definition + pending state + summary); returns its id.
+
+        The records are written in a staging directory (a dot-name: listings skip it) that
+        is then renamed into place, so a workflow appears whole or not at all: a submitter
+        that fails or dies half-way never leaves a workflow without a summary (which `ls`
+        and the coordinator would never see) or without a state.
+        """
         now = time.time() if now is None else now
         os.makedirs(self.root, exist_ok=True)
-        for _ in range(20):
-            wf_id = new_workflow_id()
-            try:
-                os.mkdir(self.dir(wf_id))  # RACE: two submitters drawing one id: mkdir picks one
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise TuiflowError("could not allocate a workflow id")
         if owner is not None:
             definition.owner = owner
         wire = definition.to_wire()
-        self._record(wf_id, "definition").write(wire, 0)
+        for _ in range(20):
+            wf_id = new_workflow_id()
+            staging = f"{self.root}/{STAGING_PREFIX}{wf_id}.{process_token()}"
+            try:
+                os.mkdir(staging)
+                self._write_new(staging, wf_id, definition, wire, now)
+                # RACE: two submitters drawing one id: renaming onto an existing (non-empty)
+                # workflow directory fails, and the loser draws again.
+                place(staging, self.dir(wf_id))
+            except OSError as e:
+                shutil.rmtree(staging, ignore_errors=True)
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue
+                raise StorageError.from_os("create workflow in", self.root, e) from e
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            self._definitions[wf_id] = definition
+            return wf_id
+        raise TuiflowError("could not allocate a workflow id")
+
+    def _write_new(self, directory: str, wf_id: str, definition: Definition, wire: Any, now: float) -> None:
+        s = self.home.settings
+        CasRecord(f"{directory}/definition.msgpack", durability=s.durability).write(wire, 0)
         run = Run(definition, wf_id, now, load_ref=self.load_ref)
-        self.state_record(wf_id).write(run.to_wire(), 0)
-        self.write_summary(run)
-        self._definitions[wf_id] = definition
-        return wf_id
+        CasRecord(f"{directory}/state.msgpack", durability=s.durability).write(run.to_wire(), 0)
+        atomic_write(f"{directory}/summary.msgpack", self._summary(run), s.durability)
 
     # ------------------------------------------------------------------- read
     def definition(self, wf_id: str) -> Definition:
         cached = self._definitions.get(wf_id)
         if cached is not None:
             return cached
-        value, version = self._record(wf_id, "definition").read()
+        value, version = self._record(wf_id, "definition").read(wait_visible=RECORD_VISIBLE_WAIT)
         if version == 0:
             raise NotFound(f"workflow {wf_id} has no definition ({self.dir(wf_id)})")
         try:
@@ -107,7 +138,7 @@ class WorkflowStore:
     def load_run(self, wf_id: str) -> tuple[Run, int]:
         definition = self.definition(wf_id)
         record = self.state_record(wf_id)
-        value, version = record.read()
+        value, version = record.read(wait_visible=RECORD_VISIBLE_WAIT)
         if version == 0:
             raise NotFound(f"workflow {wf_id} has no state ({record.path})")
         try:
@@ -127,7 +158,7 @@ class WorkflowStore:
 
     def ids(self) -> list[str]:
         try:
-            return sorted(n for n in os.listdir(self.root) if not n.startswith("."))
+            return sorted(n for n in listdir(self.root) if not n.startswith("."))
         except FileNotFoundError:
             return []
 
@@ -174,33 +205,40 @@ class WorkflowStore:
         raise NotFound(f"{prefix!r} matches {len(matches)} workflows ({shown}); type more of the id")
 
     # ------------------------------------------------------------------ write
-    def write_summary(self, run: Run) -> None:
-        summary = {
-            "format": SUMMARY_FORMAT,
-            "id": run.wf_id,
-            "name": run.definition.name,
-            "state": run.state,
-            "counts": run.count_dict(),
-            "total": len(run),
-            "created_at": run.created_at,
-            "started_at": run.started_at,
-            "ended_at": run.ended_at,
-            "updated_at": time.time(),
-            "source": run.definition.source,
-            "prefixes": run.definition.prefixes,
-        }
-        atomic_write(
-            f"{self.root}/{run.wf_id}/summary.msgpack", msgpack.packb(summary), self.home.settings.durability
+    def _summary(self, run: Run) -> bytes:
+        return msgpack.packb(
+            {
+                "format": SUMMARY_FORMAT,
+                "id": run.wf_id,
+                "name": run.definition.name,
+                "state": run.state,
+                "counts": run.count_dict(),
+                "total": len(run),
+                "created_at": run.created_at,
+                "started_at": run.started_at,
+                "ended_at": run.ended_at,
+                "updated_at": time.time(),
+                "source": run.definition.source,
+                "prefixes": run.definition.prefixes,
+            }
         )
 
-    def write_run(self, run: Run, version: int, fence: Any = None) -> int:
+    def write_summary(self, run: Run, fence: Callable[[], None] | None = None) -> None:
+        atomic_write(
+            f"{self.root}/{run.wf_id}/summary.msgpack",
+            self._summary(run),
+            self.home.settings.durability,
+            fence,
+        )
+
+    def write_run(self, run: Run, version: int, fence: Callable[[], None] | None = None) -> int:
         """CAS-write the state (expecting `version`), then the summary; returns the new version."""
         new = self.state_record(run.wf_id).write(run.to_wire(), version, fence=fence)
-        self.write_summary(run)
+        self.write_summary(run, fence)
         return new
 
     def mark_cancelled(self, wf_id: str) -> None:
-        atomic_write(p.cancel_marker(self.home.root, wf_id), b"cancelled\n")
+        atomic_write(p.cancel_marker(self.home.root, wf_id), b"cancelled\n", fence=self.fence)
 
     def clear_cancelled(self, wf_id: str) -> None:
         try:
@@ -211,7 +249,7 @@ class WorkflowStore:
     def mark_kill(self, wf_id: str, idx: int, attempt: int) -> None:
         path = p.kill_marker(self.home.root, wf_id, idx, attempt)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, b"kill\n")
+        atomic_write(path, b"kill\n", fence=self.fence)
 
     @staticmethod
     def is_terminal(summary: dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ from typing import Any
 
 from analyzer import contract as c
 from spool import ChangeWaiter, Home, Message, SpoolError, SpoolQueue
-from spool.atomic import atomic_write
+from spool.atomic import atomic_write, read_bytes
 from spool.liveness import HeartbeatWriter
 from spool.watch import WakePipe, drain
 
@@ -51,6 +51,8 @@ HOSTNAME = socket.gethostname()
 STARTED_DELAY = 0.05
 FLUSH_DELAY = 0.01
 FLUSH_MAX = 64
+#: seconds a task's output.json may stay listed but unreadable (an NFS client's negative cache)
+OUTPUT_VISIBLE_WAIT = 10.0
 
 
 def new_worker_id() -> str:
@@ -212,80 +214,115 @@ class Worker:
             f", GPUs {self.all_gpus}" if self.all_gpus is not None else "",
         )
         self._warm_executors()
+        clean = False
         try:
-            while True:
-                now = time.monotonic()
-                readable, self._readable = self._readable, None
-                if readable is None:  # not waited (a round after claims): one look at them all
-                    readable = select.select(self._fds(), [], [], 0)[0]
-                self._drain_wakes(readable)
-                self._supervise_inline(readable)
-                self._collect_finished()
-                if self._hard_stop:
-                    self._stop_everything()
-                    break
-                if now >= self._next_heartbeat:
-                    if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                        log.error("worker %s: parent process %d is gone; stopping", self.id, self.parent_pid)
-                        self._hard_stop = True
-                        continue
-                    self._beat()
-                    self._next_heartbeat = now + self.home.settings.heartbeat_interval
-                if now >= self._next_marker_check and self.running:
-                    self._check_markers()
-                    self._next_marker_check = now + MARKER_CHECK_INTERVAL
-                    if (
-                        self.backlog
-                        and (self.held or not self.free_slots)
-                        and self._longest_run() > self.bundle_hold
-                    ):
-                        self._give_back_backlog("a task of its bundle runs long")
-                if self._drain and self.backlog:
-                    self._give_back_backlog("the worker is draining")
-                claimed = 0 if self._drain else self._fill_slots()
-                self._flush()
-                if self._drain and not self.running:
-                    break
-                if (
-                    self.burst
-                    and not self.running
-                    and not self.held
-                    and not self.backlog
-                    and claimed == 0
-                    and self._queues_empty()
-                ):
-                    break
-                if claimed:
-                    continue
-                timeout = min(self.home.settings.heartbeat_interval, 1.0)
-                if self.running:
-                    timeout = min(timeout, MARKER_CHECK_INTERVAL)
-                if self.outbox:
-                    timeout = min(timeout, FLUSH_DELAY if self._finals else STARTED_DELAY)
-                for run in self.inline.values():
-                    if run.ctx.deadline is not None:
-                        timeout = max(0.0, min(timeout, run.ctx.deadline - now))
-                fds = self._fds()
-                if not self.free_slots or self._drain:
-                    # New messages cannot matter until an attempt ends: wait for that alone.
-                    self._readable = select.select(fds, [], [], timeout)[0]
-                    continue
-                for q in self.queues.values():
-                    due = q.next_due_in()  # a retry waiting out its backoff: wake when it is due
-                    if due is not None:
-                        timeout = min(timeout, due + 0.01)
-                self.waiter.wait(timeout, fds)
-                self._readable = self.waiter.ready_fds
+            self._serve()
+            clean = True
         finally:
+            clean = self._shut_down() and clean
+            if clean:
+                self.heartbeat.remove()
+                log.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
+            else:
+                # Only a clean, drained exit removes the heartbeat: left to expire, it tells the
+                # coordinator this worker died, and what it ran and held is retried or given back.
+                self.heartbeat.close()
+                log.error(
+                    "worker %s stopped abnormally after %d task(s); its heartbeat is left to expire so "
+                    "that the coordinator retries or gives back what it held",
+                    self.id,
+                    self.tasks_done,
+                )
+
+    def _serve(self) -> None:
+        """The loop: claim, supervise, publish, heartbeat; returns when told to stop (or, in
+        burst mode, when there is nothing left)."""
+        while True:
+            now = time.monotonic()
+            readable, self._readable = self._readable, None
+            if readable is None:  # not waited (a round after claims): one look at them all
+                readable = select.select(self._fds(), [], [], 0)[0]
+            self._drain_wakes(readable)
+            self._supervise_inline(readable)
+            self._collect_finished()
+            if self._hard_stop:
+                self._stop_everything()
+                break
+            if now >= self._next_heartbeat:
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.error("worker %s: parent process %d is gone; stopping", self.id, self.parent_pid)
+                    self._hard_stop = True
+                    continue
+                self._beat()
+                self._next_heartbeat = now + self.home.settings.heartbeat_interval
+            if now >= self._next_marker_check and self.running:
+                self._check_markers()
+                self._next_marker_check = now + MARKER_CHECK_INTERVAL
+                if (
+                    self.backlog
+                    and (self.held or not self.free_slots)
+                    and self._longest_run() > self.bundle_hold
+                ):
+                    self._give_back_backlog("a task of its bundle runs long")
+            if self._drain and self.backlog:
+                self._give_back_backlog("the worker is draining")
+            claimed = 0 if self._drain else self._fill_slots()
+            self._flush()
+            if self._drain and not self.running:
+                break
+            if (
+                self.burst
+                and not self.running
+                and not self.held
+                and not self.backlog
+                and claimed == 0
+                and self._queues_empty()
+            ):
+                break
+            if claimed:
+                continue
+            timeout = min(self.home.settings.heartbeat_interval, 1.0)
+            if self.running:
+                timeout = min(timeout, MARKER_CHECK_INTERVAL)
+            if self.outbox:
+                timeout = min(timeout, FLUSH_DELAY if self._finals else STARTED_DELAY)
+            for run in self.inline.values():
+                if run.ctx.deadline is not None:
+                    timeout = max(0.0, min(timeout, run.ctx.deadline - now))
+            fds = self._fds()
+            if not self.free_slots or self._drain:
+                # New messages cannot matter until an attempt ends: wait for that alone.
+                self._readable = select.select(fds, [], [], timeout)[0]
+                continue
+            for q in self.queues.values():
+                due = q.next_due_in()  # a retry waiting out its backoff: wake when it is due
+                if due is not None:
+                    timeout = min(timeout, due + 0.01)
+            self.waiter.wait(timeout, fds)
+            self._readable = self.waiter.ready_fds
+
+    def _shut_down(self) -> bool:
+        """Publish what is left, close executors and threads. True if nothing is left held:
+        every event published, every claimed message settled."""
+        settled = True
+        try:
             self._flush(force=True)
-            for slot in self.executors:
-                for ex in slot.values():
-                    ex.close()
-            self.pool.shutdown(wait=True)
-            self.waiter.close()
-            self.telemetry.flush_exports()
-            self.heartbeat.remove()
-            log.info("worker %s stopped after %d task(s)", self.id, self.tasks_done)
+        except Exception:
+            log.exception("worker %s could not publish its last events", self.id)
+            settled = False
+        for slot in self.executors:
+            for ex in slot.values():
+                ex.close()
+        self.pool.shutdown(wait=True)
+        self.waiter.close()
+        self.telemetry.flush_exports()
+        if self.running or self.held or self.backlog or self.outbox or self.to_ack:
+            return False
+        for q in self.queues.values():
+            if q.holds_any(self.id):
+                return False
+            q.forget_claimant(self.id)
+        return settled
 
     def _warm_executors(self) -> None:
         """Start each slot's long-lived executors now, so the first task does not pay for
@@ -311,19 +348,23 @@ class Worker:
             [r.payload["wf"], r.payload["idx"], r.payload["attempt"], r.payload["task"], r.started_at]
             for r in self.running.values()
         ]
-        self.heartbeat.beat(
-            {
-                "host": HOSTNAME,
-                "pid": os.getpid(),
-                "queues": self.queue_names,
-                "slots": self.slots,
-                "gpus": self.all_gpus,
-                "running": running,
-                "state": self.state,
-                "started_at": self.started_at,
-                "tasks_done": self.tasks_done,
-            }
-        )
+        info = {
+            "host": HOSTNAME,
+            "pid": os.getpid(),
+            "queues": self.queue_names,
+            "slots": self.slots,
+            "gpus": self.all_gpus,
+            "running": running,
+            "state": self.state,
+            "started_at": self.started_at,
+            "tasks_done": self.tasks_done,
+        }
+        try:
+            self.heartbeat.beat(info)
+        except SpoolError as e:
+            # Not fatal: a heartbeat that stays unwritten for dead_after gets this worker
+            # judged dead and its work retried elsewhere, which is all a crash would do.
+            log.warning("worker %s could not write its heartbeat (will try again): %s", self.id, e)
 
     # ------------------------------------------------------------------ claiming
     def _fill_slots(self) -> int:
@@ -675,8 +716,9 @@ class Worker:
         output: Any = None
         ref = None
         try:
-            with open(path, "rb") as f:
-                raw = f.read()
+            # The task may have renamed it into place just now: on NFS this client may
+            # still answer "no such file" from its cache; a listing settles it.
+            raw = read_bytes(path, wait_visible=OUTPUT_VISIBLE_WAIT)
         except FileNotFoundError:
             raw = None
         if raw is not None:
@@ -818,7 +860,9 @@ class Worker:
         events = [
             e for e in events if e["kind"] != "started" or (e["wf"], e["idx"], e["attempt"]) not in ended
         ]
-        self.completions.put({"v": p.PROTOCOL, "worker": self.id, "events": events})
+        # sent_at lets the coordinator place the events' times on its own clock: it takes
+        # only differences of this host's clock (sent_at - at), never the times themselves.
+        self.completions.put({"v": p.PROTOCOL, "worker": self.id, "sent_at": time.time(), "events": events})
         self.outbox = []
         self._finals = 0
         self._ack_settled()
