@@ -9,6 +9,7 @@ Each prints one line per milestone on stdout (flushed), which the test waits for
     actors.py lease-hold LEASE HOLDER TTL FENCED_RECORD
     actors.py heartbeat DIR HOLDER INTERVAL
     actors.py touch-later PATH DELAY
+    actors.py crashing-worker HOME WORKER_ID
 """
 
 from __future__ import annotations
@@ -120,6 +121,23 @@ def touch_later(path: str, delay: float) -> None:
     say("touched", time.monotonic())
 
 
+def crashing_worker(home_root: str, worker_id: str) -> None:
+    """A real worker whose loop raises while its first task runs (a bug, a failing file
+    server): the exception ends its loop mid-task, and the process."""
+    from spool import Home
+    from workers.daemon import Worker
+
+    worker = Worker(Home.open(home_root, create=False), ["default"], worker_id=worker_id)
+
+    def failing_check() -> None:
+        say("crashing")
+        raise RuntimeError("injected: a bug in the worker's loop")
+
+    worker._check_markers = failing_check  # runs every 0.25 s while a task runs
+    say("serving")
+    worker.run()
+
+
 def main(argv: list[str]) -> None:
     cmd, *args = argv
     if cmd == "claim":
@@ -136,6 +154,8 @@ def main(argv: list[str]) -> None:
         lease_hold(args[0], args[1], float(args[2]), args[3])
     elif cmd == "heartbeat":
         heartbeat(args[0], args[1], float(args[2]))
+    elif cmd == "crashing-worker":
+        crashing_worker(args[0], args[1])
     elif cmd == "touch-later":
         touch_later(args[0], float(args[1]))
     else:
