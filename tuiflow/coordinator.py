@@ -889,10 +889,13 @@ class Coordinator:
             if active is None or active.run.st[idx] != READY or active.run.attempt[idx] != attempt:
                 continue
             log.warning(
-                "re-queueing %s/%s attempt %d: its message is missing",
+                "re-queueing %s/%s attempt %d: %s",
                 wf_id,
                 active.run.definition.tasks[idx].name,
                 attempt,
+                "its message is missing"
+                if min_age
+                else "ready in the state a predecessor wrote, which did not queue it before it stopped",
             )
             self.stats.repaired += 1
             self._apply(wf_id, active, [Dispatch(idx, attempt)], now)
