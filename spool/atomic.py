@@ -293,6 +293,37 @@ def read_head(path: str, n: int) -> bytes:
     return retry_stale(once, "read", path)
 
 
+def append(path: str, data: bytes, *, make_dirs: bool = False) -> None:
+    """Append `data` to `path` (created if missing) with one write(2) in O_APPEND mode, so
+    the lines of several writers never mix. ESTALE is retried (`fsops.retry_stale`).
+
+    Parameters:
+        make_dirs: create the missing directories of `path` first.
+    """
+
+    def once() -> int:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+    try:
+        fd = retry_stale(once, "open", path)
+    except FileNotFoundError:
+        if not make_dirs:
+            raise
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = retry_stale(once, "open", path)
+    try:
+        _write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def open_for_append(path: str) -> int:
+    """A descriptor of `path` opened for appending (created if missing; ESTALE retried)."""
+    return retry_stale(
+        lambda: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644), "open", path
+    )
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)

@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .atomic import HOST, Durability, create_exclusive, read_bytes
+from .atomic import HOST, Durability, append, create_exclusive, read_bytes
 from .errors import CorruptRecordError, DeposedError, LayoutError, LeaseHeldError, SpoolError, StorageError
 from .fsops import listdir
 from .liveness import local_process_gone, process_start_token
@@ -406,12 +406,7 @@ class Lease:
             "reason": reason,
             "previous": dataclasses.asdict(previous) if previous else None,
         }
-        # One write(2) of one line in append mode: lines of several writers do not mix.
-        fd = os.open(f"{self.path}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, (json.dumps(entry) + "\n").encode())
-        finally:
-            os.close(fd)
+        append(f"{self.path}.log", (json.dumps(entry) + "\n").encode())
 
     def entry_path(self, version: int) -> str:
         """The file of entry `version` (`LeaseInfo.version`): its mtime is when it was made."""

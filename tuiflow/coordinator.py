@@ -68,6 +68,8 @@ FLUSH_INTERVAL = 0.05
 CONTROL_INTERVAL = 0.05
 #: seconds between looks for temporary files that dead writers left (`spool.janitor`)
 JANITOR_INTERVAL = 600.0
+#: sweeps after taking over in which to look for ready tasks a predecessor never queued
+TAKEOVER_LOOKS = 30
 #: when the queues run dry, write once the first change is this old: the completions of a
 #: busy fan-out arrive a few milliseconds apart, and each state write costs about a
 #: millisecond (the lock, two files) whatever the state's size. A workflow that ends is
@@ -169,8 +171,10 @@ class Coordinator:
         # Decided (and written) but not yet queued: tasks are queued only after the state
         # that made them ready is on disk, so a successor never queues them a second time.
         self._to_push: dict[str, list[Dispatch]] = {}
-        self._missing: set[tuple[str, int, int]] = set()
-        self._takeover_repairs = 2  # sweeps that look for every ready task's message  # ready tasks whose message the last repair missed
+        self._missing: set[tuple[str, int, int]] = set()  # ready tasks whose message the last look missed
+        # Looks for every ready task's message after taking over: two conclusive ones (no
+        # unapplied completions at the time) settle it, in at most TAKEOVER_LOOKS sweeps.
+        self._takeover_looks = [2, TAKEOVER_LOOKS]
         self._unbeating: dict[str, float] = {}  # worker with work but no heartbeat -> first seen (monotonic)
         self.on_pushed = on_pushed
 
@@ -733,12 +737,13 @@ class Coordinator:
             if actions:
                 self._apply(wf_id, active, actions, now)
         mono = time.monotonic()
-        if self._takeover_repairs:
+        if self._takeover_looks[0] and self._takeover_looks[1]:
             # A predecessor may have died (or been deposed) between writing a state and
-            # queueing the tasks it made ready: look for them at once, twice, not after
-            # repair_after. Tasks this coordinator queued itself are where it put them.
-            self._takeover_repairs -= 1
-            self._repair_ready(now, min_age=0.0)
+            # queueing the tasks it made ready: look for them now, not after repair_after.
+            # Tasks this coordinator queued itself are where it put them.
+            self._takeover_looks[1] -= 1
+            if self._repair_ready(now, min_age=0.0):
+                self._takeover_looks[0] -= 1
         elif mono >= self._next_repair:
             self._repair_ready(now)
             self._next_repair = mono + max(10.0, self.repair_after / 3)
@@ -858,7 +863,7 @@ class Coordinator:
             and active.run.attempt[idx] == attempt
         )
 
-    def _repair_ready(self, now: float, min_age: float | None = None) -> None:
+    def _repair_ready(self, now: float, min_age: float | None = None) -> bool:
         """Re-queue ready tasks whose message is nowhere (after a crash between a state
         write and the queueing it decided, or a purge). Absence is only believed when two
         looks in a row find it, the completions queue is empty after the look (a message
@@ -881,8 +886,8 @@ class Coordinator:
             present = self._queued_task_ids(self._queue(queue))
             if present is not None:
                 missing.update(i for i in items if p.message_id(*i) not in present)
-        if missing and self.completions.counts().ready:
-            missing = set()  # events not yet applied may explain them
+        if self.completions.counts().ready:
+            return False  # events not yet applied may explain them: no conclusion
         confirmed, self._missing = missing & self._missing, missing
         for wf_id, idx, attempt in sorted(confirmed):
             active = self.active.get(wf_id)
@@ -899,6 +904,7 @@ class Coordinator:
             )
             self.stats.repaired += 1
             self._apply(wf_id, active, [Dispatch(idx, attempt)], now)
+        return True
 
     def _queued_task_ids(self, q: SpoolQueue) -> set[str] | None:
         """Ids of the task messages anywhere in `q`, bundle members included; None if a

@@ -36,7 +36,7 @@ from typing import Any
 
 from analyzer import contract as c
 from spool import ChangeWaiter, Home, Message, SpoolError, SpoolQueue
-from spool.atomic import atomic_write, read_bytes
+from spool.atomic import append, atomic_write, read_bytes
 from spool.liveness import HeartbeatWriter
 from spool.watch import WakePipe, drain
 
@@ -758,8 +758,7 @@ class Worker:
                 ),
             ]
             for name, row in rows:
-                with open(f"{attempt_dir}/{c.LOGS_DIR}/{name}", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(row) + "\n")
+                append(f"{attempt_dir}/{c.LOGS_DIR}/{name}", (json.dumps(row) + "\n").encode())
         run.payload["_output"] = output
         run.payload["_output_ref"] = ref
         return outcome

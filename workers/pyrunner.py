@@ -33,6 +33,8 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from spool.atomic import append
+from spool.fsops import retry_stale
 from workers.framing import read_frame, write_frame
 from workers.traceparent import context_from_traceparent
 
@@ -133,7 +135,9 @@ class Runner:
                 data = json.dumps(value)
             except (TypeError, ValueError) as e:
                 raise TypeError(f"return value of {req['call']} is not JSON-serializable: {e}") from None
-            with open(req["output"], "w", encoding="utf-8") as f:
+            path = req["output"]
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+            with os.fdopen(retry_stale(lambda: os.open(path, flags, 0o644), "open", path), "w") as f:
                 f.write(data)
         return {"ok": True, "import": [t0, t1], "execute": [t1, t2]}
 
@@ -149,11 +153,7 @@ class Runner:
             data = os.read(fd, size)
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
-            out = os.open(req[key], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(out, data)
-            finally:
-                os.close(out)
+            append(req[key], data)
 
 
 def _die_with(parent: int) -> None:

@@ -57,6 +57,7 @@ from analyzer.contract import (
     WORKFLOW_SPAN,
     trace_id_for,
 )
+from spool.atomic import append
 from spool.names import encode_component
 
 from .traceparent import context_from_traceparent, span_context_from_traceparent, traceparent
@@ -177,16 +178,8 @@ class AttemptFiles(SpanProcessor):
 
     def append(self, route: str, text: str, what: str) -> None:
         try:
-            try:
-                fd = os.open(route, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(route), exist_ok=True)
-                fd = os.open(route, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-            try:
-                # One write(2) with O_APPEND: lines from several processes never interleave.
-                os.write(fd, text.encode())
-            finally:
-                os.close(fd)
+            # One write(2) with O_APPEND: lines from several processes never interleave.
+            append(route, text.encode(), make_dirs=True)
         except Exception as e:  # telemetry must never break the task it describes
             self.errors += 1
             log.warning("could not write span %s to %s: %s", what, route, e)
@@ -514,15 +507,7 @@ class CurrentTaskFile(SpanProcessor):
         if not task_dir:
             return
         try:
-            fd = os.open(
-                f"{task_dir}/{LOGS_DIR}/{SPANS_FILE}",
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o644,
-            )
-            try:
-                os.write(fd, (span_json(span) + "\n").encode())
-            finally:
-                os.close(fd)
+            append(f"{task_dir}/{LOGS_DIR}/{SPANS_FILE}", (span_json(span) + "\n").encode())
         except Exception as e:  # telemetry must never break the task it describes
             log.warning("could not write span %s: %s", span.name, e)
 

@@ -85,7 +85,9 @@ CHAOS_SETTINGS = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0,
 FAULT_MODES = ("none", "fuse", "lost-reply", "estale", "negcache", "all")
 #: default fault rates (probability per operation; seconds for the negative cache)
 LOST_REPLY_RATE = 0.01
-ESTALE_RATE = 0.01
+# Linux retries an open that failed with ESTALE once by itself, so a rate of p per call to
+# the file system is p * p per open(2): 0.1 makes ~1 % of the engine's opens fail.
+ESTALE_RATE = 0.1
 NEGATIVE_CACHE_S = 0.2
 LATENCY_MS = 1.0
 

@@ -19,6 +19,7 @@ import threading
 import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
+from spool.atomic import append
 
 from ..forked import ForkedProcess
 from ..framing import read_frame, write_frame
@@ -105,8 +106,7 @@ class PythonExecutor:
                 with open(f"{self.scratch}/{name}.{pid}", "rb") as src:
                     data = src.read()
                 if data:
-                    with open(dest, "ab") as out:
-                        out.write(data)
+                    append(dest, data)
             except OSError:
                 pass
 

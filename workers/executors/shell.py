@@ -8,6 +8,7 @@ import subprocess
 import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
+from spool.atomic import open_for_append
 
 from ..supervise import describe_exit, kill_group, tail, wait_or_stop
 from .base import Outcome, Phase, TaskContext
@@ -20,7 +21,10 @@ class ShellExecutor:
         spec = ctx.msg["spec"]
         args = list(spec["argv"]) if "argv" in spec else ["/bin/sh", "-c", spec["run"]]
         t0 = time.time()
-        with open(ctx.stdout_path, "ab") as out, open(ctx.stderr_path, "ab") as err:
+        with (
+            os.fdopen(open_for_append(ctx.stdout_path), "ab") as out,
+            os.fdopen(open_for_append(ctx.stderr_path), "ab") as err,
+        ):
             try:
                 proc = subprocess.Popen(
                     args,
