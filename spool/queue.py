@@ -821,10 +821,17 @@ class SpoolQueue:
             names += claimed
         return names
 
-    def payloads(self, ids: Iterable[str]) -> tuple[list[Any], bool]:
+    def payloads(
+        self, ids: Iterable[str], each: Callable[[Any], None] | None = None
+    ) -> tuple[list[Any], bool]:
         """The payloads of the messages with these ids, wherever they lie (read only), and
         whether every one was found where a listing had just seen it (False: one moved
-        meanwhile, so the answer may be short; sweepers then look again later)."""
+        meanwhile, so the answer may be short; sweepers then look again later).
+
+        Parameters:
+            each: called with each payload as it is read, instead of collecting them (the
+                list returned is then empty): a deep queue's payloads are never all in memory.
+        """
         want = set(ids)
         places = [(d, n) for d in self._ready for n in _listdir(d)]
         places += [(self._delayed, n) for n in _listdir(self._delayed)]
@@ -844,7 +851,10 @@ class SpoolQueue:
             except Exception:  # poison (a claimer quarantines it) or unreadable: not a payload
                 continue
             if type(obj) is list and len(obj) == 2 and obj[0] == MESSAGE_FORMAT:
-                out.append(obj[1])
+                if each is None:
+                    out.append(obj[1])
+                else:
+                    each(obj[1])
         return out, complete
 
     def ready_names(self) -> list[str]:

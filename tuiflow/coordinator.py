@@ -911,16 +911,16 @@ class Coordinator:
         bundle moved while we looked (judge this queue next time)."""
         present = _queued_ids(q)
         bundles = [i for i in present if p.is_bundle_id(i)]
-        if bundles:
-            found, complete = q.payloads(bundles)
-            if not complete:
-                return None
+
+        def add_members(payload: Any) -> None:
             present.update(
                 p.message_id(m["wf"], m["idx"], m["attempt"])
-                for payload in found
                 for m in p.members(payload) or []
                 if _is_task_message(m)
             )
+
+        if bundles and not q.payloads(bundles, add_members)[1]:
+            return None
         return present
 
     def _log_stats(self, mono: float) -> None:
