@@ -41,10 +41,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from spool import Home, Settings  # noqa: E402
 from spool.placement import spread_subdirectories  # noqa: E402
-from tuiflow.builder import Workflow  # noqa: E402
-from tuiflow.client import Client  # noqa: E402
-from tuiflow.runlocal import LocalRun  # noqa: E402
-from workers.protocol import bundle_size  # noqa: E402
+from tuiflow.engine.client import Client  # noqa: E402
+from tuiflow.engine.local import LocalRun  # noqa: E402
+from tuiflow.sdk.builder import Workflow  # noqa: E402
+from workers.wire import bundle_size  # noqa: E402
 
 EXAMPLES = str(ROOT / "examples")
 
@@ -66,9 +66,8 @@ def chain_definition(n: int):
 
 
 def run_local(home: Home, definition, workers: int, slots: int) -> tuple[str, float]:
-    from rich.console import Console
 
-    session = LocalRun(home, definition, workers=workers, slots=slots, console=Console(quiet=True))
+    session = LocalRun(home, definition, workers=workers, slots=slots)
     wf_id = session.start()
     session.wait(poll=0.01)
     session.stop()
@@ -186,7 +185,7 @@ def chain_hops(home: Home, wf_id: str, n: int) -> list[float]:
 
 
 def big(home: Home, n: int, base: str) -> dict:
-    from tuiflow.store import WorkflowStore
+    from tuiflow.engine.store import WorkflowStore
 
     t0 = time.perf_counter()
     wf = Workflow("bench-100k", base_dir=EXAMPLES)

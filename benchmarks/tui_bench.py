@@ -2,7 +2,7 @@
 
     python benchmarks/tui_bench.py [--json] [--home DIR] [--seconds 5] [--rate 1000]
 
-The fixture is the demo home (`tuiflow.demo`) with its fan-out grown to 10,000 tasks, plus
+The fixture is the demo home (`tuiflow.fixtures.demo`) with its fan-out grown to 10,000 tasks, plus
 pending workflows up to 100 in all. The app runs headless (Textual's Pilot) at 160×50 in
 a child process, so every figure includes what a user waits for.
 
@@ -50,9 +50,9 @@ WORKFLOWS = 100
 def build_fixture(root: str) -> None:
     sys.path.insert(0, str(ROOT))
     from spool import Home
-    from tuiflow import demo
-    from tuiflow.client import Client
-    from tuiflow.compiler import compile_workflow
+    from tuiflow.engine.client import Client
+    from tuiflow.engine.compiler import compile_workflow
+    from tuiflow.fixtures import demo
 
     home = demo.build(root, fanout_tasks=TASKS, spans=False)
     client = Client(Home.open(root))
@@ -75,7 +75,7 @@ def build_fixture(root: str) -> None:
 
 # -------------------------------------------------------------- child: paint
 def _settled(app) -> bool:
-    from tuiflow.app.base import LiveScreen
+    from tuiflow.app.screen import LiveScreen
 
     screen = app.screen
     return isinstance(screen, LiveScreen) and screen.loaded
@@ -161,9 +161,9 @@ def child_writer(home_dir: str, rate: int, seconds: float) -> None:
     """Change `rate` task states a second in the fan-out, in 50 ms group commits, the way
     the coordinator does: start the oldest ready tasks, complete the longest running."""
     from spool import Home
-    from tuiflow import demo
-    from tuiflow.dag import READY, RUNNING
-    from tuiflow.store import WorkflowStore
+    from tuiflow.engine.runstate import READY, RUNNING
+    from tuiflow.engine.store import WorkflowStore
+    from tuiflow.fixtures import demo
 
     store = WorkflowStore(Home.open(home_dir))
     wf = demo.IDS["fanout"]
@@ -196,9 +196,9 @@ def child_writer(home_dir: str, rate: int, seconds: float) -> None:
 def child_churn(home_dir: str, screen: str, seconds: float, warmup: float) -> None:
     """Run the live app and measure its refreshes while the writer runs."""
     from spool import Home
-    from tuiflow import demo
     from tuiflow.app import TuiflowApp
-    from tuiflow.app.base import LiveScreen
+    from tuiflow.app.screen import LiveScreen
+    from tuiflow.fixtures import demo
 
     applies: list[float] = []
     reads: list[float] = []
@@ -352,7 +352,7 @@ def main() -> None:
         compileall.compile_dir(str(ROOT), quiet=1, rx=re.compile(r"/(\.|benchmarks|tests|build)"))
         cold(["--child", "floor"])  # warm the OS page cache for Python and Textual first
         r["floor_first_paint_s"] = min(cold(["--child", "floor"]) for _ in range(3))
-        fanout = "fan0ut9k"  # tuiflow.demo.IDS["fanout"]; the child must not import the demo
+        fanout = "fan0ut9k"  # tuiflow.fixtures.demo.IDS["fanout"]; the child must not import the demo
         r["overview_first_paint_s"] = min(cold(["--child", "paint", home_dir, "-"]) for _ in range(3))
         r["workflow_10k_first_paint_s"] = min(cold(["--child", "paint", home_dir, fanout]) for _ in range(3))
         out = subprocess.run(

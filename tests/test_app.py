@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from spool import Home
-from tuiflow import demo
 from tuiflow.app import TuiflowApp
+from tuiflow.app.lists import TaskList
 from tuiflow.app.task import TaskScreen
-from tuiflow.app.views import TaskList
 from tuiflow.app.workflow import WorkflowScreen
-from tuiflow.client import Client
-from tuiflow.compiler import compile_workflow
+from tuiflow.engine.client import Client
+from tuiflow.engine.compiler import compile_workflow
+from tuiflow.fixtures import demo
 
 IDS = demo.IDS
 
@@ -235,7 +235,7 @@ async def test_live_update_after_files_change(tmp_path):
 async def test_live_task_list_repaints_the_rows_that_changed(demo_home, tmp_path):
     """A state written by another process shows on the open task list: the line of the
     changed task is redrawn (lines are repainted one by one, so a missed one would show)."""
-    from tuiflow.store import WorkflowStore
+    from tuiflow.engine.store import WorkflowStore
 
     home_dir = tmp_path / "home"
     shutil.copytree(demo_home.root, home_dir)
@@ -338,7 +338,7 @@ def test_serve_binds_localhost_and_serves_the_page(tmp_path):
 
 
 def test_screenshots_script_writes_the_readme_pictures(tmp_path):
-    from tuiflow import screenshots
+    from tuiflow.fixtures import screenshots
 
     written = screenshots.shoot_all(str(tmp_path), only={"overview", "task-error"})
     assert sorted(Path(p).name for p in written) == ["overview.svg", "task-error.svg"]
@@ -346,7 +346,9 @@ def test_screenshots_script_writes_the_readme_pictures(tmp_path):
     assert overview.startswith("<svg") and "fan0ut9k" in overview
     # the README shows the committed pictures: they must be the ones the script draws
     committed = Path(__file__).resolve().parent.parent / "screenshots" / "overview.svg"
-    assert committed.read_text() == overview, "screenshots/ is stale: run python -m tuiflow.screenshots"
+    assert committed.read_text() == overview, (
+        "screenshots/ is stale: run python -m tuiflow.fixtures.screenshots"
+    )
 
 
 def test_keymap_file_errors_name_the_file_and_the_bad_id(tmp_path, monkeypatch):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from spool import Home
-from tuiflow import demo
 from tuiflow.app.data import dag_rows, load_workflow, task_order, task_row
 from tuiflow.app.overview import QUEUE_COLUMNS, WORKFLOW_COLUMNS, fit_columns
 from tuiflow.app.render import fmt_age
-from tuiflow.builder import Workflow
-from tuiflow.dag import Run
-from tuiflow.store import WorkflowStore
+from tuiflow.engine.runstate import Run
+from tuiflow.engine.store import WorkflowStore
+from tuiflow.fixtures import demo
+from tuiflow.sdk.builder import Workflow
 
 IDS = demo.IDS
 

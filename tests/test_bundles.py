@@ -14,10 +14,10 @@ from test_engine import WORKFLOWS, cli, start, wait_for, write_wf
 
 from spool import Home, Settings
 from spool.queue import QueueCounts, items_in
-from tuiflow.builder import Workflow
-from tuiflow.client import Client
-from tuiflow.coordinator import Coordinator
-from workers import protocol as p
+from tuiflow.engine.client import Client
+from tuiflow.engine.coordinator import Coordinator
+from tuiflow.sdk.builder import Workflow
+from workers import wire as p
 
 
 @pytest.mark.parametrize(

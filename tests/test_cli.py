@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from spool import Home, Settings
-from tuiflow.cli import app
-from tuiflow.client import Client
-from tuiflow.coordinator import Coordinator
-from workers.daemon import Worker
+from tuiflow.cli.main import app
+from tuiflow.engine.client import Client
+from tuiflow.engine.coordinator import Coordinator
+from workers.worker import Worker
 
 FAST = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0, poll_interval=0.05)
 

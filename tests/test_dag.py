@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tuiflow.compiler import compile_workflow
-from tuiflow.dag import Changed, Dispatch, Finished, Kill, NotRetryable, Run
+from tuiflow.engine.compiler import compile_workflow
+from tuiflow.engine.runstate import Changed, Dispatch, Finished, Kill, NotRetryable, Run
 
 
 def make(tasks: list[dict], params: dict | None = None) -> Run:

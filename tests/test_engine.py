@@ -14,7 +14,7 @@ import pytest
 from support.engine import ROOT, cli, no_process_like, start, start_run_local, wait_for, write_wf
 
 from spool import Home, Settings
-from tuiflow.client import Client
+from tuiflow.engine.client import Client
 
 EXAMPLES = ROOT / "examples"
 WORKFLOWS = ROOT / "tests" / "workflows"
@@ -589,8 +589,8 @@ def test_killed_run_local_takes_its_forked_workers_and_their_tasks_with_it(fast_
 def test_admission_control_and_ready_repair(fast_home, tmp_path):
     import threading
 
-    from tuiflow.compiler import load_workflow
-    from tuiflow.coordinator import Coordinator
+    from tuiflow.engine.compiler import load_workflow
+    from tuiflow.engine.coordinator import Coordinator
 
     wf = write_wf(tmp_path, "name: small\ntasks:\n  - {name: a, run: 'true'}\n")
     client = Client(fast_home)

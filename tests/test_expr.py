@@ -5,7 +5,14 @@ import time
 
 import pytest
 
-from tuiflow.expr import Expression, ExpressionError, MissingValue, Template, evaluate_condition, render_value
+from tuiflow.engine.expr import (
+    Expression,
+    ExpressionError,
+    MissingValue,
+    Template,
+    evaluate_condition,
+    render_value,
+)
 
 ENV = {
     "inputs": {

@@ -19,8 +19,8 @@ from conftest import FAST_SETTINGS
 from support.engine import ROOT, cli, start, wait_for, write_wf
 
 from spool import Home
-from tuiflow.client import Client
-from tuiflow.coordinator import Coordinator
+from tuiflow.engine.client import Client
+from tuiflow.engine.coordinator import Coordinator
 
 
 @pytest.fixture

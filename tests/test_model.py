@@ -6,8 +6,8 @@ import textwrap
 import pytest
 
 from tuiflow import Workflow
-from tuiflow.compiler import compile_workflow, json_schema, load_workflow
-from tuiflow.model import Definition, WorkflowValidationError
+from tuiflow.engine.compiler import compile_workflow, json_schema, load_workflow
+from tuiflow.engine.model import Definition, WorkflowValidationError
 
 
 def write(tmp_path, text: str, name: str = "wf.yaml"):

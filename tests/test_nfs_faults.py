@@ -14,7 +14,7 @@ import pytest
 from spool import CasRecord, Home, Lease, SpoolQueue, StorageError
 from spool.atomic import atomic_write, create_exclusive, read_bytes
 from spool.fsops import STALE_RETRIES, link_new, listdir, place, take
-from tuiflow.client import Client
+from tuiflow.engine.client import Client
 
 pytestmark = pytest.mark.fuse
 

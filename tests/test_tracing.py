@@ -237,7 +237,7 @@ def test_cancelled_workflow_closes_every_span(tmp_path):
     import signal
     import time
 
-    from tuiflow.client import Client
+    from tuiflow.engine.client import Client
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "tuiflow", "run-local", str(wf), "--home", str(home), "--workers", "1"],

@@ -9,7 +9,14 @@ Inside a task, use `set_output`, `get_upstream_output`, `upstream_outputs` and `
 
 from typing import Any
 
-from .runtime import get_upstream_output, record_asset, set_output, span, task_info, upstream_outputs
+from tuiflow.sdk.runtime import (
+    get_upstream_output,
+    record_asset,
+    set_output,
+    span,
+    task_info,
+    upstream_outputs,
+)
 
 __version__ = "0.1.0"
 
@@ -28,7 +35,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Tasks import tuiflow for set_output: keep pydantic and yaml out of that import.
     if name == "Workflow":
-        from .builder import Workflow
+        from tuiflow.sdk.builder import Workflow
 
         return Workflow
     raise AttributeError(f"module 'tuiflow' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from .cli import main
+from tuiflow.cli.main import main
 
 main()

@@ -1,6 +1,6 @@
 """Errors of the tuiflow package: one root, each with a message a user can act on.
 
-Workflow-file problems are `tuiflow.model.WorkflowValidationError` (raised by `tuiflow.compiler`); filesystem and lock
+Workflow-file problems are `tuiflow.engine.model.WorkflowValidationError` (raised by `tuiflow.engine.compiler`); filesystem and lock
 problems come from `spool` (`spool.SpoolError`).
 """
 

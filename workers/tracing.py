@@ -59,8 +59,7 @@ from analyzer.contract import (
 )
 from spool.atomic import append
 from spool.names import encode_component
-
-from .traceparent import context_from_traceparent, span_context_from_traceparent, traceparent
+from workers.traceparent import context_from_traceparent, span_context_from_traceparent, traceparent
 
 __all__ = ["context_from_traceparent", "span_context_from_traceparent", "traceparent"]  # and the rest
 

@@ -125,7 +125,7 @@ def crashing_worker(home_root: str, worker_id: str) -> None:
     """A real worker whose loop raises while its first task runs (a bug, a failing file
     server): the exception ends its loop mid-task, and the process."""
     from spool import Home
-    from workers.daemon import Worker
+    from workers.worker import Worker
 
     worker = Worker(Home.open(home_root, create=False), ["default"], worker_id=worker_id)
 

@@ -1007,8 +1007,8 @@ class Checker:
 
     # -- workflows
     def check_workflow(self, home: Home, wf_id: str, plan: WorkflowPlan, result: ChaosResult) -> None:
-        from tuiflow.dag import STATE_NAMES
-        from tuiflow.store import WorkflowStore
+        from tuiflow.engine.runstate import STATE_NAMES
+        from tuiflow.engine.store import WorkflowStore
 
         store = WorkflowStore(home)
         try:
@@ -1094,7 +1094,7 @@ class Checker:
         plan: WorkflowPlan,
         result: ChaosResult,
     ) -> None:
-        from tuiflow.dag import STATE_NAMES
+        from tuiflow.engine.runstate import STATE_NAMES
 
         reader = SpanReader(roots_only=True)
         # (task, attempt) -> list of (writer is a worker, outcome, status, start, end)
@@ -1222,7 +1222,7 @@ def _progress(store: Any, ids: list[str]) -> tuple[int, int, dict[str, str]]:
 
 
 def _stuck_detail(store: Any, ids: list[str], fleet: Fleet) -> str:
-    from tuiflow.dag import STATE_NAMES
+    from tuiflow.engine.runstate import STATE_NAMES
 
     live_workers = {p.worker_id for p in fleet.live("worker")}
     parts = []
@@ -1376,7 +1376,7 @@ def _drive(
 ) -> dict[str, WorkflowPlan]:
     """Start the fleet, submit, kill and pause until every workflow is terminal (or the
     timeout: a "hang" violation), then wait for the home to go quiet. Returns id -> plan."""
-    from tuiflow.store import WorkflowStore
+    from tuiflow.engine.store import WorkflowStore
 
     fleet.start()
     ids: list[str] = []

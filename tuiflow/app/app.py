@@ -25,14 +25,13 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 
 from spool import ChangeWaiter, Home
-
-from ..client import Client
-from ..store import WorkflowStore
-from .base import MIN_INTERVAL, LiveScreen
-from .modals import ConfirmScreen, HelpScreen
-from .overview import OverviewScreen
-from .task import TaskScreen
-from .workflow import WorkflowScreen
+from tuiflow.app.modals import ConfirmScreen, HelpScreen
+from tuiflow.app.overview import OverviewScreen
+from tuiflow.app.screen import MIN_INTERVAL, LiveScreen
+from tuiflow.app.task import TaskScreen
+from tuiflow.app.workflow import WorkflowScreen
+from tuiflow.engine.client import Client
+from tuiflow.engine.store import WorkflowStore
 
 TICK = 2.0  # seconds between refreshes when nothing changes (ages, ETAs move)
 
@@ -282,7 +281,7 @@ def load_keymap() -> dict[str, str]:
         raise SystemExit(
             f'error: keymap {path} must map binding ids to keys, e.g. {{"workflow.cancel": "x"}}'
         )
-    from .modals import binding_rows
+    from tuiflow.app.modals import binding_rows
 
     known = {bid for *_, bid in binding_rows(TuiflowApp, {}) if bid}
     unknown = sorted(set(data) - known)

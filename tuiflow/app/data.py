@@ -18,12 +18,11 @@ from typing import Any
 from spool import CorruptRecordError, Home, SpoolError
 from spool.liveness import SUFFIX as HB_SUFFIX
 from spool.liveness import decode, read_raw
-from workers import protocol as p
-
-from ..client import task_times
-from ..dag import STATE_CODES, STATE_NAMES, TERMINAL, WF_TERMINAL, Run
-from ..model import Definition
-from ..store import WorkflowStore
+from tuiflow.engine.client import task_times
+from tuiflow.engine.model import Definition
+from tuiflow.engine.runstate import STATE_CODES, STATE_NAMES, TERMINAL, WF_TERMINAL, Run
+from tuiflow.engine.store import WorkflowStore
+from workers import wire as p
 
 #: the order of segments in progress bars, with their colours
 SEGMENTS = (

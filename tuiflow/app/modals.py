@@ -49,11 +49,11 @@ class ConfirmScreen(ModalScreen[bool]):
 def binding_rows(app_cls: type, keymap: dict[str, str]) -> list[tuple[str, str, str, str]]:
     """(where, key, description, id) for every binding of the app, its screens and views,
     with the keys of `keymap` (binding id -> key) applied."""
-    from .overview import OverviewScreen, WorkflowList
-    from .rows import RowsView
-    from .task import TaskScreen
-    from .views import TaskList, Timeline
-    from .workflow import WorkflowScreen
+    from tuiflow.app.lists import TaskList, Timeline
+    from tuiflow.app.overview import OverviewScreen, WorkflowList
+    from tuiflow.app.rows import RowsView
+    from tuiflow.app.task import TaskScreen
+    from tuiflow.app.workflow import WorkflowScreen
 
     rows = []
     for where, cls in (

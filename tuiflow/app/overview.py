@@ -12,10 +12,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from .base import LiveScreen
-from .data import HomeReader, HomeSnapshot, QueueRow, WorkerRow, WorkflowRow
-from .render import fmt_age, fmt_rate, fmt_secs, segment_bar, sparkline, state_text
-from .rows import RowsView
+from tuiflow.app.data import HomeReader, HomeSnapshot, QueueRow, WorkerRow, WorkflowRow
+from tuiflow.app.render import fmt_age, fmt_rate, fmt_secs, segment_bar, sparkline, state_text
+from tuiflow.app.rows import RowsView
+from tuiflow.app.screen import LiveScreen
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from .data import SEGMENTS, STATE_STYLE
+from tuiflow.app.data import SEGMENTS, STATE_STYLE
 
 _SPARK = "▁▂▃▄▅▆▇█"
 

@@ -17,11 +17,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
-from ..client import TaskView, task_views
-from .base import LiveScreen, set_text
-from .data import AttemptInfo, load_attempt
-from .overview import sync_table
-from .render import fmt_secs, state_text
+from tuiflow.app.data import AttemptInfo, load_attempt
+from tuiflow.app.overview import sync_table
+from tuiflow.app.render import fmt_secs, state_text
+from tuiflow.app.screen import LiveScreen, set_text
+from tuiflow.engine.client import TaskView, task_views
 
 LOG_LINES = 2000
 

@@ -12,11 +12,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tree
 
-from .base import LiveScreen, set_text
-from .data import STATE_STYLE, WorkflowSnapshot, dag_rows, load_workflow
-from .render import fmt_rate, fmt_secs, segment_bar, state_text
-from .rows import RowsView
-from .views import DagView, TaskList, Timeline
+from tuiflow.app.data import STATE_STYLE, WorkflowSnapshot, dag_rows, load_workflow
+from tuiflow.app.lists import DagView, TaskList, Timeline
+from tuiflow.app.render import fmt_rate, fmt_secs, segment_bar, state_text
+from tuiflow.app.rows import RowsView
+from tuiflow.app.screen import LiveScreen, set_text
 
 TRACE_TABS = ("critical", "queuing", "breakdown", "timeline", "lineage")
 

@@ -1,8 +1,8 @@
 """Executors: how a task's spec turns into work. `EXECUTORS` maps names to classes."""
 
-from .base import Executor, Outcome, Phase, TaskContext
-from .python import PythonExecutor
-from .shell import ShellExecutor, resolve_cwd
+from workers.executors.interface import Executor, Outcome, Phase, TaskContext
+from workers.executors.python import PythonExecutor
+from workers.executors.shell import ShellExecutor, resolve_cwd
 
 EXECUTORS: dict[str, type] = {"shell": ShellExecutor, "python": PythonExecutor}
 

@@ -20,11 +20,10 @@ import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
 from spool.atomic import append
-
-from ..forked import ForkedProcess
-from ..framing import read_frame, write_frame
-from ..supervise import describe_exit, kill_group, tail
-from .base import Outcome, Phase, TaskContext
+from workers.executors.interface import Outcome, Phase, TaskContext
+from workers.forked import ForkedProcess
+from workers.framing import read_frame, write_frame
+from workers.supervise import describe_exit, kill_group, tail
 
 MIN_SETUP_SPAN = 0.005  # seconds
 
@@ -54,7 +53,7 @@ class PythonExecutor:
         self.scratch = tempfile.mkdtemp(prefix="tuiflow-runner-")  # node-local, never the shared home
         try:
             if self.fork and sys.platform.startswith("linux") and threading.active_count() == 1:
-                from ..pyrunner import fork_serving
+                from workers.pyrunner import fork_serving
 
                 self.proc = ForkedProcess(fork_serving(to_child_r, from_child_w, self.scratch, pythonpath))
             else:

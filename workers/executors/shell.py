@@ -9,9 +9,8 @@ import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
 from spool.atomic import open_for_append
-
-from ..supervise import describe_exit, kill_group, tail, wait_or_stop
-from .base import Outcome, Phase, TaskContext
+from workers.executors.interface import Outcome, Phase, TaskContext
+from workers.supervise import describe_exit, kill_group, tail, wait_or_stop
 
 
 class ShellExecutor:

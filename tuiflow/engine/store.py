@@ -8,7 +8,7 @@
                                            what listings read instead of full states
     workflows/<wf_id>/cancelled            marker: workers stop the workflow's tasks
     workflows/<wf_id>/kill/<idx>.<attempt> marker: stop this attempt (timeouts)
-    workflows/<wf_id>/tasks/<task>/<n>/    attempt directories (`workers.protocol`)
+    workflows/<wf_id>/tasks/<task>/<n>/    attempt directories (`workers.wire`)
     workflows/<wf_id>/trace/spans.jsonl    the coordinator's spans
 
 Workflow ids are 8 characters of Crockford base32, so a user can type a unique prefix.
@@ -30,12 +30,11 @@ import msgpack
 from spool import CasRecord, CorruptRecordError, Home, SpoolError, StorageError, atomic_write, read_bytes
 from spool.atomic import process_token
 from spool.fsops import listdir, place
-from workers import protocol as p
-
-from .dag import STATE_NAMES, WF_TERMINAL, Run
-from .errors import NotFound, TuiflowError
-from .expr import MissingValue
-from .model import Definition
+from tuiflow.engine.expr import MissingValue
+from tuiflow.engine.model import Definition
+from tuiflow.engine.runstate import STATE_NAMES, WF_TERMINAL, Run
+from tuiflow.errors import NotFound, TuiflowError
+from workers import wire as p
 
 ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 ID_LENGTH = 8

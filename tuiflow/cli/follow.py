@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from .client import Client
-from .dag import WF_TERMINAL
+from tuiflow.engine.client import Client
+from tuiflow.engine.runstate import WF_TERMINAL
 
 _ORDER = ("completed", "running", "ready", "pending", "failed", "upstream_failed", "skipped", "cancelled")
 

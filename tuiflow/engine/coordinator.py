@@ -1,7 +1,7 @@
 """The coordinator: the one process that applies events to workflow state.
 
 It holds the lease (`spool.lease`), wakes on new completion and control messages, and for
-each batch: applies them to the in-memory states (`tuiflow.dag`), pushes newly ready
+each batch: applies them to the in-memory states (`tuiflow.engine.runstate`), pushes newly ready
 tasks to their queues at once, writes each touched workflow's state once (a CAS write
 fenced by the lease), and only then acks the messages. A crash anywhere in between
 re-applies the batch after restart; applying is idempotent, so nothing is lost or applied
@@ -39,10 +39,8 @@ from spool.janitor import remove_stale_temps
 from spool.liveness import SUFFIX as HB_SUFFIX
 from spool.queue import parse_name
 from spool.watch import drain
-from workers import protocol as p
-from workers.tracing import Telemetry, forced_ids, ns, set_error, traceparent, workflow_context
-
-from .dag import (
+from tuiflow.engine.expr import ExpressionError, MissingValue, Template, has_template, render_value, to_text
+from tuiflow.engine.runstate import (
     COMPLETED,
     READY,
     RUNNING,
@@ -57,10 +55,11 @@ from .dag import (
     NotRetryable,
     Run,
 )
-from .expr import ExpressionError, MissingValue, Template, has_template, render_value, to_text
-from .store import WorkflowStore
+from tuiflow.engine.store import WorkflowStore
+from workers import wire as p
+from workers.tracing import Telemetry, forced_ids, ns, set_error, traceparent, workflow_context
 
-log = logging.getLogger("tuiflow.coordinator")
+log = logging.getLogger("tuiflow.engine.coordinator")
 
 #: longest a busy coordinator waits between state writes (seconds)
 FLUSH_INTERVAL = 0.05
@@ -505,7 +504,7 @@ class Coordinator:
         a few dozen message files rather than a thousand. Bundles are only made where they
         leave at least `p.BUNDLE_SPREAD` messages, so up to that many slots start at once; a
         worker hands back what is left of a bundle when a task of it runs long (see
-        `workers.daemon`). Delayed retries and GPU tasks always travel alone.
+        `workers.worker`). Delayed retries and GPU tasks always travel alone.
         """
         failed: list[Action] = []
         groups: dict[tuple[str, int], list[Dispatch]] = {}

@@ -1,10 +1,10 @@
-"""`tuiflow run-local`: submit a workflow and run it to the end in this one process.
+"""run-local's engine: a coordinator and workers for one workflow, hosted by one process.
 
-The same `Coordinator` and `Worker` classes the daemons use, hosted here: by default on
-threads of this process (the tasks themselves always run in processes of their own), or
-with ``--worker-mode process`` as worker processes (`tuiflow worker`) that stop when
-run-local stops. If another coordinator already holds the home's lease, run-local leaves
-coordination to it and only brings workers.
+The same `Coordinator` and `Worker` classes the daemons use: by default the workers are
+processes forked from this one (`worker_mode="process"`), or threads of it
+(`worker_mode="thread"`); the tasks themselves always run in processes of their own. If
+another coordinator already holds the home's lease, the session leaves coordination to it
+and only brings workers. `tuiflow.cli.runlocal` draws its progress.
 """
 
 from __future__ import annotations
@@ -21,40 +21,17 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-
 from spool import Home, LeaseHeldError
 from spool.watch import WakePipe
-from workers.daemon import Worker, install_stop_handlers
+from tuiflow.engine.client import Client
+from tuiflow.engine.coordinator import Coordinator, freeze_heap
+from tuiflow.engine.model import Definition
+from tuiflow.engine.runstate import WF_TERMINAL, Action, Changed, Run
+from tuiflow.errors import TuiflowError
 from workers.forked import ForkedProcess
+from workers.worker import Worker, install_stop_handlers
 
-from .client import Client, task_views
-from .coordinator import Coordinator, freeze_heap
-from .dag import COMPLETED, FAILED, SKIPPED, TERMINAL, UPSTREAM_FAILED, WF_TERMINAL, Action, Changed, Run
-from .errors import TuiflowError
-from .model import Definition
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-log = logging.getLogger("tuiflow.runlocal")
-
-_STYLE = {
-    "completed": "green",
-    "failed": "red",
-    "upstream_failed": "red",
-    "cancelled": "yellow",
-    "skipped": "magenta",
-    "retrying": "yellow",
-}
+log = logging.getLogger("tuiflow.engine.local")
 
 
 class LocalRun:
@@ -66,8 +43,6 @@ class LocalRun:
         definition: Definition,
         *,
         workers: int | None = None,
-        console: Console | None = None,
-        quiet: bool = False,
         on_change: Callable[[str, Action, Run], None] | None = None,
         worker_mode: str = "process",
         slots: int = 1,
@@ -75,8 +50,6 @@ class LocalRun:
         self.home = home
         self.definition = definition
         self.n_workers = workers or os.cpu_count() or 1
-        self.console = console or Console(stderr=True)
-        self.quiet = quiet
         self.external_coordinator: str | None = None
         self.wf_id: str | None = None
         self.interrupted = False
@@ -136,7 +109,7 @@ class LocalRun:
         if action.reason and action.state != "completed":
             text += f"  ({action.reason.splitlines()[0][:160]})"
         with self._lock:
-            self._lines.append((text, _STYLE.get(action.state, "")))
+            self._lines.append((text, action.state))
 
     def _wake_workers(self) -> None:
         for w in self.workers:
@@ -331,145 +304,7 @@ class LocalRun:
             on_tick()
 
     def drain_lines(self) -> list[tuple[str, str]]:
+        """The lines that tell what happened since the last call, as (text, state)."""
         with self._lock:
             lines, self._lines = self._lines, []
         return lines
-
-
-# -------------------------------------------------------------------- display
-class _Bars:
-    """Rich progress: overall, plus one bar per prefix group when there are at most 8."""
-
-    def __init__(self, definition: Definition):
-        self.progress = Progress(
-            TextColumn("{task.description:<18}"),
-            BarColumn(bar_width=None),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[detail]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            expand=True,
-        )
-        self.total = self.progress.add_task("overall", total=len(definition), detail="")
-        self.groups: dict[str, Any] = {}
-        prefixes = definition.prefixes
-        if 1 < len(prefixes) <= 8 or (
-            len(prefixes) == 1 and any("/" not in t.name for t in definition.tasks)
-        ):
-            for prefix in prefixes:
-                n = sum(1 for t in definition.tasks if t.name.startswith(prefix + "/"))
-                self.groups[prefix] = self.progress.add_task(f"  {prefix}/", total=n, detail="")
-
-    def update(self, run: Run) -> None:
-        done = sum(run.counts[c] for c in TERMINAL)
-        self.progress.update(self.total, completed=done, detail=_detail(run.counts))
-        if self.groups:
-            per: dict[str, list[int]] = {g: [0] * 8 for g in self.groups}
-            for t, code in zip(run.definition.tasks, run.st, strict=True):
-                g = t.name.split("/", 1)[0] if "/" in t.name else None
-                if g in per:
-                    per[g][code] += 1
-            for g, counts in per.items():
-                self.progress.update(
-                    self.groups[g], completed=sum(counts[c] for c in TERMINAL), detail=_detail(counts)
-                )
-
-
-def _detail(counts: list[int]) -> str:
-    parts = []
-    for code, label, style in (
-        (2, "running", "cyan"),
-        (1, "queued", "blue"),
-        (FAILED, "failed", "red"),
-        (UPSTREAM_FAILED, "upstream", "red"),
-        (SKIPPED, "skipped", "magenta"),
-    ):
-        if counts[code]:
-            parts.append(f"[{style}]{counts[code]} {label}[/]")
-    return " ".join(parts)
-
-
-def summary_table(run: Run, wall: float, home: Home) -> Table:
-    table = Table(title=f"workflow {run.wf_id} ({run.definition.name}): {run.state}", title_justify="left")
-    table.add_column("")
-    table.add_column("", overflow="fold")
-    counts = ", ".join(f"{n} {s}" for s, n in run.count_dict().items() if n)
-    table.add_row("tasks", f"{len(run)} ({counts})")
-    table.add_row("wall time", f"{wall:.2f} s")
-    views = [v for v in task_views(run, time.time()) if v.ran_for is not None]
-    views.sort(key=lambda v: v.ran_for or 0, reverse=True)
-    if views:
-        table.add_row("slowest", "\n".join(f"{v.ran_for:8.2f} s  {v.name}" for v in views[:5]))
-    failed = [
-        (t.name, run.reason.get(i, "")) for i, t in enumerate(run.definition.tasks) if run.st[i] in (FAILED,)
-    ]
-    if failed:
-        table.add_row(
-            "[red]failed[/]", "\n".join(f"{n}: {r.splitlines()[0][:120] if r else ''}" for n, r in failed[:8])
-        )
-    table.add_row(
-        "files", f"{home.workflows_dir}/{run.wf_id}/tasks/<task>/<attempt>/  (logs, outputs, spans)"
-    )
-    table.add_row("traces", f"tuiflow trace analyze {run.wf_id} --home {home.root}")
-    return table
-
-
-def run_local(
-    home: Home,
-    definition: Definition,
-    *,
-    workers: int | None = None,
-    json_out: bool = False,
-    console: Console | None = None,
-    worker_mode: str = "process",
-    slots: int = 1,
-) -> tuple[int, dict[str, Any]]:
-    """Run `definition` to the end; returns (exit code, final status)."""
-    console = console or Console(stderr=True)
-    session = LocalRun(
-        home, definition, workers=workers, console=console, worker_mode=worker_mode, slots=slots
-    )
-    wf_id = session.start()
-    if not json_out:
-        console.print(
-            f"[bold]tuiflow run-local[/] workflow [cyan]{wf_id}[/] ({definition.name}, "
-            f"{len(definition)} tasks) with {session.n_workers} worker(s) in {home.root}"
-        )
-        if session.external_coordinator:
-            console.print(f"[yellow]using the running coordinator[/] ({session.external_coordinator})")
-    bars = _Bars(definition)
-
-    def tick() -> None:
-        run = session.snapshot()
-        if run is not None:
-            bars.update(run)
-        for text, style in session.drain_lines():
-            if not json_out:
-                live.console.print(text, style=style or None, markup=False, highlight=False)
-
-    live = Live(Group(bars.progress), console=console, transient=False, refresh_per_second=10)
-    try:
-        with live if not json_out else contextlib.nullcontext():
-            session.wait(on_tick=tick)
-    except KeyboardInterrupt:
-        session.interrupted = True
-        console.print("[yellow]interrupted: cancelling the workflow[/]")
-        session.cancel()
-        deadline = time.monotonic() + 30
-        with contextlib.suppress(KeyboardInterrupt):
-            while not session.finished() and time.monotonic() < deadline:
-                time.sleep(0.1)
-    finally:
-        session.stop()
-    if not json_out and not console.is_terminal:
-        console.print()
-    status = session.client.status(wf_id)
-    run = session.client.run(wf_id)
-    wall = (run.ended_at or time.time()) - (run.started_at or run.created_at)
-    if not json_out:
-        console.print(summary_table(run, wall, home))
-    code = EXIT_OK if run.state == "completed" else EXIT_FAILED
-    return code, status
-
-
-__all__ = ["COMPLETED", "EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "LocalRun", "run_local"]

@@ -23,10 +23,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from spool import Home, LayoutError, LeaseHeldError, SpoolError
-from workers.protocol import BUNDLE_HOLD, BUNDLE_MAX
-
-from . import __version__
-from .errors import TuiflowError
+from tuiflow import __version__
+from tuiflow.errors import TuiflowError
+from workers.wire import BUNDLE_HOLD, BUNDLE_MAX
 
 app = typer.Typer(
     name="tuiflow",
@@ -66,8 +65,8 @@ def _emit_json(value: Any) -> None:
 
 def _guard(fn: Callable[[], Any]) -> Any:
     """Turn expected errors into one-line messages."""
-    from .dag import NotRetryable
-    from .model import WorkflowValidationError
+    from tuiflow.engine.model import WorkflowValidationError
+    from tuiflow.engine.runstate import NotRetryable
 
     try:
         return fn()
@@ -101,7 +100,7 @@ def root(
         stream=sys.stderr,
     )
     if ctx.invoked_subcommand is None:
-        from .app import run_dashboard
+        from tuiflow.app import run_dashboard
 
         raise typer.Exit(run_dashboard(_home(home, create=True)))
 
@@ -112,8 +111,8 @@ def validate(
     file: str, json_out: bool = JsonOpt, set_: list[str] = typer.Option([], "--set", help="key=value param.")
 ) -> None:
     """Check a workflow file; print every problem (file, line, task, field)."""
-    from .compiler import load_workflow, parse_set_values
-    from .model import WorkflowValidationError
+    from tuiflow.engine.compiler import load_workflow, parse_set_values
+    from tuiflow.engine.model import WorkflowValidationError
 
     try:
         d = load_workflow(file, parse_set_values(set_))
@@ -133,7 +132,7 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of workflow files (for editor completion and checks)."""
-    from .compiler import json_schema
+    from tuiflow.engine.compiler import json_schema
 
     _emit_json(json_schema())
 
@@ -147,8 +146,8 @@ def submit(
     json_out: bool = JsonOpt,
 ) -> None:
     """Submit a workflow file; prints its id. A coordinator (or run-local) runs it."""
-    from .client import Client
-    from .compiler import parse_set_values
+    from tuiflow.engine.client import Client
+    from tuiflow.engine.compiler import parse_set_values
 
     h = _home(home, ctx, create=True)
     try:
@@ -170,7 +169,7 @@ def ls_(
     json_out: bool = JsonOpt,
 ) -> None:
     """List workflows, newest first."""
-    from .client import Client
+    from tuiflow.engine.client import Client
 
     items = _guard(lambda: Client(_home(home, ctx)).list(state))
     if json_out:
@@ -201,7 +200,7 @@ def ls_(
 @app.command()
 def status(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bool = JsonOpt) -> None:
     """A workflow's state, counts and tasks."""
-    from .client import Client
+    from tuiflow.engine.client import Client
 
     st = _guard(lambda: Client(_home(home, ctx)).status(wf))
     if json_out:
@@ -232,7 +231,7 @@ def tasks(
     json_out: bool = JsonOpt,
 ) -> None:
     """A workflow's tasks (state, attempt, worker, queued for, ran for, exit/error)."""
-    from .client import Client
+    from tuiflow.engine.client import Client
 
     views = _guard(lambda: Client(_home(home, ctx)).tasks(wf, prefix=prefix, state=state))
     if json_out:
@@ -269,7 +268,7 @@ def _task_table(rows: list[list[str]]) -> None:
 @app.command()
 def cancel(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bool = JsonOpt) -> None:
     """Cancel a workflow: queued tasks are cancelled, running ones killed."""
-    from .client import Client
+    from tuiflow.engine.client import Client
 
     wf_id = _guard(lambda: Client(_home(home, ctx)).cancel(wf))
     if json_out:
@@ -287,7 +286,7 @@ def retry(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run failed, upstream_failed and cancelled tasks again."""
-    from .client import Client
+    from tuiflow.engine.client import Client
 
     wf_id, again = _guard(lambda: Client(_home(home, ctx)).retry(wf, task or None))
     if json_out:
@@ -305,8 +304,8 @@ def watch(
     interval: float = typer.Option(0.5, help="Seconds between updates."),
 ) -> None:
     """Follow a workflow live: counts, rate and ETA, until it ends."""
-    from .client import Client
-    from .watching import follow
+    from tuiflow.cli.follow import follow
+    from tuiflow.engine.client import Client
 
     client = Client(_home(home, ctx))
     wf_id = _guard(lambda: client.store.resolve(wf))
@@ -327,8 +326,8 @@ def logs(
     json_out: bool = JsonOpt,
 ) -> None:
     """Print a task attempt's stdout/stderr."""
-    from .client import Client
-    from .watching import follow_logs
+    from tuiflow.cli.follow import follow_logs
+    from tuiflow.engine.client import Client
 
     client = Client(_home(home, ctx))
     directory = _guard(lambda: client.attempt_dir(wf, task, attempt))
@@ -351,7 +350,7 @@ def logs(
 @app.command()
 def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = JsonOpt) -> None:
     """Check the home: lease holder and age, dead workers, stuck tasks, queues, poison messages."""
-    from .client import Client
+    from tuiflow.engine.client import Client
 
     report = _guard(lambda: Client(_home(home, ctx)).doctor())
     if json_out:
@@ -402,7 +401,7 @@ def purge(
     json_out: bool = JsonOpt,
 ) -> None:
     """Delete finished workflows (with --all: every workflow) and dead workers' records."""
-    from .client import Client
+    from tuiflow.engine.client import Client
 
     client = Client(_home(home, ctx))
     if not yes and not json_out:
@@ -438,7 +437,7 @@ def coordinator(
     ),
 ) -> None:
     """Run the coordinator daemon (one per home)."""
-    from .coordinator import Coordinator, freeze_heap
+    from tuiflow.engine.coordinator import Coordinator, freeze_heap
 
     logging.getLogger().setLevel(logging.INFO)
     h = _home(home, ctx, create=True)
@@ -451,7 +450,7 @@ def coordinator(
         ) from None
     except SpoolError as e:
         raise _fail(str(e)) from None
-    from workers.daemon import install_stop_handlers
+    from workers.worker import install_stop_handlers
 
     install_stop_handlers(lambda hard: coord.stop())
     freeze_heap()
@@ -488,7 +487,7 @@ def worker(
     home: str | None = HomeOpt,
 ) -> None:
     """Run a worker daemon. SIGTERM drains; a second SIGTERM or SIGINT stops at once."""
-    from workers.daemon import Worker, install_stop_handlers
+    from workers.worker import Worker, install_stop_handlers
 
     logging.getLogger().setLevel(logging.INFO)
     h = _home(home, ctx, create=True)
@@ -565,7 +564,7 @@ class TraceView(StrEnum):
 
 
 def _workflow_dir(ctx: typer.Context, home: str | None, wf: str) -> str:
-    from .store import WorkflowStore
+    from tuiflow.engine.store import WorkflowStore
 
     store = WorkflowStore(_home(home, ctx))
     return store.dir(_guard(lambda: store.resolve(wf)))
@@ -649,8 +648,7 @@ def trace_history(
 ) -> None:
     """A workflow across its runs: per-task success rate and p50/p95 durations, recent walls."""
     from analyzer import AnalyzerError, history, render_history
-
-    from .store import WorkflowStore
+    from tuiflow.engine.store import WorkflowStore
 
     store = WorkflowStore(_home(home, ctx))
     summaries = _guard(store.summaries)
@@ -692,9 +690,9 @@ def run_local_cmd(
     Exit code 0 when it completed, 1 when it failed or was cancelled (Ctrl-C cancels), 2 when
     the workflow file is invalid.
     """
-    from .compiler import load_workflow, parse_set_values
-    from .model import WorkflowValidationError
-    from .runlocal import run_local
+    from tuiflow.cli.runlocal import run_local
+    from tuiflow.engine.compiler import load_workflow, parse_set_values
+    from tuiflow.engine.model import WorkflowValidationError
 
     try:
         definition = load_workflow(file, parse_set_values(set_))

@@ -11,9 +11,9 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.message import Message
 
-from .data import STATE_STYLE, WorkflowSnapshot, dag_rows, task_order, task_row
-from .render import fmt_secs, segment_bar
-from .rows import RowsView
+from tuiflow.app.data import STATE_STYLE, WorkflowSnapshot, dag_rows, task_order, task_row
+from tuiflow.app.render import fmt_secs, segment_bar
+from tuiflow.app.rows import RowsView
 
 GLYPH = {
     "completed": "✔",

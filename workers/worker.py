@@ -39,12 +39,11 @@ from spool import ChangeWaiter, Home, Message, SpoolError, SpoolQueue
 from spool.atomic import append, atomic_write, read_bytes
 from spool.liveness import HeartbeatWriter
 from spool.watch import WakePipe, drain
+from workers import wire as p
+from workers.executors import EXECUTORS, Outcome, TaskContext, resolve_cwd
+from workers.tracing import AttemptTrace, Telemetry, span_context_from_traceparent
 
-from . import protocol as p
-from .executors import EXECUTORS, Outcome, TaskContext, resolve_cwd
-from .tracing import AttemptTrace, Telemetry, span_context_from_traceparent
-
-log = logging.getLogger("workers.daemon")
+log = logging.getLogger("workers.worker")
 
 MARKER_CHECK_INTERVAL = 0.25
 HOSTNAME = socket.gethostname()

@@ -1,6 +1,6 @@
 """Workflow files and the builder's mappings, validated and compiled to a `Definition`.
 
-A workflow file (YAML or JSON) or the Python builder (`tuiflow.builder`) produces a raw
+A workflow file (YAML or JSON) or the Python builder (`tuiflow.sdk.builder`) produces a raw
 mapping; `compile_workflow` validates it (types with pydantic, then names, dependencies,
 cycles, executors, conditions and templates) and expands ``foreach`` tasks. Every problem
 found is reported at once, each naming the file, the task, the field and, for YAML, the
@@ -20,8 +20,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .expr import Expression, ExpressionError, has_template, strings_in
-from .model import EXECUTORS, Definition, Issue, TaskDef, WorkflowValidationError, _expression, _template
+from tuiflow.engine.expr import Expression, ExpressionError, has_template, strings_in
+from tuiflow.engine.model import (
+    EXECUTORS,
+    Definition,
+    Issue,
+    TaskDef,
+    WorkflowValidationError,
+    _expression,
+    _template,
+)
 
 TASK_NAME_RE = re.compile(r"[A-Za-z0-9_.=\-\[\]]+(/[A-Za-z0-9_.=\-\[\]]+)*\Z")
 MAX_TASK_NAME = 200

@@ -21,12 +21,11 @@ from spool import Home, SpoolError
 from spool.fsops import listdir
 from spool.liveness import SUFFIX as HB_SUFFIX
 from spool.liveness import decode, fs_age, fs_now, read_raw
-from workers import protocol as p
-
-from .dag import RUNNING, STATE_NAMES, TERMINAL, WF_TERMINAL, NotRetryable, Run
-from .errors import NotFound
-from .model import Definition
-from .store import WorkflowStore
+from tuiflow.engine.model import Definition
+from tuiflow.engine.runstate import RUNNING, STATE_NAMES, TERMINAL, WF_TERMINAL, NotRetryable, Run
+from tuiflow.engine.store import WorkflowStore
+from tuiflow.errors import NotFound
+from workers import wire as p
 
 
 @dataclasses.dataclass
@@ -110,7 +109,9 @@ class Client:
         return wf_id
 
     def submit_file(self, path: str, set_values: dict[str, Any] | None = None) -> str:
-        from .compiler import load_workflow  # the compiler's pydantic costs startup time elsewhere
+        from tuiflow.engine.compiler import (
+            load_workflow,  # the compiler's pydantic costs startup time elsewhere
+        )
 
         return self.submit(load_workflow(path, set_values))
 

@@ -1,6 +1,6 @@
 """The compiled form of a workflow, the one the engine runs: `Definition` and `TaskDef`.
 
-`tuiflow.compiler` turns a workflow file or the builder's mapping into a `Definition`
+`tuiflow.engine.compiler` turns a workflow file or the builder's mapping into a `Definition`
 (validating it and expanding ``foreach``); the definition is immutable and is what gets
 stored at submit. This module stays free of the compiler's dependencies (pydantic,
 YAML) so that the processes that only run workflows (coordinator, workers, dashboard)
@@ -13,7 +13,7 @@ import dataclasses
 import functools
 from typing import Any
 
-from .expr import Expression, Template, has_template, strings_in
+from tuiflow.engine.expr import Expression, Template, has_template, strings_in
 
 DEFINITION_FORMAT = 1
 #: executors the workers know; `executor:` names one explicitly (`run` means shell, `call` python)

@@ -36,8 +36,8 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from .expr import ExpressionError, MissingValue, evaluate_condition
-from .model import Definition, _expression
+from tuiflow.engine.expr import ExpressionError, MissingValue, evaluate_condition
+from tuiflow.engine.model import Definition, _expression
 
 PENDING, READY, RUNNING, COMPLETED, FAILED, SKIPPED, UPSTREAM_FAILED, CANCELLED = range(8)
 STATE_NAMES = (

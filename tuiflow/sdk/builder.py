@@ -14,8 +14,8 @@ import json
 import os
 from typing import Any
 
-from .compiler import compile_workflow
-from .model import Definition
+from tuiflow.engine.compiler import compile_workflow
+from tuiflow.engine.model import Definition
 
 
 class TaskRef(str):

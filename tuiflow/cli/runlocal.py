@@ -1,0 +1,175 @@
+"""`tuiflow run-local`: submit a workflow, run it to the end here (`tuiflow.engine.local`),
+and show its progress: one bar overall and one per prefix group, a line per task that
+ends, and a summary table (or, with --json, the final status)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from spool import Home
+from tuiflow.engine.client import task_views
+from tuiflow.engine.local import LocalRun
+from tuiflow.engine.model import Definition
+from tuiflow.engine.runstate import FAILED, SKIPPED, TERMINAL, UPSTREAM_FAILED, Run
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+_STYLE = {
+    "completed": "green",
+    "failed": "red",
+    "upstream_failed": "red",
+    "cancelled": "yellow",
+    "skipped": "magenta",
+    "retrying": "yellow",
+}
+
+
+# -------------------------------------------------------------------- display
+class _Bars:
+    """Rich progress: overall, plus one bar per prefix group when there are at most 8."""
+
+    def __init__(self, definition: Definition):
+        self.progress = Progress(
+            TextColumn("{task.description:<18}"),
+            BarColumn(bar_width=None),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            expand=True,
+        )
+        self.total = self.progress.add_task("overall", total=len(definition), detail="")
+        self.groups: dict[str, Any] = {}
+        prefixes = definition.prefixes
+        if 1 < len(prefixes) <= 8 or (
+            len(prefixes) == 1 and any("/" not in t.name for t in definition.tasks)
+        ):
+            for prefix in prefixes:
+                n = sum(1 for t in definition.tasks if t.name.startswith(prefix + "/"))
+                self.groups[prefix] = self.progress.add_task(f"  {prefix}/", total=n, detail="")
+
+    def update(self, run: Run) -> None:
+        done = sum(run.counts[c] for c in TERMINAL)
+        self.progress.update(self.total, completed=done, detail=_detail(run.counts))
+        if self.groups:
+            per: dict[str, list[int]] = {g: [0] * 8 for g in self.groups}
+            for t, code in zip(run.definition.tasks, run.st, strict=True):
+                g = t.name.split("/", 1)[0] if "/" in t.name else None
+                if g in per:
+                    per[g][code] += 1
+            for g, counts in per.items():
+                self.progress.update(
+                    self.groups[g], completed=sum(counts[c] for c in TERMINAL), detail=_detail(counts)
+                )
+
+
+def _detail(counts: list[int]) -> str:
+    parts = []
+    for code, label, style in (
+        (2, "running", "cyan"),
+        (1, "queued", "blue"),
+        (FAILED, "failed", "red"),
+        (UPSTREAM_FAILED, "upstream", "red"),
+        (SKIPPED, "skipped", "magenta"),
+    ):
+        if counts[code]:
+            parts.append(f"[{style}]{counts[code]} {label}[/]")
+    return " ".join(parts)
+
+
+def summary_table(run: Run, wall: float, home: Home) -> Table:
+    table = Table(title=f"workflow {run.wf_id} ({run.definition.name}): {run.state}", title_justify="left")
+    table.add_column("")
+    table.add_column("", overflow="fold")
+    counts = ", ".join(f"{n} {s}" for s, n in run.count_dict().items() if n)
+    table.add_row("tasks", f"{len(run)} ({counts})")
+    table.add_row("wall time", f"{wall:.2f} s")
+    views = [v for v in task_views(run, time.time()) if v.ran_for is not None]
+    views.sort(key=lambda v: v.ran_for or 0, reverse=True)
+    if views:
+        table.add_row("slowest", "\n".join(f"{v.ran_for:8.2f} s  {v.name}" for v in views[:5]))
+    failed = [
+        (t.name, run.reason.get(i, "")) for i, t in enumerate(run.definition.tasks) if run.st[i] in (FAILED,)
+    ]
+    if failed:
+        table.add_row(
+            "[red]failed[/]", "\n".join(f"{n}: {r.splitlines()[0][:120] if r else ''}" for n, r in failed[:8])
+        )
+    table.add_row(
+        "files", f"{home.workflows_dir}/{run.wf_id}/tasks/<task>/<attempt>/  (logs, outputs, spans)"
+    )
+    table.add_row("traces", f"tuiflow trace analyze {run.wf_id} --home {home.root}")
+    return table
+
+
+def run_local(
+    home: Home,
+    definition: Definition,
+    *,
+    workers: int | None = None,
+    json_out: bool = False,
+    console: Console | None = None,
+    worker_mode: str = "process",
+    slots: int = 1,
+) -> tuple[int, dict[str, Any]]:
+    """Run `definition` to the end; returns (exit code, final status)."""
+    console = console or Console(stderr=True)
+    session = LocalRun(home, definition, workers=workers, worker_mode=worker_mode, slots=slots)
+    wf_id = session.start()
+    if not json_out:
+        console.print(
+            f"[bold]tuiflow run-local[/] workflow [cyan]{wf_id}[/] ({definition.name}, "
+            f"{len(definition)} tasks) with {session.n_workers} worker(s) in {home.root}"
+        )
+        if session.external_coordinator:
+            console.print(f"[yellow]using the running coordinator[/] ({session.external_coordinator})")
+    bars = _Bars(definition)
+
+    def tick() -> None:
+        run = session.snapshot()
+        if run is not None:
+            bars.update(run)
+        for text, state in session.drain_lines():
+            if not json_out:
+                live.console.print(text, style=_STYLE.get(state) or None, markup=False, highlight=False)
+
+    live = Live(Group(bars.progress), console=console, transient=False, refresh_per_second=10)
+    try:
+        with live if not json_out else contextlib.nullcontext():
+            session.wait(on_tick=tick)
+    except KeyboardInterrupt:
+        session.interrupted = True
+        console.print("[yellow]interrupted: cancelling the workflow[/]")
+        session.cancel()
+        deadline = time.monotonic() + 30
+        with contextlib.suppress(KeyboardInterrupt):
+            while not session.finished() and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        session.stop()
+    if not json_out and not console.is_terminal:
+        console.print()
+    status = session.client.status(wf_id)
+    run = session.client.run(wf_id)
+    wall = (run.ended_at or time.time()) - (run.started_at or run.created_at)
+    if not json_out:
+        console.print(summary_table(run, wall, home))
+    code = EXIT_OK if run.state == "completed" else EXIT_FAILED
+    return code, status
+
+
+__all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "run_local"]
