@@ -40,11 +40,6 @@ HEADER_SIZE = _HEADER.size
 T = TypeVar("T")
 
 
-def encode_record(value: Any, version: int) -> list[bytes]:
-    body = msgpack.packb(value, use_bin_type=True)
-    return [_HEADER.pack(_MAGIC, RECORD_FORMAT, 0, version, zlib.crc32(body), len(body)), body]
-
-
 def _check_header(raw: bytes | memoryview, path: str) -> tuple[int, int, int]:
     if len(raw) < HEADER_SIZE:
         raise CorruptRecordError(f"{path}: record truncated ({len(raw)} bytes)", path=path)

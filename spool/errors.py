@@ -1,6 +1,11 @@
-"""Errors raised by the spool substrate.
+"""Errors raised by the spool substrate, and the root of every tuiflow error.
 
-One root (`SpoolError`), families under it. Every error that concerns a file names it
+`TuiflowError` is the one root of the errors tuiflow raises on purpose (a user's mistake, a
+file system that fails): `spool`, `workers`, `analyzer` and the engine each have a family
+under it, so the command line maps the whole family to exit codes in one place. It lives
+here, in the lowest package, so that every package can derive from it.
+
+In `spool`: one root (`SpoolError`), families under it. Every error that concerns a file names it
 (`.path`) and, when it wraps an `OSError`, keeps its errno (`.errno`) and chains it as the
 cause, so callers can tell ENOSPC from EACCES without parsing messages.
 """
@@ -11,7 +16,11 @@ import errno as _errno
 import os
 
 
-class SpoolError(Exception):
+class TuiflowError(Exception):
+    """Root of every error tuiflow raises on purpose."""
+
+
+class SpoolError(TuiflowError):
     """Root of every error raised by `spool`."""
 
     def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, errno: int | None = None):

@@ -5,7 +5,7 @@ file and every rename or link of one goes through this module.
 
 **ESTALE.** A file handle the client holds no longer names a file on the server (another
 client replaced or removed it, or the server restarted and forgot it). Opening the path
-again resolves it afresh. `read_bytes`, `open_read`, `listdir` and the renames retry a
+again resolves it afresh. `read_bytes`, `read_head`, `listdir` and the renames retry a
 call that fails with ESTALE up to `STALE_RETRIES` times, with a short doubling backoff
 (5 ms, 10 ms, ... 160 ms in all), and then raise one `StorageError` that names the path.
 
@@ -76,11 +76,6 @@ def retry_stale(call: Callable[[], T], action: str, path: str) -> T:
             path=path,
             errno=e.errno,
         ) from e
-
-
-def open_read(path: str) -> int:
-    """A read-only descriptor of `path` (ESTALE retried). FileNotFoundError passes through."""
-    return retry_stale(lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC), "open", path)
 
 
 def listdir(path: str) -> list[str]:
@@ -156,4 +151,4 @@ def link_new(tmp: str, dst: str) -> bool:
         return False
 
 
-__all__ = ["STALE_RETRIES", "link_new", "listdir", "listed", "open_read", "place", "retry_stale", "take"]
+__all__ = ["STALE_RETRIES", "link_new", "listdir", "listed", "place", "retry_stale", "take"]

@@ -30,6 +30,17 @@ from typing import Any
 from .atomic import Durability, create_exclusive, read_bytes
 from .errors import LayoutError, StorageError
 from .fsops import listdir
+from .layout import (
+    COMPLETIONS_DIR,
+    CONTROL_DIR,
+    COORDINATOR_DIR,
+    HOME_SUBDIRS,
+    LAYOUT_FILE,
+    LEASE_DIR,
+    QUEUES_DIR,
+    WORKERS_DIR,
+    WORKFLOWS_DIR,
+)
 from .lease import Lease
 from .names import check_component
 from .placement import spread_subdirectories
@@ -37,8 +48,6 @@ from .queue import SpoolQueue
 
 LAYOUT_VERSION = 1
 DEFAULT_HOME = ".tuiflow"
-LAYOUT_FILE = "layout.json"
-SUBDIRS = ("coordinator", "queues", "completions", "control", "workers", "workflows")
 WATCH_MODES = ("auto", "events", "poll")
 
 
@@ -127,12 +136,12 @@ class Home:
         self.root = root
         self.settings = settings
         self.layout = layout
-        self.coordinator_dir = f"{root}/coordinator"
-        self.queues_dir = f"{root}/queues"
-        self.completions_dir = f"{root}/completions"
-        self.control_dir = f"{root}/control"
-        self.workers_dir = f"{root}/workers"
-        self.workflows_dir = f"{root}/workflows"
+        self.coordinator_dir = f"{root}/{COORDINATOR_DIR}"
+        self.queues_dir = f"{root}/{QUEUES_DIR}"
+        self.completions_dir = f"{root}/{COMPLETIONS_DIR}"
+        self.control_dir = f"{root}/{CONTROL_DIR}"
+        self.workers_dir = f"{root}/{WORKERS_DIR}"
+        self.workflows_dir = f"{root}/{WORKFLOWS_DIR}"
 
     @classmethod
     def open(
@@ -177,7 +186,7 @@ class Home:
         try:
             os.makedirs(root, exist_ok=True)
             spread_subdirectories(root)
-            for sub in SUBDIRS:
+            for sub in HOME_SUBDIRS:
                 os.makedirs(f"{root}/{sub}", exist_ok=True)
         except OSError as e:
             raise LayoutError(f"cannot create home {root}: {e.strerror}", path=root, errno=e.errno) from e
@@ -231,7 +240,7 @@ class Home:
         """The coordinator lease, as seen by contender `holder`."""
         s = self.settings
         return Lease(
-            f"{self.coordinator_dir}/lease",
+            f"{self.coordinator_dir}/{LEASE_DIR}",
             holder,
             ttl=s.lease_ttl,
             durability=s.durability,

@@ -38,6 +38,7 @@ import msgpack
 from .atomic import HOST, fsync_dir, read_bytes
 from .errors import CorruptRecordError, SpoolError, StorageError
 from .fsops import listdir
+from .layout import HEARTBEAT_SUFFIX
 from .names import check_component
 
 log = logging.getLogger("spool.liveness")
@@ -45,7 +46,7 @@ log = logging.getLogger("spool.liveness")
 HEARTBEAT_FORMAT = 1
 _MAGIC = b"TFHB"
 _HEADER = struct.Struct("<4sHHII")
-SUFFIX = ".hb"
+SUFFIX = HEARTBEAT_SUFFIX
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,8 +73,12 @@ class HeartbeatWriter:
         self._ino = 0
         os.makedirs(directory, exist_ok=True)
 
-    def beat(self, info: dict[str, Any] | None = None) -> None:
-        """Rewrite the record with the beat counter incremented."""
+    def beat(self, info: dict[str, Any] | None = None, *, written_at: float | None = None) -> None:
+        """Rewrite the record with the beat counter incremented.
+
+        Parameters:
+            written_at: the writer's wall clock to record (display only; default now).
+        """
         self.beats += 1
         body = msgpack.packb(
             {
@@ -82,7 +87,7 @@ class HeartbeatWriter:
                 "pid": os.getpid(),
                 "beat": self.beats,
                 "nonce": self.nonce,
-                "written_at": time.time(),
+                "written_at": time.time() if written_at is None else written_at,
                 "info": info or {},
             },
             use_bin_type=True,

@@ -38,7 +38,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import filelock
 
@@ -218,14 +218,6 @@ class SpoolLock:
             with contextlib.suppress(OSError):
                 os.unlink(aside)
             self._seen = None
-
-    @contextlib.contextmanager
-    def held_lock(self) -> Iterator[SpoolLock]:
-        self.acquire()
-        try:
-            yield self
-        finally:
-            self.release()
 
     def __enter__(self) -> SpoolLock:
         self.acquire()

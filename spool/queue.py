@@ -18,7 +18,7 @@ Message names sort into service order::
       rank    = 32767 - priority   (priority in [-32768, 32767]; higher is served first)
       put_ns  = the putter's time.time_ns(); FIFO within a priority
       id      = [A-Za-z0-9_~=+@-]{1,100}: the caller's, or process token + counter; an id
-                ending in "+<n>" names a message that carries n items (a batch), which
+                ending in "+<n>" names a message that carries n items (a multi-item message), which
                 `counts` counts as n
       attempt = how many times the message was handed out and came back (nack / reap)
 
@@ -77,6 +77,7 @@ from .atomic import (
 )
 from .errors import CorruptRecordError, InvalidNameError, MessageTooLargeError, StorageError
 from .fsops import listdir, listed, take
+from .layout import CLAIMED_DIR, DEAD_DIR, DELAYED_DIR, PRIORITY_HINT, QUEUE_META, READY_DIR, REASON_SUFFIX
 from .names import check_component
 
 QUEUE_FORMAT = 1
@@ -208,11 +209,11 @@ class SpoolQueue:
         self.max_message_bytes = max_message_bytes
         self.listing_ttl = listing_ttl
         self.shards = self._open_layout(shards)
-        self._ready = [f"{root}/ready/{s:02x}" for s in range(self.shards)]
-        self._claimed_root = f"{root}/claimed"
-        self._delayed = f"{root}/delayed"
-        self._dead = f"{root}/dead"
-        self._hint = f"{root}/priority.hint"
+        self._ready = [f"{root}/{READY_DIR}/{s:02x}" for s in range(self.shards)]
+        self._claimed_root = f"{root}/{CLAIMED_DIR}"
+        self._delayed = f"{root}/{DELAYED_DIR}"
+        self._dead = f"{root}/{DEAD_DIR}"
+        self._hint = f"{root}/{PRIORITY_HINT}"
         self._hint_seen: tuple[int, int] | None = None
         self._ids = itertools.count()
         self._packer = msgpack.Packer(use_bin_type=True)
@@ -239,16 +240,16 @@ class SpoolQueue:
 
     # ----------------------------------------------------------------- layout
     def _open_layout(self, shards: int) -> int:
-        meta = f"{self.root}/queue.json"
+        meta = f"{self.root}/{QUEUE_META}"
         try:
             return self._read_meta(meta)
         except FileNotFoundError:
             pass
         try:
-            for sub in ("claimed", "delayed", "dead"):
+            for sub in (CLAIMED_DIR, DELAYED_DIR, DEAD_DIR):
                 os.makedirs(f"{self.root}/{sub}", exist_ok=True)
             for s in range(shards):
-                os.makedirs(f"{self.root}/ready/{s:02x}", exist_ok=True)
+                os.makedirs(f"{self.root}/{READY_DIR}/{s:02x}", exist_ok=True)
         except OSError as e:
             raise StorageError.from_os("create queue directories in", self.root, e) from e
         data = json.dumps({"version": QUEUE_FORMAT, "shards": shards}).encode()
@@ -267,9 +268,9 @@ class SpoolQueue:
             raise CorruptRecordError(f"{meta}: unsupported queue format {info!r}", path=meta)
         for s in range(shards):
             # A queue whose shard directories were deleted by hand is repaired rather than wedged.
-            if not os.path.isdir(f"{self.root}/ready/{s:02x}"):
-                os.makedirs(f"{self.root}/ready/{s:02x}", exist_ok=True)
-        for sub in ("claimed", "delayed", "dead"):
+            if not os.path.isdir(f"{self.root}/{READY_DIR}/{s:02x}"):
+                os.makedirs(f"{self.root}/{READY_DIR}/{s:02x}", exist_ok=True)
+        for sub in (CLAIMED_DIR, DELAYED_DIR, DEAD_DIR):
             os.makedirs(f"{self.root}/{sub}", exist_ok=True)
         return shards
 
@@ -311,7 +312,7 @@ class SpoolQueue:
             delay: seconds before it may be claimed (it waits in delayed/ until a claimer
                 promotes it: see `promote_due`).
             order_ns: the put time it is served by (default: now); an item taken out of
-                a batch message and queued alone keeps the batch's place with it.
+                a multi-item message and queued alone keeps that message's place with it.
 
         Raises:
             MessageTooLargeError: the encoded message exceeds `max_message_bytes`.
@@ -580,9 +581,6 @@ class SpoolQueue:
         except FileNotFoundError:
             return False  # RACE: a sweeper reaped it after judging the claimant dead
 
-    def ack_many(self, msgs: Iterable[Message]) -> int:
-        return sum(self.ack(m) for m in msgs)
-
     def nack(self, msg: Message, delay: float = 0.0) -> str | None:
         """Return a message that failed; attempt + 1. With `delay` > 0 it waits in delayed/
         (see `promote_due` for whose clock measures the delay).
@@ -748,7 +746,7 @@ class SpoolQueue:
         os.makedirs(self._dead, exist_ok=True)
         # The reason goes first: a crash between the two steps leaves the message where it was
         # (it will be quarantined again), never a dead message without its reason.
-        reason_path = f"{self._dead}/{name}.reason.json"
+        reason_path = f"{self._dead}/{name}{REASON_SUFFIX}"
         publish(
             write_temp(self._dead, json.dumps(info).encode(), self.durability), reason_path, self.durability
         )
@@ -766,11 +764,11 @@ class SpoolQueue:
         except FileNotFoundError:
             return out
         for name in names:
-            if name[0] == "." or name.endswith(".reason.json"):
+            if name[0] == "." or name.endswith(REASON_SUFFIX):
                 continue
             info: dict[str, Any] = {}
             try:
-                info = json.loads(read_bytes(f"{self._dead}/{name}.reason.json", max_bytes=1 << 20))
+                info = json.loads(read_bytes(f"{self._dead}/{name}{REASON_SUFFIX}", max_bytes=1 << 20))
             except (OSError, ValueError, CorruptRecordError):
                 pass
             out.append(DeadMessage(name, f"{self._dead}/{name}", info.get("reason"), info))
@@ -867,11 +865,11 @@ class SpoolQueue:
         return sorted(names)
 
     def counts(self) -> QueueCounts:
-        """Depths by state, in items (a batch message counts as its items); costs one
+        """Depths by state, in items (a multi-item message counts as its items); costs one
         listing of every directory (use for dashboards, not hot paths)."""
         ready = sum(_count(_listdir(d)) for d in self._ready)
         delayed = _count(_listdir(self._delayed))
-        dead = _count(n for n in _listdir(self._dead) if not n.endswith(".reason.json"))
+        dead = _count(n for n in _listdir(self._dead) if not n.endswith(REASON_SUFFIX))
         claimed = {w: _count(ns) for w, ns in self.claimed().items()}
         return QueueCounts(ready, delayed, claimed, dead)
 
