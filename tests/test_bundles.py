@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_engine import WORKFLOWS, cli, start, wait_for, write_wf
+from support.engine import WORKFLOWS, cli, start, wait_for, write_wf
 
 from spool import Home, Settings
 from spool.queue import QueueCounts, items_in
@@ -51,10 +51,12 @@ def test_a_fan_out_is_queued_in_bundles_counted_as_tasks(fast_home):
     q = fast_home.queue("default")
     assert q.counts().ready == 200
     found, complete = q.payloads(n[26:].rsplit(".", 2)[0] for n in names)
-    members = [m for payload in found for m in p.members(payload)]
-    assert complete and sorted(m["idx"] for m in members) == list(range(200))
-    first = next(p.members(b) for b in found if p.members(b)[0]["idx"] == 0)
-    assert [(m["task"], m["attempt"], m["spec"]["kwargs"]) for m in first] == [
+    bundles = [p.decode_task_payload(payload) for payload in found]
+    assert all(isinstance(b, p.Bundle) for b in bundles)
+    members = [m for b in bundles for m in b.members]
+    assert complete and sorted(m.idx for m in members) == list(range(200))
+    first = next(b.members for b in bundles if b.members[0].idx == 0)
+    assert [(m.task, m.attempt, m.spec["kwargs"]) for m in first] == [
         (f"work[{i}]", 0, {"value": i}) for i in range(3)
     ]
 
@@ -78,11 +80,11 @@ def test_ready_repair_finds_tasks_inside_bundles_and_requeues_a_lost_bundle(fast
         q = home.queue("default")
         wait_for(lambda: q.counts().ready == 200, what="the fan-out to be queued")
         time.sleep(1.0)  # several repair rounds, each past repair_after
-        assert coord.stats.repaired == 0  # every ready task's message is inside a bundle
+        assert coord.repair.repaired == 0  # every ready task's message is inside a bundle
         lost = next(n for n in q.ready_names() if items_in(n) == 3)
         for d in q._ready:
             Path(d, lost).unlink(missing_ok=True)
-        wait_for(lambda: coord.stats.repaired == 3, timeout=30, what="ready-repair of the lost bundle")
+        wait_for(lambda: coord.repair.repaired == 3, timeout=30, what="ready-repair of the lost bundle")
         assert q.counts().ready == 200
         assert len(q.ready_names()) == 66 + 3  # the lost bundle's tasks come back alone
     finally:

@@ -16,6 +16,7 @@ from opentelemetry.trace import Link, Status, StatusCode
 
 from analyzer import contract as c
 from spool import Home, Settings
+from tuiflow.cli.exits import EXIT_NOT_FOUND
 from workers.tracing import span_json, workflow_span_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -392,7 +393,8 @@ def test_trace_history_across_runs(tmp_path):
         timeout=60,
         cwd=ROOT,
     )
-    assert r.returncode == 1 and "no runs of a workflow named 'thrice'" in r.stderr and "twice" in r.stderr
+    assert r.returncode == EXIT_NOT_FOUND and "no runs of a workflow named 'thrice'" in r.stderr
+    assert "twice" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -13,6 +13,8 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from workers.wire import FailKind
+
 
 def describe_exit(returncode: int) -> str:
     """'exit code 3' / 'killed by signal 9 (SIGKILL)'."""
@@ -52,11 +54,12 @@ def _killpg(pgid: int, sig: int) -> None:
 def wait_or_stop(
     proc: subprocess.Popen,
     deadline: float | None,
-    should_stop: Callable[[], str | None],
+    should_stop: Callable[[], FailKind | None],
     poll: float = 0.05,
-) -> tuple[int | None, str | None]:
-    """Wait for `proc` until it exits, `deadline` (monotonic) passes, or `should_stop()`
-    names a reason. Returns (returncode or None, stop reason or None); never kills."""
+) -> tuple[int | None, FailKind | None]:
+    """Wait for `proc` until it exits, `deadline` (monotonic seconds) passes, or
+    `should_stop()` names a reason, looking every `poll` seconds. Returns (returncode or
+    None, stop reason or None: `FailKind.TIMEOUT` past the deadline); never kills."""
     while True:
         timeout = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
         try:
@@ -64,7 +67,7 @@ def wait_or_stop(
         except subprocess.TimeoutExpired:
             pass
         if deadline is not None and time.monotonic() >= deadline:
-            return None, "timeout"
+            return None, FailKind.TIMEOUT
         reason = should_stop()
         if reason:
             return None, reason

@@ -50,15 +50,13 @@ from analyzer.contract import (
     ATTR_KIND,
     ATTR_TASK,
     ATTR_WORKFLOW_ID,
-    LOGS_DIR,
     SPAN_KINDS,
-    SPANS_FILE,
     TASK_SPAN,
     WORKFLOW_SPAN,
     trace_id_for,
 )
+from spool import layout
 from spool.atomic import append
-from spool.names import encode_component
 from workers.traceparent import context_from_traceparent, span_context_from_traceparent, traceparent
 
 __all__ = ["context_from_traceparent", "span_context_from_traceparent", "traceparent"]  # and the rest
@@ -133,7 +131,7 @@ class AttemptFiles(SpanProcessor):
         wf, task, attempt = attrs.get(ATTR_WORKFLOW_ID), attrs.get(ATTR_TASK), attrs.get(ATTR_ATTEMPT)
         if wf is None or task is None or attempt is None:
             return None
-        return f"{self.home_root}/workflows/{wf}/tasks/{encode_component(task)}/{attempt}/{LOGS_DIR}/{SPANS_FILE}"
+        return layout.attempt_log(layout.attempt_dir(self.home_root, wf, task, attempt), layout.SPANS_FILE)
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         route = None
@@ -145,7 +143,7 @@ class AttemptFiles(SpanProcessor):
         if route is None and span.name == WORKFLOW_SPAN and span.attributes:
             wf = span.attributes.get(ATTR_WORKFLOW_ID)
             if wf is not None:
-                route = f"{self.home_root}/workflows/{wf}/trace/{SPANS_FILE}"
+                route = layout.trace_file(layout.workflow_dir(self.home_root, wf))
         if route is not None:
             with self._lock:
                 self._routes[span.context.span_id] = route
@@ -506,7 +504,7 @@ class CurrentTaskFile(SpanProcessor):
         if not task_dir:
             return
         try:
-            append(f"{task_dir}/{LOGS_DIR}/{SPANS_FILE}", (span_json(span) + "\n").encode())
+            append(layout.attempt_log(task_dir, layout.SPANS_FILE), (span_json(span) + "\n").encode())
         except Exception as e:  # telemetry must never break the task it describes
             log.warning("could not write span %s: %s", span.name, e)
 

@@ -129,11 +129,11 @@ def crashing_worker(home_root: str, worker_id: str) -> None:
 
     worker = Worker(Home.open(home_root, create=False), ["default"], worker_id=worker_id)
 
-    def failing_check() -> None:
+    def failing_check(attempts: object) -> None:
         say("crashing")
         raise RuntimeError("injected: a bug in the worker's loop")
 
-    worker._check_markers = failing_check  # runs every 0.25 s while a task runs
+    worker.markers.check = failing_check  # the loop calls it every 0.25 s while a task runs
     say("serving")
     worker.run()
 

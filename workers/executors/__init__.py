@@ -1,14 +1,16 @@
-"""Executors: how a task's spec turns into work. `EXECUTORS` maps names to classes."""
+"""Executors: how a task's spec turns into work. `EXECUTORS` maps names to classes; the
+interface they implement is `workers.executors.interface`."""
 
-from workers.executors.interface import Executor, Outcome, Phase, TaskContext
+from workers.executors.interface import Executor, InlineExecutor, Outcome, Phase, TaskContext
 from workers.executors.python import PythonExecutor
 from workers.executors.shell import ShellExecutor, resolve_cwd
 
-EXECUTORS: dict[str, type] = {"shell": ShellExecutor, "python": PythonExecutor}
+EXECUTORS: dict[str, type[Executor]] = {"shell": ShellExecutor, "python": PythonExecutor}
 
 __all__ = [
     "EXECUTORS",
     "Executor",
+    "InlineExecutor",
     "Outcome",
     "Phase",
     "PythonExecutor",

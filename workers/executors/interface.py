@@ -1,17 +1,36 @@
-"""What every executor receives and returns."""
+"""The executor interface: what a worker hands an executor, what it gets back, and every
+method it calls on one. A new executor (diffusers, vLLM, ...) is written against this page.
+
+Two kinds, told apart by the class attribute ``inline`` (never by probing for methods):
+
+* `Executor` (``inline = False``): `run` takes an attempt to its end on a slot thread of the
+  worker, honouring ``ctx.deadline`` and ``ctx.should_stop()`` (the shell executor);
+* `InlineExecutor` (``inline = True``): the worker's loop follows the attempt itself, with no
+  thread: `start` sends it, `fileno` becomes readable when it ended, `finish` reads its
+  outcome; past its deadline or told to stop, `stop` ends it (on a slot thread, since
+  stopping waits out a grace period). The python executor, whose long-lived process
+  answers on a pipe, is one.
+
+Either way the worker prepares the attempt (directory, span, environment: `TaskContext`)
+before, and collects its output and writes its spans after, the same for every executor.
+Executors subclass the protocol they implement, which gives them the defaults of the
+optional methods (`warm`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from workers.wire import FailKind, TaskMessage
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class TaskContext:
     """One attempt, as an executor sees it. Paths are absolute."""
 
-    msg: dict[str, Any]
+    msg: TaskMessage
     home_root: str
     attempt_dir: str
     #: the worker's environment, one dict shared by all its attempts and never changed
@@ -23,10 +42,11 @@ class TaskContext:
     stderr_path: str
     output_path: str
     gpus: list[int]
-    #: monotonic time after which the attempt has timed out (None: no timeout)
+    #: monotonic time (seconds) after which the attempt has timed out (None: no timeout)
     deadline: float | None
-    #: returns a reason ("cancelled", "worker stopped", ...) once the attempt must stop
-    should_stop: Callable[[], str | None]
+    #: returns why the attempt must stop (cancelled, timeout, worker stopped) once it must
+    should_stop: Callable[[], FailKind | None]
+    #: seconds between SIGTERM and SIGKILL when an attempt is stopped
     kill_grace: float = 5.0
 
     @property
@@ -35,7 +55,7 @@ class TaskContext:
         return {**self.base_env, **self.task_env}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Phase:
     """A timed part of an attempt, recorded as a child span (wall-clock epoch seconds)."""
 
@@ -45,26 +65,94 @@ class Phase:
     attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Outcome:
-    """How an attempt ended. `reason`: completed, error, timeout, cancelled, worker stopped."""
+    """How an attempt ended: completed (`failure` None) or failed, and why (`FailKind`),
+    with a message a person can act on (`error`), the exit code where there is one, and the
+    executor's timed phases."""
 
-    reason: str
+    failure: FailKind | None = None
     error: str | None = None
     exit_code: int | None = None
     phases: list[Phase] = dataclasses.field(default_factory=list)
 
+    @classmethod
+    def completed(cls, *, exit_code: int | None = None, phases: list[Phase] | None = None) -> Outcome:
+        return cls(None, None, exit_code, phases or [])
+
+    @classmethod
+    def failed(
+        cls,
+        kind: FailKind,
+        error: str,
+        *,
+        exit_code: int | None = None,
+        phases: list[Phase] | None = None,
+    ) -> Outcome:
+        return cls(kind, error, exit_code, phases or [])
+
     @property
     def ok(self) -> bool:
-        return self.reason == "completed"
+        return self.failure is None
+
+    @property
+    def label(self) -> str:
+        """The span's outcome: completed, failed, timeout, cancelled or worker stopped."""
+        if self.failure is None:
+            return "completed"
+        return "failed" if self.failure is FailKind.ERROR else str(self.failure)
 
 
 class Executor(Protocol):
-    """One per worker slot and executor name, kept for the worker's life. An executor with
-    a long-lived process may also define ``warm()``: start it before the first task."""
+    """Runs attempts of one kind of task. A worker keeps one instance per slot and executor
+    name for its whole life, and calls it from one thread at a time.
 
-    name: str
+    Attributes:
+        name: the name task definitions use (``executor: <name>``).
+        inline: False here: `run` is called on a slot thread. True: see `InlineExecutor`.
+    """
 
-    def run(self, ctx: TaskContext) -> Outcome: ...
+    name: ClassVar[str]
+    inline: ClassVar[bool] = False
 
-    def close(self) -> None: ...
+    def run(self, ctx: TaskContext) -> Outcome:
+        """Run one attempt to its end and say how it ended. Must return within about
+        ``ctx.kill_grace`` seconds of ``ctx.deadline`` passing or ``ctx.should_stop()``
+        naming a reason, having stopped whatever the attempt started."""
+        ...
+
+    def warm(self) -> None:
+        """Start what the first attempt would otherwise wait for (a long-lived process and
+        its imports). Called once per slot at the worker's start for ``--warm`` names; may
+        raise OSError (logged; the first attempt tries again)."""
+        return None
+
+    def close(self) -> None:
+        """Release everything (processes, descriptors); the worker is stopping."""
+        ...
+
+
+class InlineExecutor(Executor, Protocol):
+    """An executor whose attempts the worker's loop follows without a thread: `start`, then
+    `finish` once `fileno` is readable, or `stop`. `run` must still work (for callers with
+    a thread to spare)."""
+
+    inline: ClassVar[bool] = True
+
+    def start(self, ctx: TaskContext) -> Outcome | None:
+        """Send the attempt off without waiting for it. None: it runs, and `fileno` becomes
+        readable when it ended; an Outcome: it could not start (this ends the attempt)."""
+        ...
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when the started attempt has ended."""
+        ...
+
+    def finish(self, ctx: TaskContext) -> Outcome:
+        """The outcome of the started attempt, once `fileno` is readable (never blocks long)."""
+        ...
+
+    def stop(self, ctx: TaskContext, reason: FailKind) -> Outcome:
+        """End the started attempt for `reason` (timeout, cancelled, worker stopped), waiting
+        up to ``ctx.kill_grace`` seconds for it to go before killing it."""
+        ...

@@ -20,15 +20,19 @@ import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
 from spool.atomic import append
-from workers.executors.interface import Outcome, Phase, TaskContext
+from workers.executors.interface import InlineExecutor, Outcome, Phase, TaskContext
 from workers.forked import ForkedProcess
 from workers.framing import read_frame, write_frame
 from workers.supervise import describe_exit, kill_group, tail
+from workers.wire import FailKind
 
 MIN_SETUP_SPAN = 0.005  # seconds
 
 
-class PythonExecutor:
+class PythonExecutor(InlineExecutor):
+    """Followed by the worker's loop (``inline = True``): `start` writes the request to the
+    executor process, whose reply makes `fileno` readable."""
+
     name = "python"
 
     #: fork the executor process from the worker when it has one thread (see
@@ -99,7 +103,8 @@ class PythonExecutor:
         return proc.returncode
 
     def _rescue_output(self, pid: int, ctx: TaskContext) -> None:
-        """What a killed or crashed task printed is still in the scratch files: keep it."""
+        """What a killed or crashed task printed is still in the scratch files (named by
+        `pyrunner.Runner`, in its node-local scratch directory): keep it."""
         for name, dest in (("stdout", ctx.stdout_path), ("stderr", ctx.stderr_path)):
             try:
                 with open(f"{self.scratch}/{name}.{pid}", "rb") as src:
@@ -129,7 +134,7 @@ class PythonExecutor:
             if ready:
                 return self.finish(ctx)
             timed_out = ctx.deadline is not None and time.monotonic() >= ctx.deadline
-            stop = "timeout" if timed_out else ctx.should_stop()
+            stop = FailKind.TIMEOUT if timed_out else ctx.should_stop()
             if stop:
                 return self.stop(ctx, stop)
 
@@ -138,12 +143,12 @@ class PythonExecutor:
         readable when it ends); an Outcome: it could not start."""
         self._t0 = time.time()
         self.warm()  # a process that died while idle is replaced, not blamed on this attempt
-        spec = ctx.msg["spec"]
+        spec = ctx.msg.spec
         request = {
             "call": spec["call"],
             "kwargs": spec.get("kwargs", {}),
             "cwd": ctx.cwd,
-            "base_dir": ctx.msg.get("base_dir") or ctx.cwd,
+            "base_dir": ctx.msg.base_dir or ctx.cwd,
             "stdout": ctx.stdout_path,
             "stderr": ctx.stderr_path,
             "output": ctx.output_path,
@@ -167,7 +172,9 @@ class PythonExecutor:
             self._env = (base, task)
         except (BrokenPipeError, OSError) as e:
             code = self._discard()
-            return Outcome("error", f"python executor process unavailable ({e}; {describe_exit(code or 0)})")
+            return Outcome.failed(
+                FailKind.ERROR, f"python executor process unavailable ({e}; {describe_exit(code or 0)})"
+            )
         return None
 
     def fileno(self) -> int:
@@ -182,8 +189,8 @@ class PythonExecutor:
         if reply is None:
             code = self._discard(ctx)
             err = tail(ctx.stderr_path, 2000)
-            return Outcome(
-                "error",
+            return Outcome.failed(
+                FailKind.ERROR,
                 f"python executor process died ({describe_exit(code if code is not None else -9)})"
                 + (f"\n{err}" if err else ""),
                 exit_code=code,
@@ -198,21 +205,19 @@ class PythonExecutor:
                 phases.append(Phase(SETUP_SPAN, self._t0, setup_end, {"warm": self.tasks_run > 1}))
             phases.append(Phase(EXECUTE_SPAN, *reply["execute"]))
         if reply.get("ok"):
-            return Outcome("completed", phases=phases)
-        return Outcome("error", reply.get("error") or "failed", phases=phases)
+            return Outcome.completed(phases=phases)
+        return Outcome.failed(FailKind.ERROR, reply.get("error") or "failed", phases=phases)
 
-    def stop(self, ctx: TaskContext, reason: str) -> Outcome:
+    def stop(self, ctx: TaskContext, reason: FailKind) -> Outcome:
         """End the started attempt for `reason` (timeout, cancelled, worker stopped): the
         executor process is killed (its group, with the grace period) and replaced later."""
         self._discard(ctx, ctx.kill_grace)
         phases = [Phase(EXECUTE_SPAN, self._t0, time.time())]
-        if reason == "timeout":
-            return Outcome(
-                "timeout",
-                f"timed out after {ctx.msg.get('timeout'):g} s; executor process killed",
-                phases=phases,
+        if reason is FailKind.TIMEOUT:
+            return Outcome.failed(
+                reason, f"timed out after {ctx.msg.timeout:g} s; executor process killed", phases=phases
             )
-        return Outcome(reason, f"{reason}: executor process killed", phases=phases)
+        return Outcome.failed(reason, f"{reason}: executor process killed", phases=phases)
 
     def close(self) -> None:
         self._discard(grace=2.0)

@@ -9,15 +9,18 @@ import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
 from spool.atomic import open_for_append
-from workers.executors.interface import Outcome, Phase, TaskContext
+from workers.executors.interface import Executor, Outcome, Phase, TaskContext
 from workers.supervise import describe_exit, kill_group, tail, wait_or_stop
+from workers.wire import FailKind
 
 
-class ShellExecutor:
+class ShellExecutor(Executor):
+    """Runs on a slot thread (``inline = False``): `run` waits for the command's process."""
+
     name = "shell"
 
     def run(self, ctx: TaskContext) -> Outcome:
-        spec = ctx.msg["spec"]
+        spec = ctx.msg.spec
         args = list(spec["argv"]) if "argv" in spec else ["/bin/sh", "-c", spec["run"]]
         t0 = time.time()
         with (
@@ -36,34 +39,37 @@ class ShellExecutor:
                     close_fds=True,
                 )
             except FileNotFoundError as e:
-                return Outcome("error", f"command not found: {e.filename or args[0]}", exit_code=127)
+                return Outcome.failed(
+                    FailKind.ERROR, f"command not found: {e.filename or args[0]}", exit_code=127
+                )
             except PermissionError as e:
-                return Outcome(
-                    "error", f"cannot execute {e.filename or args[0]}: permission denied", exit_code=126
+                return Outcome.failed(
+                    FailKind.ERROR,
+                    f"cannot execute {e.filename or args[0]}: permission denied",
+                    exit_code=126,
                 )
             except OSError as e:
-                return Outcome("error", f"cannot start {args[0]!r}: {e.strerror}")
+                return Outcome.failed(FailKind.ERROR, f"cannot start {args[0]!r}: {e.strerror}")
         t1 = time.time()
         returncode, stop = wait_or_stop(proc, ctx.deadline, ctx.should_stop)
         if stop is not None:
             kill_group(proc, ctx.kill_grace)
             t2 = time.time()
             phases = [Phase(EXECUTE_SPAN, t1, t2, {"pid": proc.pid})]
-            if stop == "timeout":
-                timeout = ctx.msg.get("timeout")
-                return Outcome(
-                    "timeout", f"timed out after {timeout:g} s; process group killed", phases=phases
+            if stop is FailKind.TIMEOUT:
+                return Outcome.failed(
+                    stop, f"timed out after {ctx.msg.timeout:g} s; process group killed", phases=phases
                 )
-            return Outcome(stop, f"{stop}: process group killed", phases=phases)
+            return Outcome.failed(stop, f"{stop}: process group killed", phases=phases)
         # Reap whatever the command left running in its group: a finished task owns nothing.
         kill_group(proc, 0)
         t2 = time.time()
         phases = [Phase(SETUP_SPAN, t0, t1), Phase(EXECUTE_SPAN, t1, t2, {"pid": proc.pid})]
         if returncode == 0:
-            return Outcome("completed", exit_code=0, phases=phases)
+            return Outcome.completed(exit_code=0, phases=phases)
         err_tail = tail(ctx.stderr_path, 2000)
         message = f"{describe_exit(returncode)}" + (f"\n{err_tail}" if err_tail else "")
-        return Outcome("error", message, exit_code=returncode, phases=phases)
+        return Outcome.failed(FailKind.ERROR, message, exit_code=returncode, phases=phases)
 
     def close(self) -> None:
         pass

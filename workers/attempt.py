@@ -1,0 +1,269 @@
+"""One attempt on a worker, and what the worker does around its executor for every one.
+
+Before the executor (`AttemptSetup.prepare`): the attempt directory
+(`layout.attempt_dir`, with its logs directory), the attempt's span (`AttemptTrace`, the
+root of its spans, parented on the workflow's), its environment (the task's ``env`` and
+the ``TUIFLOW_*`` variables on top of the worker's), its inputs file, and the
+`TaskContext` the executor gets. After (`AttemptSetup.conclude`): the executor's phases as
+spans, the output collected (`workers.outputs`), and the spans written, before the
+attempt's final event can be published. Each of these is the same for every executor.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from analyzer import contract as c
+from spool import layout
+from spool.atomic import atomic_write
+from workers import outputs
+from workers.claims import Claim
+from workers.executors import Executor, Outcome, TaskContext, resolve_cwd
+from workers.tracing import AttemptTrace, Telemetry, span_context_from_traceparent
+from workers.wire import AttemptKey, Event, EventKind, FailKind, TaskMessage
+
+log = logging.getLogger("workers.worker")  # the daemon's log, whichever part speaks
+
+HOSTNAME = socket.gethostname()
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Attempt:
+    """An attempt this worker runs: its task, the claim it came in, its slot and GPUs, and
+    what the worker learns about it on the way. Times are wall-clock epoch seconds."""
+
+    task: TaskMessage
+    claim: Claim
+    slot: int
+    gpus: list[int]
+    started_at: float
+    #: why it must stop (set by the loop: markers, a hard stop); read by its executor
+    stop_reason: FailKind | None = None
+    fresh_dir: bool = False
+    span: AttemptTrace | None = None
+    ctx: TaskContext | None = None
+    executor: Executor | None = None
+    #: an inline attempt's executor descriptor, readable once it ended (-1: none)
+    fd: int = -1
+    #: the slot thread's work on it, if any (a hard stop waits for it)
+    future: concurrent.futures.Future | None = None
+    output: outputs.Output = outputs.NO_OUTPUT
+    key: AttemptKey = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key = self.task.key  # made once: the loop looks attempts up by it several times
+
+    def should_stop(self) -> FailKind | None:
+        return self.stop_reason
+
+    def started(self) -> Event:
+        return Event(EventKind.STARTED, self.key, self.started_at)
+
+    def ended(self, outcome: Outcome, at: float) -> Event:
+        """Its final event: completed with its output, or failed with its reason."""
+        if outcome.ok:
+            out = self.output
+            return Event(
+                EventKind.COMPLETED,
+                self.key,
+                at,
+                started_at=self.started_at,
+                output=out.value,
+                output_ref=out.ref,
+            )
+        return Event(
+            EventKind.FAILED,
+            self.key,
+            at,
+            started_at=self.started_at,
+            error=outcome.error or str(outcome.failure),
+            reason=outcome.failure,
+            exit_code=outcome.exit_code,
+        )
+
+
+class AttemptSetup:
+    """Prepares attempts for their executors and concludes them (see the module docstring).
+
+    Parameters:
+        home_root: the home (attempt directories are under it).
+        worker_id: goes into spans and ``$TUIFLOW_WORKER``.
+        telemetry: makes the attempts' spans.
+        gpus_managed: the worker hands out GPUs (``$CUDA_VISIBLE_DEVICES`` is set, empty
+            for a task that needs none).
+        kill_grace: seconds between SIGTERM and SIGKILL when an attempt is stopped.
+    """
+
+    def __init__(
+        self, home_root: str, worker_id: str, telemetry: Telemetry, *, gpus_managed: bool, kill_grace: float
+    ):
+        self.home_root = home_root
+        self.worker_id = worker_id
+        self.telemetry = telemetry
+        self.gpus_managed = gpus_managed
+        self.kill_grace = kill_grace
+        # Every task starts from this environment (copied once: os.environ decodes per key).
+        # One dict for the worker's life: a python executor is sent only what changed.
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUIFLOW_")}
+
+    def prepare(self, a: Attempt) -> Outcome | None:
+        """Attempt directory, span, environment and context of `a` (set on it). Returns an
+        Outcome when it cannot run at all (no such executor, no such working directory)."""
+        task = a.task
+        attempt_dir = layout.resolve(self.home_root, layout.attempt_dir_rel(task.wf, task.task, task.attempt))
+        a.fresh_dir = make_attempt_dir(attempt_dir)
+        span = a.span = self.telemetry.attempt(
+            layout.attempt_log(attempt_dir, layout.SPANS_FILE),
+            span_context_from_traceparent(task.traceparent),
+            self._attributes(a),
+            a.started_at,
+        )
+        output_path = layout.attempt_file(attempt_dir, layout.OUTPUT_FILE)
+        env = self._environment(a, attempt_dir, output_path, span)
+        if not a.fresh_dir:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(output_path)  # a previous run of this very attempt (after a crash) must not leak in
+        a.ctx = TaskContext(
+            msg=task,
+            home_root=self.home_root,
+            attempt_dir=attempt_dir,
+            base_env=self.base_env,
+            task_env=env,
+            cwd=resolve_cwd(task.base_dir or os.getcwd(), task.spec.get("cwd")),
+            stdout_path=layout.attempt_file(attempt_dir, layout.STDOUT_FILE),
+            stderr_path=layout.attempt_file(attempt_dir, layout.STDERR_FILE),
+            output_path=output_path,
+            gpus=a.gpus,
+            deadline=time.monotonic() + float(task.timeout) if task.timeout else None,
+            should_stop=a.should_stop,
+            kill_grace=self.kill_grace,
+        )
+        if a.executor is None:
+            return Outcome.failed(FailKind.ERROR, f"this worker has no executor {task.executor!r}")
+        if not os.path.isdir(a.ctx.cwd):
+            return Outcome.failed(
+                FailKind.ERROR, f"working directory {a.ctx.cwd} does not exist on {socket.gethostname()}"
+            )
+        return None
+
+    def _attributes(self, a: Attempt) -> dict[str, Any]:
+        task = a.task
+        return {
+            c.ATTR_WORKFLOW_ID: task.wf,
+            c.ATTR_WORKFLOW_NAME: task.wf_name,
+            c.ATTR_RUN_ID: task.wf,
+            c.ATTR_TASK: task.task,
+            c.ATTR_ATTEMPT: task.attempt,
+            c.ATTR_DEPENDS_ON: list(task.deps),
+            c.ATTR_READY_AT: task.ready_at,
+            c.ATTR_WORKER: self.worker_id,
+            c.ATTR_HOST: HOSTNAME,
+            c.ATTR_QUEUE: task.queue,
+            c.ATTR_GPUS: list(a.gpus),
+            c.ATTR_EXECUTOR: task.executor,
+            c.ATTR_DATA_ID: f"{task.wf}/{task.task}",
+        }
+
+    def _environment(
+        self, a: Attempt, attempt_dir: str, output_path: str, span: AttemptTrace
+    ) -> dict[str, str]:
+        """What the attempt sets on top of the worker's environment (not copied into it: a
+        python executor is sent only what changed since its last task, found without
+        looking at the shared part). Writes the inputs file if dependencies produced output."""
+        task = a.task
+        env = dict(task.spec.get("env") or {})
+        env.update(
+            {
+                "TUIFLOW_HOME": self.home_root,
+                "TUIFLOW_WORKFLOW_ID": task.wf,
+                "TUIFLOW_TASK": task.task,
+                "TUIFLOW_ATTEMPT": str(task.attempt),
+                "TUIFLOW_TASK_DIR": attempt_dir,
+                "TUIFLOW_OUTPUT": output_path,
+                "TUIFLOW_WORKER": self.worker_id,
+            }
+        )
+        if self.gpus_managed:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, a.gpus))
+        inputs = task.inputs
+        if inputs is not None and any(v is not None for v in inputs.values()):
+            t0 = time.time()
+            data = json.dumps(inputs).encode()
+            path = layout.attempt_file(attempt_dir, layout.INPUTS_FILE)
+            atomic_write(path, data)
+            env["TUIFLOW_INPUTS"] = path
+            span.phase(c.READ_INPUTS_SPAN, t0, time.time(), **{c.ATTR_BYTES: len(data)})
+        elif inputs:
+            # No dependency produced output: name them without writing a file.
+            env["TUIFLOW_UPSTREAM"] = json.dumps(list(inputs))
+        env["TRACEPARENT"] = span.traceparent
+        return env
+
+    def conclude(self, a: Attempt, outcome: Outcome) -> Outcome:
+        """The executor's phases as spans; on success, the output collected (`a.output`).
+        Returns the attempt's outcome: a completed one fails if its output is not JSON."""
+        span = a.span
+        if span is None:  # it failed before it had one
+            return outcome
+        for phase in outcome.phases:
+            span.phase(phase.name, phase.start, phase.end, **phase.attributes)
+        if outcome.ok:
+            t0 = time.time()
+            try:
+                a.output = outputs.collect(a.task, a.ctx.attempt_dir, self.home_root)
+            except outputs.BadOutput as e:
+                return Outcome.failed(FailKind.ERROR, str(e), exit_code=outcome.exit_code)
+            span.phase(c.READY_SPAN, t0, time.time(), **{c.ATTR_BYTES: a.output.size})
+        return outcome
+
+    def end_span(self, a: Attempt, outcome: Outcome) -> None:
+        """Write the attempt's spans (on disk before its event is published). Never raises:
+        telemetry must not keep an attempt from ending."""
+        span = a.span
+        if span is None:
+            return
+        try:
+            span.set_attribute(c.ATTR_OUTCOME, outcome.label)
+            if outcome.exit_code is not None:
+                span.set_attribute(c.ATTR_EXIT_CODE, outcome.exit_code)
+            end = time.time()
+            if not outcome.ok:
+                span.set_attribute(c.ATTR_ERROR, (outcome.error or "")[:500])
+                span.set_error(outcome.error or str(outcome.failure))
+                if not outcome.phases:
+                    end = a.started_at  # it never started executing: a zero-length span
+            span.end(end)
+        except Exception:
+            log.exception("could not write the spans of attempt %s", a.task.message_id)
+
+
+def worker_error(a: Attempt, e: Exception) -> Outcome:
+    """The outcome of an attempt that a bug in the worker (not the task) ended."""
+    log.exception("attempt %s failed inside the worker", a.task.task)
+    return Outcome.failed(FailKind.ERROR, f"worker error: {type(e).__name__}: {e}")
+
+
+def make_attempt_dir(attempt_dir: str) -> bool:
+    """<task>/<attempt>/<logs> with three mkdir(2) calls in the common case (makedirs walks
+    up). Returns True if the attempt directory is new (so it holds nothing from an earlier run)."""
+    task_dir = os.path.dirname(attempt_dir)
+    logs_dir = layout.attempt_file(attempt_dir, layout.LOGS_DIR)
+    fresh = False
+    for d in (task_dir, attempt_dir, logs_dir):
+        try:
+            os.mkdir(d)
+            fresh = fresh or d == attempt_dir
+        except FileExistsError:
+            pass  # RACE: an earlier run of this very attempt (its worker died) made it
+        except FileNotFoundError:
+            os.makedirs(logs_dir, exist_ok=True)
+            return True
+    return fresh

@@ -1,0 +1,174 @@
+"""Runs a worker's attempts through their executors, one path for every executor.
+
+An attempt goes through steps, each of which either ends it (an `Outcome`) or leaves it
+running: *begin* (`AttemptSetup.prepare`, then the executor's `start` or `run`), then, for
+an inline executor, *finish* (its `fileno` became readable) or *stop* (past its deadline,
+or told to stop). Where a step runs is the executor's declared kind
+(`Executor.inline`): an inline executor's begin and finish run on the worker's loop
+(a short task costs no thread hand-off), its stop on a slot thread (stopping waits out a
+grace period); every other executor's begin, a whole `run`, on a slot thread. Whatever ended
+it, the same `_step` concludes the attempt (`AttemptSetup.conclude` and `end_span`), and a
+bug anywhere on the way still ends it, reported as a worker error. Ended attempts wait in
+`finished` for the loop, which a slot thread wakes.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import select
+import time
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from workers.attempt import Attempt, AttemptSetup, worker_error
+from workers.executors import EXECUTORS, Executor, InlineExecutor, Outcome
+from workers.wire import AttemptKey, FailKind
+
+log = logging.getLogger("workers.worker")  # the daemon's log, whichever part speaks
+
+
+class AttemptRunner:
+    """Starts, follows and concludes attempts (see the module docstring).
+
+    Parameters:
+        setup: prepares and concludes each attempt.
+        slots: how many slots (one thread and one executor of each name per slot).
+        wake: called (from a slot thread) when an attempt ended there.
+        name: prefix of the slot threads' names.
+    """
+
+    def __init__(self, setup: AttemptSetup, slots: int, wake: Callable[[], None], name: str = "worker"):
+        self.setup = setup
+        self.wake = wake
+        self.name = name
+        #: attempts that run here, until the loop takes them from `finished`
+        self.running: dict[AttemptKey, Attempt] = {}
+        #: inline attempts the loop follows, by their executor's descriptor
+        self.inline: dict[int, Attempt] = {}
+        # appended to by slot threads and the loop, taken from by the loop (deque: atomic)
+        self._finished: collections.deque[tuple[Attempt, Outcome]] = collections.deque()
+        self._executors: list[dict[str, Executor]] = [{} for _ in range(slots)]
+        # One thread per slot, reused: an attempt's supervision waits on its process, not the loop.
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=slots, thread_name_prefix=f"{name}-slot"
+        )
+
+    def executor(self, slot: int, name: str) -> Executor | None:
+        """Slot `slot`'s executor called `name` (made at first use); None if none is."""
+        ex = self._executors[slot].get(name)
+        if ex is None:
+            cls = EXECUTORS.get(name)
+            if cls is None:
+                return None
+            ex = self._executors[slot][name] = cls()
+        return ex
+
+    def warm(self, names: Sequence[str]) -> None:
+        """Start each slot's executors of these names now, so the first task does not pay
+        for an interpreter start and its imports (they start side by side, in the background)."""
+        for slot in range(len(self._executors)):
+            for name in names:
+                ex = self.executor(slot, name)
+                try:
+                    if ex is not None:
+                        ex.warm()
+                except OSError as e:  # the first task will try again, and report it
+                    log.warning("worker %s: could not warm the %s executor: %s", self.name, name, e)
+
+    def launch(self, a: Attempt) -> None:
+        """Start attempt `a` in its slot (it runs until it shows up in `finished`)."""
+        self.running[a.key] = a
+        a.executor = ex = self.executor(a.slot, a.task.executor)
+        if ex is not None and ex.inline:
+            self._step(a, False, self._begin, a)
+        else:
+            a.future = self.pool.submit(self._step, a, True, self._begin, a)
+
+    def _begin(self, a: Attempt) -> Outcome | None:
+        outcome = self.setup.prepare(a)
+        if outcome is not None:
+            return outcome
+        ex = cast(Executor, a.executor)
+        return cast(InlineExecutor, ex).start(a.ctx) if ex.inline else ex.run(a.ctx)
+
+    def _step(self, a: Attempt, on_thread: bool, step: Callable[..., Outcome | None], *args: object) -> None:
+        """Run one step of `a`; if it ended the attempt, conclude it and queue it in
+        `finished`, else follow it on its executor's descriptor."""
+        try:
+            outcome = step(*args)
+            if outcome is None:
+                if on_thread:  # only an inline executor's start may leave it running
+                    raise TypeError(f"executor {a.task.executor!r} returned no outcome")
+                a.fd = cast(InlineExecutor, a.executor).fileno()
+                self.inline[a.fd] = a
+                return
+            outcome = self.setup.conclude(a, outcome)
+        except Exception as e:  # a bug here must still end the attempt, reported
+            outcome = worker_error(a, e)
+        self.setup.end_span(a, outcome)
+        self._finished.append((a, outcome))
+        if on_thread:
+            self.wake()
+
+    def supervise(self, readable: Sequence[int] | None = None) -> None:
+        """Finish inline attempts that ended; stop those past their deadline or told to stop.
+        `readable`: descriptors the loop's last wait found readable (None: look now)."""
+        if not self.inline:
+            return
+        if readable is None:
+            readable = select.select(list(self.inline), [], [], 0)[0]
+        for fd in readable:
+            a = self.inline.pop(fd, None)
+            if a is not None:
+                self._step(a, False, cast(InlineExecutor, a.executor).finish, a.ctx)
+        if not self.inline:
+            return
+        now = time.monotonic()
+        for a in list(self.inline.values()):
+            deadline = a.ctx.deadline
+            reason = FailKind.TIMEOUT if deadline is not None and now >= deadline else a.stop_reason
+            if reason:
+                # Stopping kills with a grace period: a slot thread does it, the loop goes on.
+                del self.inline[a.fd]
+                ex = cast(InlineExecutor, a.executor)
+                a.future = self.pool.submit(self._step, a, True, ex.stop, a.ctx, reason)
+
+    def finished(self) -> list[tuple[Attempt, Outcome]]:
+        """The attempts that ended since the last call, with their outcomes; they no longer
+        count as running."""
+        done = []
+        while self._finished:
+            a, outcome = self._finished.popleft()
+            self.running.pop(a.key, None)
+            done.append((a, outcome))
+        return done
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline (monotonic seconds) of the inline attempts."""
+        deadlines = [a.ctx.deadline for a in self.inline.values() if a.ctx.deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def longest_run(self, now: float) -> float:
+        """Seconds the longest-running attempt has run at wall-clock time `now`."""
+        return max((now - a.started_at for a in self.running.values()), default=0.0)
+
+    def stop_all(self, wait: float) -> None:
+        """Stop every attempt (reason: worker stopped) and wait up to `wait` seconds for each
+        to end; those that end show up in `finished`."""
+        for a in self.running.values():
+            a.stop_reason = FailKind.WORKER_STOPPED
+        self.supervise()  # inline attempts go to slot threads to be stopped
+        for a in list(self.running.values()):
+            if a.future is not None:
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    a.future.result(timeout=wait)
+
+    def close(self) -> None:
+        """Close every executor, then wait for the slot threads."""
+        for executors in self._executors:
+            for ex in executors.values():
+                ex.close()
+        self.pool.shutdown(wait=True)
