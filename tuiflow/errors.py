@@ -1,19 +1,27 @@
-"""Errors of the tuiflow package: one root, each with a message a user can act on.
+"""The one error family: every error tuiflow raises on purpose derives from `TuiflowError`
+(defined in `spool.errors`, the lowest package, so every package can use it). The command
+line maps the family to exit codes in one place (`tuiflow.cli.main`).
 
-Workflow-file problems are `tuiflow.engine.model.WorkflowValidationError` (raised by `tuiflow.engine.compiler`); filesystem and lock
-problems come from `spool` (`spool.SpoolError`).
+    TuiflowError
+      SpoolError            the file system substrate (`spool.errors`): storage, locks,
+                            the lease, corrupt records, bad names
+      WorkerError           the workers (`workers.errors`): malformed messages, bad settings
+      AnalyzerError         trace analysis (`analyzer.errors`): no such trace, bad requests
+      NotFound              no such workflow, task or attempt (here)
+      WorkflowValidationError  an invalid workflow file (`tuiflow.engine.model`)
+      ExpressionError       a condition or template that is not allowed or fails
+                            (`tuiflow.engine.expr`; MissingValue under it)
+      NotRetryable          a retry of tasks that did not fail (`tuiflow.engine.runstate`)
+      NotInTask             a task helper called outside a task (`tuiflow.sdk.runtime`)
 """
 
 from __future__ import annotations
 
-
-class TuiflowError(Exception):
-    """Root of tuiflow's own errors."""
+from spool.errors import TuiflowError
 
 
 class NotFound(TuiflowError):
     """No such workflow, task or attempt."""
 
 
-class CoordinatorUnavailable(TuiflowError):
-    """No coordinator holds the lease (requests wait in the control spool until one starts)."""
+__all__ = ["NotFound", "TuiflowError"]

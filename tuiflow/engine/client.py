@@ -17,15 +17,16 @@ import shutil
 import time
 from typing import Any
 
-from spool import Home, SpoolError
+from analyzer.fmt import fmt_age
+from spool import Home, SpoolError, layout
 from spool.fsops import listdir
 from spool.liveness import SUFFIX as HB_SUFFIX
 from spool.liveness import decode, fs_age, fs_now, read_raw
 from tuiflow.engine.model import Definition
-from tuiflow.engine.runstate import RUNNING, STATE_NAMES, TERMINAL, WF_TERMINAL, NotRetryable, Run
+from tuiflow.engine.runstate import RUNNING, STATE_NAMES, TERMINAL, WF_TERMINAL, NotRetryable, RunState
 from tuiflow.engine.store import WorkflowStore
 from tuiflow.errors import NotFound
-from workers import wire as p
+from workers.wire import ControlOp, ControlRequest
 
 
 @dataclasses.dataclass
@@ -51,7 +52,7 @@ class TaskView:
         return dataclasses.asdict(self)
 
 
-def task_times(run: Run, i: int, now: float) -> tuple[float | None, float | None]:
+def task_times(run: RunState, i: int, now: float) -> tuple[float | None, float | None]:
     """Seconds task `i` waited in its queue and ran (its current attempt; up to `now`
     while it still waits or runs); None where it never became ready or never started."""
     ready, started, ended = run.ready_at[i], run.started[i], run.ended[i]
@@ -62,7 +63,7 @@ def task_times(run: Run, i: int, now: float) -> tuple[float | None, float | None
     return queued_for, ran_for
 
 
-def task_views(run: Run, now: float, indices: list[int] | None = None) -> list[TaskView]:
+def task_views(run: RunState, now: float, indices: list[int] | None = None) -> list[TaskView]:
     d = run.definition
     out = []
     for i in range(len(run)) if indices is None else indices:
@@ -95,7 +96,13 @@ def task_views(run: Run, now: float, indices: list[int] | None = None) -> list[T
 
 
 class Client:
-    """Talks to a home's coordinator through files; `who` is recorded on requests."""
+    """Talks to a home's coordinator through files; `who` is recorded on requests.
+
+    One class with more methods than most, on purpose: it is the one entry the command
+    line and the dashboard use, in three groups: requests (submit, cancel, retry), reads
+    of workflows (list, run, status, tasks, attempt_dir) and the home's health
+    (coordinator_info, workers, queues, doctor, purge).
+    """
 
     def __init__(self, home: Home, who: str | None = None, store: WorkflowStore | None = None):
         self.home = home
@@ -104,11 +111,13 @@ class Client:
 
     # ------------------------------------------------------------------ writes
     def submit(self, definition: Definition) -> str:
+        """Store a new workflow and ask the coordinator to start it; returns its id."""
         wf_id = self.store.create(definition, owner=self.who)
-        self._request("submit", wf_id)
+        self._request(ControlOp.SUBMIT, wf_id)
         return wf_id
 
     def submit_file(self, path: str, set_values: dict[str, Any] | None = None) -> str:
+        """Compile the workflow file at `path` (with `--set` values) and submit it; returns its id."""
         from tuiflow.engine.compiler import (
             load_workflow,  # the compiler's pydantic costs startup time elsewhere
         )
@@ -116,8 +125,9 @@ class Client:
         return self.submit(load_workflow(path, set_values))
 
     def cancel(self, wf: str) -> str:
+        """Ask the coordinator to cancel a workflow (an id or unique prefix); returns its id."""
         wf_id = self.store.resolve(wf)
-        self._request("cancel", wf_id)
+        self._request(ControlOp.CANCEL, wf_id)
         return wf_id
 
     def retry(self, wf: str, tasks: list[str] | None = None) -> tuple[str, list[str]]:
@@ -128,31 +138,33 @@ class Client:
         """
         wf_id = self.store.resolve(wf)
         run, _ = self.store.load_run(wf_id)
-        probe = Run.from_wire(run.definition, run.to_wire())
+        probe = RunState.from_wire(run.definition, run.to_wire())
         probe.retry(tasks or None, time.time())  # raises NotRetryable with a clear message
         again = [run.definition.tasks[i].name for i in range(len(run)) if run.st[i] != probe.st[i]]
         if not again:
             raise NotRetryable(f"workflow {wf_id} has no failed, upstream_failed or cancelled tasks")
-        self._request("retry", wf_id, tasks=list(tasks) if tasks else None)
+        self._request(ControlOp.RETRY, wf_id, tuple(tasks) if tasks else None)
         return wf_id, again
 
-    def _request(self, op: str, wf_id: str, **extra: Any) -> None:
-        self.home.control().put(
-            {"v": p.PROTOCOL, "op": op, "wf": wf_id, "by": self.who, "request": secrets.token_hex(8), **extra}
-        )
+    def _request(self, op: ControlOp, wf_id: str, tasks: tuple[str, ...] | None = None) -> None:
+        request = ControlRequest(op, wf_id, by=self.who, request=secrets.token_hex(8), tasks=tasks)
+        self.home.control().put(request.to_wire())
 
     # ------------------------------------------------------------------- reads
     def list(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Summaries of the home's workflows, newest first (only those in `state`, if given)."""
         items = self.store.summaries()
         if state:
             items = [s for s in items if s.get("state") == state]
         return items
 
-    def run(self, wf: str) -> Run:
+    def run(self, wf: str) -> RunState:
+        """The stored run state of a workflow (an id or unique prefix)."""
         run, _ = self.store.load_run(self.store.resolve(wf))
         return run
 
     def status(self, wf: str, *, now: float | None = None) -> dict[str, Any]:
+        """A workflow's state, counts and tasks, as JSON-able data. `now`: wall clock (epoch s) that running tasks' durations run up to (default: time.time())."""
         now = time.time() if now is None else now
         run = self.run(wf)
         views = task_views(run, now)
@@ -190,6 +202,7 @@ class Client:
         }
 
     def tasks(self, wf: str, *, prefix: str | None = None, state: str | None = None) -> list[TaskView]:
+        """The tasks of a workflow (those whose name starts with `prefix`, in `state`, if given)."""
         run = self.run(wf)
         if state and state not in STATE_NAMES:
             raise NotFound(f"unknown task state {state!r} (states: {', '.join(STATE_NAMES)})")
@@ -201,6 +214,7 @@ class Client:
         return task_views(run, time.time(), indices)
 
     def attempt_dir(self, wf: str, task: str, attempt: int | None = None) -> str:
+        """The directory of an attempt of a task (default: its latest). NotFound for a wrong name or number."""
         run = self.run(wf)
         if task not in run.definition.index:
             raise NotFound(f"workflow {run.wf_id} has no task {task!r}")
@@ -208,9 +222,10 @@ class Client:
         n = run.attempt[idx] if attempt is None else attempt
         if n < 0 or n > run.attempt[idx]:
             raise NotFound(f"task {task!r} has attempts 0..{run.attempt[idx]}, not {n}")
-        return p.resolve(self.home.root, p.attempt_dir_rel(run.wf_id, task, n))
+        return layout.resolve(self.home.root, layout.attempt_dir_rel(run.wf_id, task, n))
 
     def coordinator_info(self) -> dict[str, Any] | None:
+        """Who holds the coordinator lease (holder, host, pid, generation) and how long ago it renewed (seconds, by the file server's clock); None if nobody ever did."""
         lease = self.home.lease("observer")
         for _ in range(3):
             info = lease.inspect()
@@ -227,20 +242,26 @@ class Client:
             "age_seconds": age,
         }
 
-    def workers(self) -> list[dict[str, Any]]:
-        """Heartbeat records (alive or dead), with their age by the file server's clock."""
+    def workers(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Heartbeat records (alive or dead), with their age (seconds since the record was
+        last written): by the file server's clock (a probe file written next to them), or
+        against `now` when given (the dashboard: it refreshes often, must write nothing in
+        the directory it watches, and its tests fix the clock)."""
         out = []
         directory = self.home.workers_dir
         try:
             names = sorted(listdir(directory))
         except FileNotFoundError:
             return out
-        try:
-            server_now = fs_now(directory)
-        except OSError:
-            server_now = time.time()
+        if now is not None:
+            server_now = now
+        else:
+            try:
+                server_now = fs_now(directory)
+            except OSError:
+                server_now = time.time()
         for name in names:
-            dead = name.endswith(".dead")
+            dead = name.endswith(layout.DEAD_SUFFIX)
             if not (dead or name.endswith(HB_SUFFIX)) or name.startswith("."):
                 continue
             path = f"{directory}/{name}"
@@ -268,6 +289,7 @@ class Client:
         return out
 
     def queues(self) -> list[dict[str, Any]]:
+        """Each task queue's depths: ready, delayed, claimed, dead (in items)."""
         out = []
         for name in self.home.list_queues():
             c = self.home.queue(name).counts()
@@ -298,7 +320,7 @@ class Client:
             writable = False
             problems.append(str(e))
         queues = self.queues()
-        unfinished, stuck, holding = self._unfinished_work(problems, stuck_after)
+        unfinished, stuck, holding = _unfinished_work(self.store, problems, stuck_after)
         for q in queues:
             holding.update(w for w, names in self.home.queue(q["name"]).claimed().items() if names)
         pending = unfinished or any(q["ready"] or q["delayed"] or q["claimed"] for q in queues)
@@ -317,24 +339,7 @@ class Client:
                 f"coordinator {coordinator['holder']} has not renewed its lease for {coordinator['age_seconds']:.0f} s"
             )
         workers = self.workers()
-        for w in workers:
-            if w["dead"] and w["id"] in holding:
-                problems.append(
-                    f"worker {w['id']} on {w['host']} is dead (last heartbeat {_age(w['heartbeat_age'])} ago) "
-                    "and still holds work: the coordinator gives it back once it notices"
-                )
-        poison = []
-        for q in queues:
-            if q["dead"]:
-                for dm in self.home.queue(q["name"]).dead():
-                    poison.append({"queue": q["name"], "message": dm.name, "reason": dm.reason})
-                problems.append(f"queue {q['name']} has {q['dead']} poison message(s) in dead/")
-        serving = {name for w in workers if not w["dead"] for name in w["queues"]}
-        for q in queues:
-            if q["ready"] and q["name"] not in serving:
-                problems.append(
-                    f"queue {q['name']} has {q['ready']} ready message(s) and no live worker serves it"
-                )
+        poison = self._queue_problems(queues, workers, holding, problems)
         if stuck:
             problems.append(f"{len(stuck)} task(s) waiting or running for more than {stuck_after:g} s")
         return {
@@ -351,45 +356,34 @@ class Client:
             "ok": not problems,
         }
 
-    def _unfinished_work(
-        self, problems: list[str], stuck_after: float
-    ) -> tuple[bool, list[dict[str, Any]], set[str]]:
-        """Whether any workflow is unfinished, its tasks stuck for `stuck_after` seconds,
-        and the workers its running attempts are on (problems found on the way are added)."""
-        unfinished = False
-        stuck: list[dict[str, Any]] = []
-        running_on: set[str] = set()
-        now = time.time()
-        for s in self.store.summaries():
-            if s.get("state") == "corrupt":
-                problems.append(s.get("error", "corrupt workflow record"))
-                continue
-            if s.get("state") in WF_TERMINAL:
-                continue
-            unfinished = True
-            try:
-                run, _ = self.store.load_run(s["id"])
-            except (SpoolError, NotFound) as e:
-                problems.append(f"workflow {s['id']}: {e}")
-                continue
-            running_on.update(w for i, w in run.worker.items() if run.st[i] == RUNNING)
-            for v in task_views(run, now):
-                if v.state == "ready" and v.queued_for and v.queued_for > stuck_after:
-                    stuck.append(
-                        {"workflow": run.wf_id, "task": v.name, "state": v.state, "for_seconds": v.queued_for}
-                    )
-                elif v.state == "running" and v.ran_for and v.ran_for > stuck_after:
-                    timeout = run.definition.tasks[run.definition.index[v.name]].timeout
-                    if timeout is None or v.ran_for > timeout:
-                        stuck.append(
-                            {
-                                "workflow": run.wf_id,
-                                "task": v.name,
-                                "state": v.state,
-                                "for_seconds": v.ran_for,
-                            }
-                        )
-        return unfinished, stuck, running_on
+    def _queue_problems(
+        self,
+        queues: list[dict[str, Any]],
+        workers: list[dict[str, Any]],
+        holding: set[str],
+        problems: list[str],
+    ) -> list[dict[str, Any]]:
+        """Problems of workers and queues (added to `problems`): dead workers that still hold
+        work, poison messages (returned), ready work no live worker serves."""
+        for w in workers:
+            if w["dead"] and w["id"] in holding:
+                problems.append(
+                    f"worker {w['id']} on {w['host']} is dead (last heartbeat {fmt_age(w['heartbeat_age'])} ago) "
+                    "and still holds work: the coordinator gives it back once it notices"
+                )
+        poison = []
+        for q in queues:
+            if q["dead"]:
+                for dm in self.home.queue(q["name"]).dead():
+                    poison.append({"queue": q["name"], "message": dm.name, "reason": dm.reason})
+                problems.append(f"queue {q['name']} has {q['dead']} poison message(s) in dead/")
+        serving = {name for w in workers if not w["dead"] for name in w["queues"]}
+        for q in queues:
+            if q["ready"] and q["name"] not in serving:
+                problems.append(
+                    f"queue {q['name']} has {q['ready']} ready message(s) and no live worker serves it"
+                )
+        return poison
 
     # ------------------------------------------------------------------- purge
     def purge(self, *, all_: bool = False) -> list[str]:
@@ -401,17 +395,52 @@ class Client:
                 removed.append(s["id"])
         try:
             for name in listdir(self.home.workers_dir):
-                if name.endswith(".dead"):
+                if name.endswith(layout.DEAD_SUFFIX):
                     os.unlink(f"{self.home.workers_dir}/{name}")
         except FileNotFoundError:
             pass
         return removed
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+def _unfinished_work(
+    store: WorkflowStore, problems: list[str], stuck_after: float
+) -> tuple[bool, list[dict[str, Any]], set[str]]:
+    """Whether any workflow is unfinished, its tasks stuck for `stuck_after` seconds,
+    and the workers its running attempts are on (problems found on the way are added)."""
+    unfinished = False
+    stuck: list[dict[str, Any]] = []
+    running_on: set[str] = set()
+    now = time.time()
+    for s in store.summaries():
+        if s.get("state") == "corrupt":
+            problems.append(s.get("error", "corrupt workflow record"))
+            continue
+        if s.get("state") in WF_TERMINAL:
+            continue
+        unfinished = True
+        try:
+            run, _ = store.load_run(s["id"])
+        except (SpoolError, NotFound) as e:
+            problems.append(f"workflow {s['id']}: {e}")
+            continue
+        running_on.update(w for i, w in run.worker.items() if run.st[i] == RUNNING)
+        for v in task_views(run, now):
+            if v.state == "ready" and v.queued_for and v.queued_for > stuck_after:
+                stuck.append(
+                    {"workflow": run.wf_id, "task": v.name, "state": v.state, "for_seconds": v.queued_for}
+                )
+            elif v.state == "running" and v.ran_for and v.ran_for > stuck_after:
+                timeout = run.definition.tasks[run.definition.index[v.name]].timeout
+                if timeout is None or v.ran_for > timeout:
+                    stuck.append(
+                        {
+                            "workflow": run.wf_id,
+                            "task": v.name,
+                            "state": v.state,
+                            "for_seconds": v.ran_for,
+                        }
+                    )
+    return unfinished, stuck, running_on
 
 
 def _whoami() -> str:

@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -180,7 +180,9 @@ def parse_set_values(pairs: Iterable[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {pair!r}")
+            raise WorkflowValidationError(
+                "--set", [Issue(f"expects key=value, got {pair!r}", field="params")]
+            )
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
         except yaml.YAMLError:
@@ -196,174 +198,22 @@ def compile_workflow(
     base_dir: str | None = None,
     set_values: Mapping[str, Any] | None = None,
 ) -> Definition:
-    """Validate a raw workflow mapping and compile it; WorkflowValidationError lists every problem."""
+    """Validate a raw workflow mapping and compile it; WorkflowValidationError lists every problem.
+
+    Four passes, each adding what it finds to one list of issues: the top level (name,
+    params, `--set` values), each task's fields, foreach expansion with the defaults
+    applied, and the references between tasks (dependencies, conditions, templates). A
+    dependency cycle is looked for only in a workflow without other problems.
+    """
     lines = lines or LineMap()
     issues: list[Issue] = []
-    if not isinstance(raw, dict):
-        raise WorkflowValidationError(source, [Issue("a workflow must be a mapping with 'name' and 'tasks'")])
-    try:
-        wf = WorkflowModel.model_validate(raw)
-    except ValidationError as e:
-        for err in e.errors():
-            loc = err["loc"]
-            field = str(loc[0]) if loc else None
-            if len(loc) > 1 and field == "defaults":
-                field = f"defaults.{loc[1]}"
-            issues.append(Issue(err["msg"], field=field, line=lines.top.get(str(loc[0])) if loc else None))
-        raise WorkflowValidationError(source, issues) from None
+    wf = _validate_top(raw, source, lines)
     if not wf.name.strip() or len(wf.name) > 100:
         issues.append(Issue("name must be 1-100 characters", field="name", line=lines.top.get("name")))
-    params = dict(wf.params)
-    for key, value in (set_values or {}).items():
-        if key not in params:
-            known = ", ".join(sorted(params)) or "none declared"
-            issues.append(Issue(f"--set {key}: no such param (params: {known})", field="params"))
-        else:
-            params[key] = value
-
-    d = wf.defaults
-    models: list[tuple[int, TaskModel]] = []
-    for i, task_raw in enumerate(wf.tasks):
-        label = (
-            task_raw.get("name")
-            if isinstance(task_raw, dict) and isinstance(task_raw.get("name"), str)
-            else None
-        )
-        label = label or f"#{i + 1}"
-        if not isinstance(task_raw, dict):
-            issues.append(Issue("a task must be a mapping", task=label, line=lines.task(i)))
-            continue
-        try:
-            models.append((i, TaskModel.model_validate(task_raw)))
-        except ValidationError as e:
-            for err in e.errors():
-                loc = [str(x) for x in err["loc"]]
-                field = ".".join(loc) if loc else None
-                msg = err["msg"]
-                if err["type"] == "extra_forbidden":
-                    msg = "unknown field"
-                issues.append(
-                    Issue(msg, task=label, field=field, line=lines.field(i, loc[0] if loc else None))
-                )
-
-    # ---- expand foreach, apply defaults
-    tasks: list[tuple[int, TaskDef, TaskModel]] = []
-    groups: dict[str, list[str]] = {}
-    declared: dict[str, int] = {}
-    for i, m in models:
-        issue_at = functools.partial(_issue_at, issues, m.name, i, lines)
-        if (
-            len(m.name) > MAX_TASK_NAME
-            or not TASK_NAME_RE.match(m.name)
-            or any(seg in (".", "..") for seg in m.name.split("/"))
-        ):
-            issue_at(
-                "name",
-                f"invalid task name {m.name!r}: use letters, digits and _ . = - [ ], with '/' between "
-                f"prefix groups (at most {MAX_TASK_NAME} characters)",
-            )
-            continue
-        if m.name in declared:
-            issue_at("name", f"duplicate task name (first defined at task #{declared[m.name] + 1})")
-            continue
-        declared[m.name] = i
-        executor, spec = _executor_and_spec(m, issue_at)
-        if executor is None:
-            continue
-        env = {**(d.env or {}), **(m.env or {})}
-        if env:
-            spec["env"] = {k: str(v) if not isinstance(v, str) else v for k, v in env.items()}
-        if (cwd := m.cwd if m.cwd is not None else d.cwd) is not None:
-            spec["cwd"] = cwd
-        queue = m.queue or d.queue or "default"
-        if not _QUEUE_RE.match(queue):
-            issue_at("queue", f"invalid queue name {queue!r}")
-        common = dict(
-            depends_on=tuple(m.depends_on),
-            dep_policy=m.dep_policy,
-            condition=m.condition,
-            executor=executor,
-            queue=queue,
-            gpus=m.gpus if m.gpus is not None else (d.gpus or 0),
-            timeout=m.timeout if m.timeout is not None else d.timeout,
-            num_retries=m.num_retries if m.num_retries is not None else (d.num_retries or 0),
-            retry_backoff=m.retry_backoff if m.retry_backoff is not None else (d.retry_backoff or 0.0),
-            priority=m.priority if m.priority is not None else (d.priority or 0),
-        )
-        if m.foreach is None:
-            tasks.append((i, TaskDef(name=m.name, spec=spec, **common), m))
-            continue
-        items = _foreach_items(m.foreach, params, issue_at)
-        if items is None:
-            continue
-        if len(items) > MAX_FOREACH:
-            issue_at("foreach", f"foreach has {len(items)} items; the limit is {MAX_FOREACH}")
-            continue
-        members = [f"{m.name}[{k}]" for k in range(len(items))]
-        groups[m.name] = members
-        for k, item in enumerate(items):
-            td = TaskDef(name=members[k], spec=spec, group=m.name, item=item, index=k, **common)
-            tasks.append((i, td, m))
-
-    names = {td.name for _, td, _ in tasks}
-    # Tasks that failed their own checks still exist for their dependents' sake: a typo in a
-    # task's fields must not also read as "unknown task" everywhere it is used.
-    raw_names = {t["name"] for t in wf.tasks if isinstance(t, dict) and isinstance(t.get("name"), str)}
-    for g in groups:
-        if g in names:
-            issues.append(Issue(f"name clashes with the foreach group {g!r}", task=g))
-
-    def expand(dep: str) -> list[str]:
-        return groups.get(dep, [dep])
-
-    # ---- dependencies, conditions, templates (checked once per source task)
-    checked: set[int] = set()
-    final: list[TaskDef] = []
-    for i, expanded, m in tasks:
-        deps = []
-        for dep in expanded.depends_on:
-            deps.extend(expand(dep))
-        td = dataclasses.replace(expanded, depends_on=tuple(dict.fromkeys(deps)))
-        final.append(td)
-        if i in checked:
-            continue
-        checked.add(i)
-        issue_at = functools.partial(_issue_at, issues, m.name, i, lines)
-        for dep in m.depends_on:
-            if dep == m.name:
-                issue_at("depends_on", "a task cannot depend on itself")
-            elif dep not in names and dep not in groups and dep not in raw_names:
-                issue_at("depends_on", f"unknown task {dep!r}{_suggest(dep, raw_names | set(groups))}")
-        allowed_inputs = set(m.depends_on)
-        for dep in m.depends_on:
-            allowed_inputs.update(groups.get(dep, []))
-        exprs: list[tuple[str, Expression]] = []
-        if m.condition is not None:
-            try:
-                exprs.append(("condition", _expression(m.condition)))
-            except ExpressionError as e:
-                issue_at("condition", str(e))
-        for field, value in _template_fields(td):
-            for text in strings_in(value):
-                if has_template(text):
-                    try:
-                        exprs.extend((field, e) for e in _template(text).exprs)
-                    except ExpressionError as e:
-                        issue_at(field, str(e))
-        for field, expr in exprs:
-            for ref in sorted(expr.input_refs - allowed_inputs):
-                issue_at(
-                    field,
-                    f"refers to inputs[{ref!r}], which is not a direct dependency "
-                    f"(depends_on: {', '.join(m.depends_on) or 'nothing'})",
-                )
-            if expr.dynamic_inputs and not m.depends_on:
-                issue_at(field, "uses inputs[...] but the task has no dependencies")
-            if ("item" in expr.names or "index" in expr.names) and m.foreach is None:
-                issue_at(field, "uses item/index, which exist only in foreach tasks")
-            for ref in sorted(expr.param_refs - set(params)):
-                issue_at(field, f"refers to params.{ref}, which is not declared under params:")
-
+    params = _params(wf, set_values, issues)
+    models = _task_models(wf, lines, issues)
+    tasks, groups = _expand(models, wf.defaults, params, lines, issues)
+    final = _check_references(tasks, groups, wf, params, lines, issues)
     if not issues:
         cycle = _find_cycle(final)
         if cycle:
@@ -384,6 +234,212 @@ def compile_workflow(
         source=source,
         groups=groups,
     )
+
+
+def _validate_top(raw: Any, source: str, lines: LineMap) -> WorkflowModel:
+    """The workflow's top level, or WorkflowValidationError (nothing below can be checked)."""
+    if not isinstance(raw, dict):
+        raise WorkflowValidationError(source, [Issue("a workflow must be a mapping with 'name' and 'tasks'")])
+    try:
+        return WorkflowModel.model_validate(raw)
+    except ValidationError as e:
+        issues = []
+        for err in e.errors():
+            loc = err["loc"]
+            field = str(loc[0]) if loc else None
+            if len(loc) > 1 and field == "defaults":
+                field = f"defaults.{loc[1]}"
+            issues.append(Issue(err["msg"], field=field, line=lines.top.get(str(loc[0])) if loc else None))
+        raise WorkflowValidationError(source, issues) from None
+
+
+def _params(wf: WorkflowModel, set_values: Mapping[str, Any] | None, issues: list[Issue]) -> dict[str, Any]:
+    """The declared params with the `--set` values applied (only declared ones may be set)."""
+    params = dict(wf.params)
+    for key, value in (set_values or {}).items():
+        if key not in params:
+            known = ", ".join(sorted(params)) or "none declared"
+            issues.append(Issue(f"--set {key}: no such param (params: {known})", field="params"))
+        else:
+            params[key] = value
+    return params
+
+
+def _task_models(wf: WorkflowModel, lines: LineMap, issues: list[Issue]) -> list[tuple[int, TaskModel]]:
+    """(position, validated fields) of every task whose fields are valid."""
+    models: list[tuple[int, TaskModel]] = []
+    for i, task_raw in enumerate(wf.tasks):
+        name = task_raw.get("name") if isinstance(task_raw, dict) else None
+        label = name if isinstance(name, str) and name else f"#{i + 1}"
+        if not isinstance(task_raw, dict):
+            issues.append(Issue("a task must be a mapping", task=label, line=lines.task(i)))
+            continue
+        try:
+            models.append((i, TaskModel.model_validate(task_raw)))
+        except ValidationError as e:
+            for err in e.errors():
+                loc = [str(x) for x in err["loc"]]
+                field = ".".join(loc) if loc else None
+                msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+                issues.append(
+                    Issue(msg, task=label, field=field, line=lines.field(i, loc[0] if loc else None))
+                )
+    return models
+
+
+def _expand(
+    models: list[tuple[int, TaskModel]],
+    d: Any,
+    params: dict[str, Any],
+    lines: LineMap,
+    issues: list[Issue],
+) -> tuple[list[tuple[int, TaskDef, TaskModel]], dict[str, list[str]]]:
+    """Tasks with the defaults (`d`) applied and each foreach expanded into its members:
+    ((position, task, its fields) in order, foreach group -> member names)."""
+    tasks: list[tuple[int, TaskDef, TaskModel]] = []
+    groups: dict[str, list[str]] = {}
+    declared: dict[str, int] = {}
+    for i, m in models:
+        issue_at = functools.partial(_issue_at, issues, m.name, i, lines)
+        if (
+            len(m.name) > MAX_TASK_NAME
+            or not TASK_NAME_RE.match(m.name)
+            or any(seg in (".", "..") for seg in m.name.split("/"))
+        ):
+            issue_at(
+                "name",
+                f"invalid task name {m.name!r}: use letters, digits and _ . = - [ ], with '/' between "
+                f"prefix groups (at most {MAX_TASK_NAME} characters)",
+            )
+            continue
+        if m.name in declared:
+            issue_at("name", f"duplicate task name (first defined at task #{declared[m.name] + 1})")
+            continue
+        declared[m.name] = i
+        common = _with_defaults(m, d, issue_at)
+        if common is None:
+            continue
+        spec = common.pop("spec")
+        if m.foreach is None:
+            tasks.append((i, TaskDef(name=m.name, spec=spec, **common), m))
+            continue
+        items = _foreach_items(m.foreach, params, issue_at)
+        if items is None:
+            continue
+        if len(items) > MAX_FOREACH:
+            issue_at("foreach", f"foreach has {len(items)} items; the limit is {MAX_FOREACH}")
+            continue
+        members = [f"{m.name}[{k}]" for k in range(len(items))]
+        groups[m.name] = members
+        for k, item in enumerate(items):
+            td = TaskDef(name=members[k], spec=spec, group=m.name, item=item, index=k, **common)
+            tasks.append((i, td, m))
+    return tasks, groups
+
+
+def _with_defaults(m: TaskModel, d: Any, issue_at: Callable[[str, str], None]) -> dict[str, Any] | None:
+    """A task's executor, spec and settings with the workflow's defaults applied (None:
+    no valid executor)."""
+    executor, spec = _executor_and_spec(m, issue_at)
+    if executor is None:
+        return None
+    env = {**(d.env or {}), **(m.env or {})}
+    if env:
+        spec["env"] = {k: str(v) if not isinstance(v, str) else v for k, v in env.items()}
+    if (cwd := m.cwd if m.cwd is not None else d.cwd) is not None:
+        spec["cwd"] = cwd
+    queue = m.queue or d.queue or "default"
+    if not _QUEUE_RE.match(queue):
+        issue_at("queue", f"invalid queue name {queue!r}")
+    return dict(
+        spec=spec,
+        depends_on=tuple(m.depends_on),
+        dep_policy=m.dep_policy,
+        condition=m.condition,
+        executor=executor,
+        queue=queue,
+        gpus=m.gpus if m.gpus is not None else (d.gpus or 0),
+        timeout=m.timeout if m.timeout is not None else d.timeout,
+        num_retries=m.num_retries if m.num_retries is not None else (d.num_retries or 0),
+        retry_backoff=m.retry_backoff if m.retry_backoff is not None else (d.retry_backoff or 0.0),
+        priority=m.priority if m.priority is not None else (d.priority or 0),
+    )
+
+
+def _check_references(
+    tasks: list[tuple[int, TaskDef, TaskModel]],
+    groups: dict[str, list[str]],
+    wf: WorkflowModel,
+    params: dict[str, Any],
+    lines: LineMap,
+    issues: list[Issue],
+) -> list[TaskDef]:
+    """The tasks with their dependencies expanded (a foreach group means all its members),
+    after checking every dependency, condition and template (once per source task)."""
+    names = {td.name for _, td, _ in tasks}
+    # Tasks that failed their own checks still exist for their dependents' sake: a typo in a
+    # task's fields must not also read as "unknown task" everywhere it is used.
+    raw_names = {t["name"] for t in wf.tasks if isinstance(t, dict) and isinstance(t.get("name"), str)}
+    for g in groups:
+        if g in names:
+            issues.append(Issue(f"name clashes with the foreach group {g!r}", task=g))
+    checked: set[int] = set()
+    final: list[TaskDef] = []
+    for i, expanded, m in tasks:
+        deps = [member for dep in expanded.depends_on for member in groups.get(dep, [dep])]
+        td = dataclasses.replace(expanded, depends_on=tuple(dict.fromkeys(deps)))
+        final.append(td)
+        if i in checked:
+            continue
+        checked.add(i)
+        issue_at = functools.partial(_issue_at, issues, m.name, i, lines)
+        for dep in m.depends_on:
+            if dep == m.name:
+                issue_at("depends_on", "a task cannot depend on itself")
+            elif dep not in names and dep not in groups and dep not in raw_names:
+                issue_at("depends_on", f"unknown task {dep!r}{_suggest(dep, raw_names | set(groups))}")
+        _check_expressions(m, td, groups, params, issue_at)
+    return final
+
+
+def _check_expressions(
+    m: TaskModel,
+    td: TaskDef,
+    groups: dict[str, list[str]],
+    params: dict[str, Any],
+    issue_at: Callable[[str, str], None],
+) -> None:
+    """A task's condition and templates parse, and refer only to what they may: inputs of
+    direct dependencies, declared params, item/index in foreach tasks."""
+    allowed_inputs = set(m.depends_on)
+    for dep in m.depends_on:
+        allowed_inputs.update(groups.get(dep, []))
+    exprs: list[tuple[str, Expression]] = []
+    if m.condition is not None:
+        try:
+            exprs.append(("condition", _expression(m.condition)))
+        except ExpressionError as e:
+            issue_at("condition", str(e))
+    for field, value in _template_fields(td):
+        for text in strings_in(value):
+            if has_template(text):
+                try:
+                    exprs.extend((field, e) for e in _template(text).exprs)
+                except ExpressionError as e:
+                    issue_at(field, str(e))
+    for field, expr in exprs:
+        for ref in sorted(expr.input_refs - allowed_inputs):
+            issue_at(
+                field,
+                f"refers to inputs[{ref!r}], which is not a direct dependency "
+                f"(depends_on: {', '.join(m.depends_on) or 'nothing'})",
+            )
+        if expr.dynamic_inputs and not m.depends_on:
+            issue_at(field, "uses inputs[...] but the task has no dependencies")
+        if ("item" in expr.names or "index" in expr.names) and m.foreach is None:
+            issue_at(field, "uses item/index, which exist only in foreach tasks")
+        for ref in sorted(expr.param_refs - set(params)):
+            issue_at(field, f"refers to params.{ref}, which is not declared under params:")
 
 
 def _issue_at(issues: list[Issue], task: str, i: int, lines: LineMap, field: str, message: str) -> None:

@@ -46,6 +46,8 @@ import shlex
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from tuiflow.errors import TuiflowError
+
 MAX_SOURCE = 10_000
 MAX_NODES = 500
 MAX_DEPTH = 50
@@ -86,7 +88,7 @@ _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
 }
 
 
-class ExpressionError(ValueError):
+class ExpressionError(TuiflowError, ValueError):
     """The expression is not allowed, or failed at run time (type error, bound exceeded)."""
 
 
@@ -284,6 +286,8 @@ class Expression:
             raise ExpressionError(f"{type(e).__name__} evaluating {self.source!r}: {e}") from None
 
     def _eval(self, node: ast.expr, env: Mapping[str, Any]) -> Any:
+        """The value of `node`. One function over every node type the checker allows, on
+        purpose (longer than most): it reads as the one list of what an expression can do."""
         if isinstance(node, ast.Constant):
             return node.value
         if isinstance(node, ast.Name):
@@ -460,11 +464,6 @@ def strings_in(value: Any) -> Iterable[str]:
     elif isinstance(value, list):
         for v in value:
             yield from strings_in(v)
-
-
-def templates_in(value: Any) -> Iterable[Template]:
-    """Every template inside a (nested) JSON-like value."""
-    return (Template(s) for s in strings_in(value) if has_template(s))
 
 
 def render_value(value: Any, env: Mapping[str, Any]) -> Any:

@@ -21,12 +21,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from spool import Home, LeaseHeldError
+from spool import Home, LeaseHeldError, layout
 from spool.watch import WakePipe
 from tuiflow.engine.client import Client
 from tuiflow.engine.coordinator import Coordinator, freeze_heap
 from tuiflow.engine.model import Definition
-from tuiflow.engine.runstate import WF_TERMINAL, Action, Changed, Run
+from tuiflow.engine.runstate import WF_TERMINAL, Action, Changed, RunState
 from tuiflow.errors import TuiflowError
 from workers.forked import ForkedProcess
 from workers.worker import Worker, install_stop_handlers
@@ -43,7 +43,7 @@ class LocalRun:
         definition: Definition,
         *,
         workers: int | None = None,
-        on_change: Callable[[str, Action, Run], None] | None = None,
+        on_change: Callable[[str, Action, RunState], None] | None = None,
         worker_mode: str = "process",
         slots: int = 1,
     ):
@@ -63,7 +63,7 @@ class LocalRun:
         self.coordinator = Coordinator(
             home,
             on_change=self._on_change,
-            on_pushed=self._wake_workers,
+            after_commit=self._wake_workers,
             sweep_interval=0.5,
             wake_fd=self._coordinator_wake.fileno() if self._coordinator_wake else None,
         )
@@ -97,7 +97,7 @@ class LocalRun:
         self.started = time.monotonic()
 
     # -------------------------------------------------------------- events
-    def _on_change(self, wf_id: str, action: Action, run: Run) -> None:
+    def _on_change(self, wf_id: str, action: Action, run: RunState) -> None:
         if self._user_on_change is not None:
             self._user_on_change(wf_id, action, run)
         if wf_id != self.wf_id or not isinstance(action, Changed):
@@ -111,7 +111,10 @@ class LocalRun:
         with self._lock:
             self._lines.append((text, action.state))
 
-    def _wake_workers(self) -> None:
+    def _wake_workers(self, queued: int) -> None:
+        """After a commit that queued tasks: workers look for them now, not at their next poll."""
+        if not queued:
+            return
         for w in self.workers:
             w.wake()
         for pipe in self._worker_wakes:
@@ -142,13 +145,12 @@ class LocalRun:
         On Linux they are forked from this process when nothing else runs in it yet (no
         other thread: forking then is safe), so they start in milliseconds with everything
         already imported; otherwise each is a `tuiflow worker` process of its own."""
-        log_dir = f"{self.home.workers_dir}/logs"
-        os.makedirs(log_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(layout.worker_log(self.home.root, "any")), exist_ok=True)
         # Linux only: on macOS a forked child may crash in system frameworks the parent used.
         fork = sys.platform.startswith("linux") and threading.active_count() == 1
         for i in range(self.n_workers):
             worker_id = f"local-{os.getpid()}-{i}"
-            log_path = f"{log_dir}/{worker_id}.log"
+            log_path = layout.worker_log(self.home.root, worker_id)
             if fork:
                 self.worker_procs.append(self._fork_worker(worker_id, log_path))
                 continue
@@ -241,12 +243,12 @@ class LocalRun:
         t.start()
         self.threads.append(t)
 
-    def snapshot(self) -> Run | None:
+    def snapshot(self) -> RunState | None:
         """The freshest state: the coordinator's own (in memory) or the stored one."""
         assert self.wf_id is not None
-        active = self.coordinator.active.get(self.wf_id)
-        if active is not None:
-            return active.run
+        loaded = self.coordinator.runs.peek(self.wf_id)
+        if loaded is not None:
+            return loaded.run
         with contextlib.suppress(Exception):
             return self.client.run(self.wf_id)
         return None
@@ -293,7 +295,7 @@ class LocalRun:
             if dead and len(dead) == len(self.worker_procs):
                 self.crashed.append(
                     f"all worker processes exited (codes {[p.returncode for p in dead]}; "
-                    f"logs in {self.home.workers_dir}/logs)"
+                    f"logs in {os.path.dirname(layout.worker_log(self.home.root, 'any'))})"
                 )
             if self.crashed:
                 raise TuiflowError(f"run-local stopped: {self.crashed[0]} (the workflow is left as it was)")

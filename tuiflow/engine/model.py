@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 from tuiflow.engine.expr import Expression, Template, has_template, strings_in
+from tuiflow.errors import TuiflowError
 
 DEFINITION_FORMAT = 1
 #: executors the workers know; `executor:` names one explicitly (`run` means shell, `call` python)
@@ -37,7 +38,7 @@ class Issue:
         return f"{', '.join(where)}: {self.message}"
 
 
-class WorkflowValidationError(ValueError):
+class WorkflowValidationError(TuiflowError, ValueError):
     """The workflow is invalid; `.issues` lists every problem found."""
 
     def __init__(self, source: str, issues: list[Issue]):

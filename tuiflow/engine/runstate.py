@@ -1,11 +1,14 @@
 """The DAG state machine: (state, event) -> (new state, actions), with no I/O.
 
-One `Run` holds the mutable state of one workflow. Its methods apply one event each
+One `RunState` holds the mutable state of one workflow. Its methods apply one event each
 (a task started, completed or failed; a worker was lost; cancel; retry; a timeout sweep)
 and return the actions the caller must carry out (dispatch a task, kill one, note a
 change). The coordinator daemon and ``tuiflow run-local`` share this code; the time is
 always passed in, and the only outside access, loading a large upstream output for a
 condition, goes through the `load_ref` function the caller provides.
+
+Times: every `now`, `started_at` and timestamp column (`ready_at`, `started`, `ended`) is
+the coordinator's wall clock in epoch seconds; `grace` and timeouts are seconds.
 
 Semantics (docs/semantics.md has the full table):
 
@@ -38,6 +41,7 @@ from typing import Any
 
 from tuiflow.engine.expr import ExpressionError, MissingValue, evaluate_condition
 from tuiflow.engine.model import Definition, _expression
+from tuiflow.errors import TuiflowError
 
 PENDING, READY, RUNNING, COMPLETED, FAILED, SKIPPED, UPSTREAM_FAILED, CANCELLED = range(8)
 STATE_NAMES = (
@@ -105,7 +109,7 @@ class Finished:
 Action = Dispatch | Kill | Changed | Finished
 
 
-class NotRetryable(ValueError):
+class NotRetryable(TuiflowError, ValueError):
     """`retry` named a task that is not failed, upstream_failed or cancelled."""
 
 
@@ -120,7 +124,7 @@ class Inputs(Mapping[str, Any]):
     members' outputs, in order.
     """
 
-    def __init__(self, run: Run, idx: int):
+    def __init__(self, run: RunState, idx: int):
         self._run = run
         self._deps = run.definition.deps[idx]
         self._names = {run.definition.tasks[d].name: d for d in self._deps}
@@ -146,8 +150,16 @@ class Inputs(Mapping[str, Any]):
         return len(self._names) + len(self._groups)
 
 
-class Run:
+class RunState:
     """The state of one workflow run. Columns are arrays indexed by task number.
+
+    One class with many methods, on purpose: every transition updates the same columns
+    and counters together, and splitting them apart would spread one invariant (the
+    counts always match the columns) over several classes. The methods come in groups:
+    queries (`state_of`, `output`, `env_for`, `running_on`...), one transition per event
+    (`start`, `on_started`, `on_completed`, `on_failed`, `on_worker_lost`,
+    `check_timeouts`, `cancel`, `retry`) with their helpers, and the wire form
+    (`to_wire`, `from_wire`).
 
     Parameters:
         load_ref: loads an output stored in a file (path relative to the home).
@@ -459,31 +471,36 @@ class Run:
         self._check_finished(now, actions)
         return actions
 
-    def retry(self, names: Iterable[str] | None, now: float) -> list[Action]:
-        """Run failed, upstream_failed and cancelled tasks again (all, or the named ones)."""
-        retryable = _BAD
+    def _retryable(self, names: Iterable[str] | None) -> set[int]:
+        """The tasks a retry of `names` (None: every failed one) runs again; NotRetryable
+        names one that cannot be."""
+        if not names:
+            return {i for i, code in enumerate(self.st) if code in _BAD}
         index = self.definition.index
-        if names:
-            chosen = set()
-            for name in names:
-                if name not in index:
-                    raise NotRetryable(f"no task named {name!r}")
-                i = index[name]
-                if self.st[i] not in retryable:
-                    raise NotRetryable(
-                        f"task {name!r} is {STATE_NAMES[self.st[i]]}; only failed, "
-                        "upstream_failed and cancelled tasks can be retried"
-                    )
-                chosen.add(i)
-            # descendants that failed only because of the chosen ones come along
-            stack = list(chosen)
-            while stack:
-                for child in self.definition.children[stack.pop()]:
-                    if child not in chosen and self.st[child] in (UPSTREAM_FAILED, CANCELLED):
-                        chosen.add(child)
-                        stack.append(child)
-        else:
-            chosen = {i for i, code in enumerate(self.st) if code in retryable}
+        chosen = set()
+        for name in names:
+            if name not in index:
+                raise NotRetryable(f"no task named {name!r}")
+            i = index[name]
+            if self.st[i] not in _BAD:
+                raise NotRetryable(
+                    f"task {name!r} is {STATE_NAMES[self.st[i]]}; only failed, "
+                    "upstream_failed and cancelled tasks can be retried"
+                )
+            chosen.add(i)
+        # descendants that failed only because of the chosen ones come along
+        stack = list(chosen)
+        while stack:
+            for child in self.definition.children[stack.pop()]:
+                if child not in chosen and self.st[child] in (UPSTREAM_FAILED, CANCELLED):
+                    chosen.add(child)
+                    stack.append(child)
+        return chosen
+
+    def retry(self, names: Iterable[str] | None, now: float) -> list[Action]:
+        """Run failed, upstream_failed and cancelled tasks again (all, or the named ones
+        and the descendants that failed only because of them). `now`: wall clock."""
+        chosen = self._retryable(names)
         if not chosen:
             return []
         for i in chosen:
@@ -579,7 +596,7 @@ class Run:
     @classmethod
     def from_wire(
         cls, definition: Definition, wire: dict[str, Any], *, load_ref: Callable[[str], Any] = _no_refs
-    ) -> Run:
+    ) -> RunState:
         if wire.get("format") != RUN_FORMAT:
             raise ValueError(f"unknown run-state format {wire.get('format')!r}")
         run = cls(definition, wire["wf"], wire["created_at"], load_ref=load_ref)

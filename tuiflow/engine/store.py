@@ -2,7 +2,7 @@
 
     workflows/.new.<wf_id>.<token>/        a submit in progress (renamed to <wf_id> when whole)
     workflows/<wf_id>/definition.msgpack   CAS record, written once at submit (immutable)
-    workflows/<wf_id>/state.msgpack        CAS record, the `Run` state; written by the
+    workflows/<wf_id>/state.msgpack        CAS record, the `RunState`; written by the
                                            coordinator only (and by submit, version 1)
     workflows/<wf_id>/summary.msgpack      small record rewritten with every state write:
                                            what listings read instead of full states
@@ -27,19 +27,25 @@ from typing import Any
 
 import msgpack
 
-from spool import CasRecord, CorruptRecordError, Home, SpoolError, StorageError, atomic_write, read_bytes
+from spool import (
+    CasRecord,
+    CorruptRecordError,
+    Home,
+    SpoolError,
+    StorageError,
+    atomic_write,
+    layout,
+    read_bytes,
+)
 from spool.atomic import process_token
 from spool.fsops import listdir, place
 from tuiflow.engine.expr import MissingValue
 from tuiflow.engine.model import Definition
-from tuiflow.engine.runstate import STATE_NAMES, WF_TERMINAL, Run
+from tuiflow.engine.runstate import STATE_NAMES, WF_TERMINAL, RunState
 from tuiflow.errors import NotFound, TuiflowError
-from workers import wire as p
 
 ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 ID_LENGTH = 8
-#: workflow directories are built under this dot-name, then renamed into place
-STAGING_PREFIX = ".new."
 #: seconds a workflow's record may stay listed but unreadable (an NFS client's negative
 #: cache after the workflow directory was renamed into place)
 RECORD_VISIBLE_WAIT = 5.0
@@ -50,6 +56,31 @@ def new_workflow_id() -> str:
     return "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_LENGTH))
 
 
+def summary_bytes(run: RunState) -> bytes:
+    """The summary record of a run state: what listings read instead of whole states."""
+    return msgpack.packb(
+        {
+            "format": SUMMARY_FORMAT,
+            "id": run.wf_id,
+            "name": run.definition.name,
+            "state": run.state,
+            "counts": run.count_dict(),
+            "total": len(run),
+            "created_at": run.created_at,
+            "started_at": run.started_at,
+            "ended_at": run.ended_at,
+            "updated_at": time.time(),
+            "source": run.definition.source,
+            "prefixes": run.definition.prefixes,
+        }
+    )
+
+
+def is_terminal(summary: dict[str, Any]) -> bool:
+    """Whether a workflow summary says the workflow ended."""
+    return summary.get("state") in WF_TERMINAL
+
+
 class WorkflowStore:
     """Reads and writes workflow records under one home."""
 
@@ -57,26 +88,34 @@ class WorkflowStore:
         self.home = home
         self.root = home.workflows_dir
         self._definitions: dict[str, Definition] = {}
-        #: called right before each marker is published (the coordinator's lease check)
-        self.fence: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ paths
     def dir(self, wf_id: str) -> str:
+        """The workflow's directory (it may not exist)."""
         return f"{self.root}/{wf_id}"
 
     def _record(self, wf_id: str, name: str) -> CasRecord:
+        """The CAS record `name` (`layout.DEFINITION_FILE`, `layout.STATE_FILE`) of a workflow."""
         s = self.home.settings
         return CasRecord(
-            f"{self.root}/{wf_id}/{name}.msgpack",
+            f"{self.root}/{wf_id}/{name}",
             durability=s.durability,
             lock_stale_after=s.lock_stale_after,
         )
 
     def state_record(self, wf_id: str) -> CasRecord:
-        return self._record(wf_id, "state")
+        """The CAS record of the workflow's run state."""
+        return self._record(wf_id, layout.STATE_FILE)
 
     # ---------------------------------------------------------------- create
-    def create(self, definition: Definition, *, now: float | None = None, owner: str | None = None) -> str:
+    def create(
+        self,
+        definition: Definition,
+        *,
+        now: float | None = None,
+        owner: str | None = None,
+        wf_id: str | None = None,
+    ) -> str:
         """Store a new workflow (definition + pending state + summary); returns its id.
 
         The records are written in a staging directory (a dot-name: listings skip it) that
@@ -89,9 +128,10 @@ class WorkflowStore:
         if owner is not None:
             definition.owner = owner
         wire = definition.to_wire()
-        for _ in range(20):
-            wf_id = new_workflow_id()
-            staging = f"{self.root}/{STAGING_PREFIX}{wf_id}.{process_token()}"
+        given = wf_id
+        for _ in range(20 if given is None else 1):
+            wf_id = given or new_workflow_id()
+            staging = layout.staging_dir(self.root, wf_id, process_token())
             try:
                 os.mkdir(staging)
                 self._write_new(staging, wf_id, definition, wire, now)
@@ -108,40 +148,41 @@ class WorkflowStore:
                 raise
             self._definitions[wf_id] = definition
             return wf_id
-        raise TuiflowError("could not allocate a workflow id")
+        raise TuiflowError(f"workflow id {given} is taken" if given else "could not allocate a workflow id")
 
     def _write_new(self, directory: str, wf_id: str, definition: Definition, wire: Any, now: float) -> None:
         s = self.home.settings
-        CasRecord(f"{directory}/definition.msgpack", durability=s.durability).write(wire, 0)
-        run = Run(definition, wf_id, now, load_ref=self.load_ref)
-        CasRecord(f"{directory}/state.msgpack", durability=s.durability).write(run.to_wire(), 0)
-        atomic_write(f"{directory}/summary.msgpack", self._summary(run), s.durability)
+        CasRecord(f"{directory}/{layout.DEFINITION_FILE}", durability=s.durability).write(wire, 0)
+        run = RunState(definition, wf_id, now, load_ref=self.load_ref)
+        CasRecord(f"{directory}/{layout.STATE_FILE}", durability=s.durability).write(run.to_wire(), 0)
+        atomic_write(f"{directory}/{layout.SUMMARY_FILE}", summary_bytes(run), s.durability)
 
     # ------------------------------------------------------------------- read
     def definition(self, wf_id: str) -> Definition:
+        """The workflow's definition (read once, then cached: it never changes). NotFound if none."""
         cached = self._definitions.get(wf_id)
         if cached is not None:
             return cached
-        value, version = self._record(wf_id, "definition").read(wait_visible=RECORD_VISIBLE_WAIT)
+        value, version = self._record(wf_id, layout.DEFINITION_FILE).read(wait_visible=RECORD_VISIBLE_WAIT)
         if version == 0:
             raise NotFound(f"workflow {wf_id} has no definition ({self.dir(wf_id)})")
         try:
             definition = Definition.from_wire(value)
         except (KeyError, TypeError, ValueError) as e:
-            raise CorruptRecordError(
-                f"{self.dir(wf_id)}/definition.msgpack: {e}", path=f"{self.dir(wf_id)}/definition.msgpack"
-            ) from None
+            path = f"{self.dir(wf_id)}/{layout.DEFINITION_FILE}"
+            raise CorruptRecordError(f"{path}: {e}", path=path) from None
         self._definitions[wf_id] = definition
         return definition
 
-    def load_run(self, wf_id: str) -> tuple[Run, int]:
+    def load_run(self, wf_id: str) -> tuple[RunState, int]:
+        """(run state, record version) of the workflow. NotFound if none; CorruptRecordError if undecodable."""
         definition = self.definition(wf_id)
         record = self.state_record(wf_id)
         value, version = record.read(wait_visible=RECORD_VISIBLE_WAIT)
         if version == 0:
             raise NotFound(f"workflow {wf_id} has no state ({record.path})")
         try:
-            return Run.from_wire(definition, value, load_ref=self.load_ref), version
+            return RunState.from_wire(definition, value, load_ref=self.load_ref), version
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptRecordError(f"{record.path}: {e}", path=record.path) from None
 
@@ -151,27 +192,28 @@ class WorkflowStore:
         Raises MissingValue (a condition reads it as false, a template fails its task before
         it starts) if the file is gone or unreadable: it never takes the coordinator down."""
         try:
-            return json.loads(read_bytes(p.resolve(self.home.root, rel)))
+            return json.loads(read_bytes(layout.resolve(self.home.root, rel)))
         except (OSError, ValueError, SpoolError) as e:
             raise MissingValue(f"the output stored in {rel} ({type(e).__name__}: {e})") from None
 
     def ids(self) -> list[str]:
+        """Every workflow id of the home, sorted (staging directories excluded)."""
         try:
             return sorted(n for n in listdir(self.root) if not n.startswith("."))
         except FileNotFoundError:
             return []
 
     def summary(self, wf_id: str) -> dict[str, Any] | None:
+        """The workflow's summary record; None if it has none. CorruptRecordError if undecodable."""
+        path = f"{self.root}/{wf_id}/{layout.SUMMARY_FILE}"
         try:
-            data = read_bytes(f"{self.root}/{wf_id}/summary.msgpack", max_bytes=1 << 20)
+            data = read_bytes(path, max_bytes=1 << 20)
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
             summary = msgpack.unpackb(data)
         except Exception:
-            raise CorruptRecordError(
-                f"{self.root}/{wf_id}/summary.msgpack is corrupt", path=f"{self.root}/{wf_id}/summary.msgpack"
-            ) from None
+            raise CorruptRecordError(f"{path} is corrupt", path=path) from None
         return summary if isinstance(summary, dict) else None
 
     def summaries(self) -> list[dict[str, Any]]:
@@ -204,55 +246,20 @@ class WorkflowStore:
         raise NotFound(f"{prefix!r} matches {len(matches)} workflows ({shown}); type more of the id")
 
     # ------------------------------------------------------------------ write
-    def _summary(self, run: Run) -> bytes:
-        return msgpack.packb(
-            {
-                "format": SUMMARY_FORMAT,
-                "id": run.wf_id,
-                "name": run.definition.name,
-                "state": run.state,
-                "counts": run.count_dict(),
-                "total": len(run),
-                "created_at": run.created_at,
-                "started_at": run.started_at,
-                "ended_at": run.ended_at,
-                "updated_at": time.time(),
-                "source": run.definition.source,
-                "prefixes": run.definition.prefixes,
-            }
-        )
-
-    def write_summary(self, run: Run, fence: Callable[[], None] | None = None) -> None:
+    def write_summary(self, run: RunState, fence: Callable[[], None] | None = None) -> None:
+        """Rewrite the summary of `run` (`fence`: checked right before the rename)."""
         atomic_write(
-            f"{self.root}/{run.wf_id}/summary.msgpack",
-            self._summary(run),
+            f"{self.root}/{run.wf_id}/{layout.SUMMARY_FILE}",
+            summary_bytes(run),
             self.home.settings.durability,
             fence,
         )
 
-    def write_run(self, run: Run, version: int, fence: Callable[[], None] | None = None) -> int:
+    def write_run(self, run: RunState, version: int, fence: Callable[[], None] | None = None) -> int:
         """CAS-write the state (expecting `version`), then the summary; returns the new version."""
         new = self.state_record(run.wf_id).write(run.to_wire(), version, fence=fence)
         self.write_summary(run, fence)
         return new
 
-    def mark_cancelled(self, wf_id: str) -> None:
-        atomic_write(p.cancel_marker(self.home.root, wf_id), b"cancelled\n", fence=self.fence)
 
-    def clear_cancelled(self, wf_id: str) -> None:
-        try:
-            os.unlink(p.cancel_marker(self.home.root, wf_id))
-        except FileNotFoundError:
-            pass
-
-    def mark_kill(self, wf_id: str, idx: int, attempt: int) -> None:
-        path = p.kill_marker(self.home.root, wf_id, idx, attempt)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        atomic_write(path, b"kill\n", fence=self.fence)
-
-    @staticmethod
-    def is_terminal(summary: dict[str, Any]) -> bool:
-        return summary.get("state") in WF_TERMINAL
-
-
-__all__ = ["STATE_NAMES", "WorkflowStore", "new_workflow_id"]
+__all__ = ["STATE_NAMES", "WorkflowStore", "is_terminal", "new_workflow_id", "summary_bytes"]

@@ -19,8 +19,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from tuiflow.errors import TuiflowError
 
-class NotInTask(RuntimeError):
+
+class NotInTask(TuiflowError, RuntimeError):
     """The helper was called outside a tuiflow task."""
 
 
@@ -105,8 +107,10 @@ def record_asset(path: str, *, data_id: str | None = None) -> dict[str, Any]:
         "data_id": data_id or f"{info['workflow_id']}/{info['task']}",
         "at": time.time(),
     }
-    with open(os.path.join(info["task_dir"], "logs", "assets.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    from spool import layout
+    from spool.atomic import append
+
+    append(layout.attempt_log(info["task_dir"], layout.ASSETS_FILE), (json.dumps(row) + "\n").encode())
     return row
 
 
