@@ -94,11 +94,10 @@ WORKFLOW_CONTEXT_KEYS = (
 )
 
 # --- files ------------------------------------------------------------------------------
-SPANS_FILE = "spans.jsonl"
-ASSETS_FILE = "assets.jsonl"  # rows: {"path", "bytes", "sha256", "owner", "task", "attempt", "data_id"}
-LINEAGE_FILE = "lineage.jsonl"  # rows: {"data_id", "sources": [data ids], "task", "attempt"}
-LOGS_DIR = "logs"
-COORDINATOR_TRACE_DIR = "trace"
+# Where they lie is the home's layout (`spool.layout`): an attempt's logs/spans.jsonl,
+# logs/assets.jsonl (rows: {"path", "bytes", "sha256", "owner", "task", "attempt",
+# "data_id"}) and logs/lineage.jsonl (rows: {"data_id", "sources": [data ids], "task",
+# "attempt"}); the coordinator's trace/spans.jsonl of a workflow.
 
 
 def trace_id_for(workflow_id: str) -> int:

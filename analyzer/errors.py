@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 
+from spool.errors import TuiflowError
 
-class AnalyzerError(Exception):
+
+class AnalyzerError(TuiflowError):
     """Root of every error raised by `analyzer`."""
 
 

@@ -1,14 +1,33 @@
-"""Human formatting of durations, sizes and instants (renderers only; reports stay numeric)."""
+"""How a figure is written for people: durations, ages, sizes, rates, instants, and the
+colour of every state.
+
+Everything that shows figures (the analyzer's renderers, the command line, run-local's
+display, the dashboard) formats them here, so the same figure reads the same everywhere.
+Reports and ``--json`` output stay numeric; only what people read goes through this module.
+It imports nothing of ours, so every package may use it.
+
+    fmt_seconds(0.85)  '850 ms'     fmt_seconds(754)   '12m 34s'    a duration
+    fmt_age(45.7)      '45 s'       fmt_age(200)       '3 min'      how long ago
+    fmt_bytes(1536)    '1.5 KiB'    fmt_rate(12.34)    '12.3 tasks/s'
+    fmt_instant(0)     '1970-01-01 00:00:00.000Z'
+    STATE_STYLE["upstream_failed"]  'dark_orange'  (a Rich style)
+
+A value that is not known (None) is written `MISSING`.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+#: what every formatter writes for a value that is not known (None)
+MISSING = "-"
+
 
 def fmt_seconds(seconds: float | None) -> str:
-    """``850 ms``, ``12.3 s``, ``4m 05s``, ``2h 03m``; ``-`` for None."""
+    """A duration: ``850 µs``, ``850 ms``, ``1.25 s``, ``12.3 s``, ``4m 05s``, ``2h 03m``;
+    `MISSING` for None."""
     if seconds is None:
-        return "-"
+        return MISSING
     if seconds == 0:
         return "0 s"
     sign = "-" if seconds < 0 else ""
@@ -26,10 +45,28 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{sign}{h}h {rest // 60:02d}m"
 
 
+def fmt_age(seconds: float | None) -> str:
+    """How long ago, at the precision people read ages: ``45 s`` (under two minutes),
+    ``3 min`` (under an hour), ``2 h`` (under two days), ``5 d``; whole units, rounded
+    down, so a list of ages changes at most once a second and never says "2 min" of
+    something 119 s old. Negative ages (another host's clock) count as 0; `MISSING` for
+    None. At most 6 characters below 1,000 days."""
+    if seconds is None:
+        return MISSING
+    s = max(0, int(seconds))
+    if s < 120:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 2 * 86400:
+        return f"{s // 3600} h"
+    return f"{s // 86400} d"
+
+
 def fmt_bytes(n: int | None) -> str:
-    """``512 B``, ``1.5 KiB``, ``3.2 GiB``; ``-`` for None."""
+    """A size: ``512 B``, ``1.5 KiB``, ``3.2 GiB``; `MISSING` for None."""
     if n is None:
-        return "-"
+        return MISSING
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
@@ -38,8 +75,74 @@ def fmt_bytes(n: int | None) -> str:
     return f"{n} B"  # pragma: no cover - the loop always returns
 
 
-def fmt_instant(epoch: float | None) -> str:
-    """Epoch seconds as ``2027-01-15 08:00:00.123Z`` (UTC); ``-`` for None."""
+def fmt_rate(per_second: float | None, unit: str = "tasks") -> str:
+    """A rate: ``0.25 tasks/s``, ``12.3 tasks/s``, ``2,492 tasks/s``; with ``unit=""``
+    the short form for narrow columns, ``12.3/s``. `MISSING` for None."""
+    if per_second is None:
+        return MISSING
+    r = abs(per_second)
+    number = f"{per_second:.2f}" if r < 1 else f"{per_second:.1f}" if r < 100 else f"{per_second:,.0f}"
+    return f"{number} {unit}/s" if unit else f"{number}/s"
+
+
+def fmt_instant(epoch: float | None, *, date: bool = True) -> str:
+    """Epoch seconds as ``2027-01-15 08:00:00.123Z`` (UTC), or with ``date=False`` the
+    time of day alone, ``08:00:00.123Z``; `MISSING` for None."""
     if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+        return MISSING
+    text = datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return text if date else text[11:]
+
+
+def rate_and_eta(
+    done: int, total: int, started_at: float, ended_at: float, now: float
+) -> tuple[float | None, float | None]:
+    """The figures behind a progress line: tasks/s since the start (to the end, once
+    ended), and the seconds left at that rate (None once ended, or before any task
+    finished). Times are epoch seconds; 0 means "not yet"."""
+    if not started_at or done <= 0:
+        return None, None
+    elapsed = (ended_at or now) - started_at
+    if elapsed <= 0:
+        return None, None
+    rate = done / elapsed
+    return rate, (None if ended_at else max(0, total - done) / rate)
+
+
+#: The one colour of each state, as a Rich style: the tasks' states, "retrying" (an
+#: attempt failed and another follows), the workflows' states (the same names), a corrupt
+#: record, and a worker's liveness. Named ANSI colours follow the terminal's theme; the
+#: two 256-colour ones were picked to read on dark and light backgrounds alike (grey42 is
+#: a mid grey, dark_orange a saturated one).
+STATE_STYLE: dict[str, str] = {
+    "pending": "grey42",
+    "ready": "blue",
+    "running": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "skipped": "magenta",
+    "upstream_failed": "dark_orange",
+    "cancelled": "yellow",
+    "retrying": "yellow",
+    "corrupt": "bold red",
+    "alive": "green",
+    "dead": "bold red",
+}
+
+
+def state_style(state: str | None) -> str:
+    """The style of `state` (an unknown state: no style)."""
+    return STATE_STYLE.get(state or "", "")
+
+
+__all__ = [
+    "MISSING",
+    "STATE_STYLE",
+    "fmt_age",
+    "fmt_bytes",
+    "fmt_instant",
+    "fmt_rate",
+    "fmt_seconds",
+    "rate_and_eta",
+    "state_style",
+]

@@ -31,14 +31,11 @@ from typing import Any, BinaryIO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from spool import layout
+
 from .contract import (
-    ASSETS_FILE,
     ATTR_BYTES,
     ATTR_KIND,
-    COORDINATOR_TRACE_DIR,
-    LINEAGE_FILE,
-    LOGS_DIR,
-    SPANS_FILE,
     TASK_SPAN,
     WORKFLOW_SPAN,
 )
@@ -421,8 +418,8 @@ def span_files(wf_dir: str | os.PathLike[str], dirs: list[str] | None = None) ->
         When `wf_dir` is not a directory.
     """
     dirs = attempt_dirs(wf_dir) if dirs is None else dirs
-    files = [os.path.join(d, LOGS_DIR, SPANS_FILE) for d in dirs]
-    files.append(os.path.join(os.fspath(wf_dir), COORDINATOR_TRACE_DIR, SPANS_FILE))
+    files = [os.path.join(d, layout.LOGS_DIR, layout.SPANS_FILE) for d in dirs]
+    files.append(os.path.join(os.fspath(wf_dir), layout.TRACE_DIR, layout.SPANS_FILE))
     return files
 
 
@@ -486,7 +483,7 @@ def read_lineage(
     list[LineageRow]
     """
     dirs = attempt_dirs(wf_dir) if dirs is None else dirs
-    return read_rows((os.path.join(d, LOGS_DIR, LINEAGE_FILE) for d in dirs), LineageRow, stats)
+    return read_rows((os.path.join(d, layout.LOGS_DIR, layout.LINEAGE_FILE) for d in dirs), LineageRow, stats)
 
 
 def read_assets(
@@ -508,7 +505,7 @@ def read_assets(
     list[AssetRow]
     """
     dirs = attempt_dirs(wf_dir) if dirs is None else dirs
-    return read_rows((os.path.join(d, LOGS_DIR, ASSETS_FILE) for d in dirs), AssetRow, stats)
+    return read_rows((os.path.join(d, layout.LOGS_DIR, layout.ASSETS_FILE) for d in dirs), AssetRow, stats)
 
 
 def attempt_dirs(wf_dir: str | os.PathLike[str]) -> list[str]:
@@ -534,7 +531,7 @@ def attempt_dirs(wf_dir: str | os.PathLike[str]) -> list[str]:
     if not os.path.isdir(root):
         raise TraceNotFoundError(root)
     out: list[str] = []
-    for task_dir in _sorted_dirs(os.path.join(root, "tasks")):
+    for task_dir in _sorted_dirs(layout.tasks_dir(root)):
         out.extend(_sorted_dirs(task_dir))
     return out
 

@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from spool import layout
+
 from .contract import (
-    ASSETS_FILE,
     ATTR_ATTEMPT,
     ATTR_BATCH_ID,
     ATTR_BYTES,
@@ -51,11 +52,7 @@ from .contract import (
     ATTR_WORKER,
     ATTR_WORKFLOW_ID,
     ATTR_WORKFLOW_NAME,
-    COORDINATOR_TRACE_DIR,
-    LINEAGE_FILE,
-    LOGS_DIR,
     SPAN_KINDS,
-    SPANS_FILE,
     TASK_SPAN,
     WORKFLOW_SPAN,
     format_trace_id,
@@ -194,13 +191,13 @@ class SyntheticWorkflow:
 
     def attempt_dir(self, task: str, attempt: int) -> Path:
         """``<wf_dir>/tasks/<task>/<attempt>``."""
-        return self.dir / "tasks" / task_dir_name(task) / str(attempt)
+        return Path(layout.tasks_dir(str(self.dir))) / task_dir_name(task) / str(attempt)
 
     def spans_path(self, task: str | None = None, attempt: int = 0) -> Path:
         """An attempt's span file, or the coordinator's when `task` is None."""
         if task is None:
-            return self.dir / COORDINATOR_TRACE_DIR / SPANS_FILE
-        return self.attempt_dir(task, attempt) / LOGS_DIR / SPANS_FILE
+            return self.dir / layout.TRACE_DIR / layout.SPANS_FILE
+        return self.attempt_dir(task, attempt) / layout.LOGS_DIR / layout.SPANS_FILE
 
     def line(
         self,
@@ -361,7 +358,7 @@ class SyntheticWorkflow:
     def lineage(self, task: str, attempt: int, data_id: str, sources: Sequence[str] = ()) -> None:
         """Append a lineage row to an attempt's ``logs/lineage.jsonl``."""
         row = {"data_id": data_id, "sources": list(sources), "task": task, "attempt": attempt}
-        self.write(self.attempt_dir(task, attempt) / LOGS_DIR / LINEAGE_FILE, [json.dumps(row)])
+        self.write(self.attempt_dir(task, attempt) / layout.LOGS_DIR / layout.LINEAGE_FILE, [json.dumps(row)])
 
     def asset(self, task: str, attempt: int, path: str, nbytes: int, data_id: str | None = None) -> None:
         """Append an asset row to an attempt's ``logs/assets.jsonl``."""
@@ -374,4 +371,4 @@ class SyntheticWorkflow:
             "attempt": attempt,
             "data_id": data_id,
         }
-        self.write(self.attempt_dir(task, attempt) / LOGS_DIR / ASSETS_FILE, [json.dumps(row)])
+        self.write(self.attempt_dir(task, attempt) / layout.LOGS_DIR / layout.ASSETS_FILE, [json.dumps(row)])

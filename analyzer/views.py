@@ -21,7 +21,7 @@ from rich.tree import Tree
 
 from .critical import PathNode
 from .errors import UnknownViewError
-from .fmt import fmt_bytes, fmt_instant, fmt_seconds
+from .fmt import STATE_STYLE, fmt_bytes, fmt_instant, fmt_seconds
 from .lineage import CYCLE, EXTERNAL, SEEN, LineageNode, lineage_tree
 from .mermaid import render_mermaid
 from .perfetto import render_perfetto
@@ -34,7 +34,8 @@ BAR_WIDTH = 32
 CRITICAL_MARK = "★"
 WAIT_STYLE = "yellow"
 ACTIVE_STYLE = "green"
-FAILED_STYLE = "red"
+#: a failed task or run: the colour of the failed state everywhere (`fmt.STATE_STYLE`)
+FAILED_STYLE = STATE_STYLE["failed"]
 
 
 def render(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from analyzer import fmt
 from analyzer.errors import UnknownViewError
 from analyzer.perfetto import perfetto_trace
 from analyzer.report import analyze, build_report
@@ -226,3 +227,42 @@ def test_timeline_rows_of_retries_and_skew(tmp_path):
     ]
     skew = timeline_rows(load_trace(scenarios.skewed(tmp_path / "s").dir))
     assert {r.task: r.queued_start for r in skew}["c"] is None  # ready_at after start: no queued segment
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (None, "-"),
+        (0, "0 s"),
+        (4e-4, "400 µs"),
+        (0.85, "850 ms"),
+        (1.25, "1.25 s"),
+        (12.34, "12.3 s"),
+        (245, "4m 05s"),
+        (7380, "2h 03m"),
+        (-0.5, "-500 ms"),
+    ],
+)
+def test_fmt_seconds(seconds, text):
+    assert fmt.fmt_seconds(seconds) == text
+
+
+def test_fmt_rates_sizes_and_instants():
+    assert [fmt.fmt_rate(r) for r in (None, 0.25, 12.34, 2492.2)] == [
+        "-",
+        "0.25 tasks/s",
+        "12.3 tasks/s",
+        "2,492 tasks/s",
+    ]
+    assert fmt.fmt_rate(12.34, unit="") == "12.3/s"
+    assert [fmt.fmt_bytes(n) for n in (None, 512, 1536, 3 * 1024**3)] == ["-", "512 B", "1.5 KiB", "3.0 GiB"]
+    assert fmt.fmt_instant(1_795_400_000.25) == "2026-11-23 02:13:20.250Z"
+    assert fmt.fmt_instant(1_795_400_000.25, date=False) == "02:13:20.250Z"
+    assert fmt.fmt_instant(None) == fmt.MISSING
+
+
+def test_rate_and_eta():
+    assert fmt.rate_and_eta(0, 10, 100.0, 0, 110.0) == (None, None)  # nothing done yet
+    assert fmt.rate_and_eta(5, 10, 0, 0, 110.0) == (None, None)  # not started
+    assert fmt.rate_and_eta(5, 10, 100.0, 0, 110.0) == (0.5, 10.0)
+    assert fmt.rate_and_eta(10, 10, 100.0, 120.0, 500.0) == (0.5, None)  # ended: the rate to its end

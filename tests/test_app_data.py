@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from analyzer.fmt import STATE_STYLE, fmt_age
 from spool import Home
 from tuiflow.app.data import dag_rows, load_workflow, task_order, task_row
 from tuiflow.app.overview import QUEUE_COLUMNS, WORKFLOW_COLUMNS, fit_columns
-from tuiflow.app.render import fmt_age
-from tuiflow.engine.runstate import Run
+from tuiflow.engine.runstate import RunState
 from tuiflow.engine.store import WorkflowStore
 from tuiflow.fixtures import demo
 from tuiflow.sdk.builder import Workflow
@@ -85,12 +85,12 @@ def test_dag_folds_foreach_items_and_expands_on_request(store):
     assert rows[-1][1][3] == "work[×1000]"  # join's upstreams, folded
 
 
-def _prefix_workflow(n: int) -> Run:
+def _prefix_workflow(n: int) -> RunState:
     wf = Workflow("prefixes")
     wf.task("prep", run="true")
     for k in range(n):
         wf.task(f"eval/case{k}", run="true", depends_on=["prep"])
-    return Run(wf.compile(), "prefixes", 0.0)
+    return RunState(wf.compile(), "prefixes", 0.0)
 
 
 @pytest.mark.parametrize(("n", "folded"), [(12, False), (13, True)])
@@ -134,16 +134,25 @@ def test_fit_columns_drops_the_least_important_first_and_grows_the_bar():
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [
-        (0.4, "0s"),
-        (59.9, "59s"),
-        (119, "119s"),
-        (125, "2m05s"),
-        (3599, "59m"),
-        (4 * 3600 + 65, "4h01m"),
-        (20 * 3600, "20h"),
-        (3 * 86400, "3d"),
-        (None, "–"),
+        (0.4, "0 s"),
+        (-3, "0 s"),  # another host's clock ahead of ours
+        (59.9, "59 s"),
+        (119, "119 s"),
+        (125, "2 min"),
+        (3599, "59 min"),
+        (4 * 3600 + 65, "4 h"),
+        (47 * 3600, "47 h"),
+        (3 * 86400, "3 d"),
+        (None, "-"),
     ],
 )
 def test_fmt_age(seconds, text):
     assert fmt_age(seconds) == text
+    assert len(fmt_age(seconds)) <= 6  # the overview's AGE and BEAT columns
+
+
+def test_every_state_has_one_colour():
+    from tuiflow.engine.runstate import STATE_NAMES, WF_STATES
+
+    assert set(STATE_NAMES) | set(WF_STATES) | {"retrying"} <= set(STATE_STYLE)
+    assert STATE_STYLE["upstream_failed"] != STATE_STYLE["failed"]  # the dashboard's palette won

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spool import Home, Settings
+from spool import Home, Settings, layout
+from tuiflow.cli.exits import EXIT_FAILED, EXIT_INVALID, EXIT_NOT_FOUND, exit_code
 from tuiflow.cli.main import app
 from tuiflow.engine.client import Client
 from tuiflow.engine.coordinator import Coordinator
@@ -116,10 +117,11 @@ def test_submit_without_coordinator_is_pending_and_says_so(home, tmp_path):
 
 def test_unknown_ids_tasks_and_homes_are_one_line_errors(home, tmp_path):
     code, _, err = run("status", "zzzz", "--home", home.root)
-    assert code == 1 and "no workflow id starts with 'zzzz'" in err and "Traceback" not in err
+    assert code == EXIT_NOT_FOUND and "no workflow id starts with 'zzzz'" in err and "Traceback" not in err
+    assert err.startswith("error: ") and err.count("\n") == 1  # one line
     newer = tmp_path / "newer"
     newer.mkdir()
-    (newer / "layout.json").write_text('{"version": 99}')
+    (newer / layout.LAYOUT_FILE).write_text('{"version": 99}')
     code, _, err = run("ls", "--home", newer)
     assert code == 2 and "layout version 99" in err
     code, _, err = run("ls", "--home", tmp_path / "nothing-here")
@@ -128,9 +130,10 @@ def test_unknown_ids_tasks_and_homes_are_one_line_errors(home, tmp_path):
     assert code == 2 and "file not found" in err
 
     earlier = Home.open(tmp_path / "earlier")
-    Path(earlier.coordinator_dir, "lease").write_bytes(b"a lease record from before lease entries")
+    Path(earlier.coordinator_dir, layout.LEASE_DIR).write_bytes(b"a lease record from before lease entries")
     code, _, err = run("coordinator", "--home", earlier.root)
-    assert code == 1 and "coordinator/lease is a lease record from an earlier tuiflow" in err
+    # a home of another layout version, like `newer` above: not a home this tuiflow can use
+    assert code == EXIT_INVALID and "coordinator/lease is a lease record from an earlier tuiflow" in err
     assert "Traceback" not in err
 
 
@@ -164,7 +167,9 @@ def test_status_tasks_logs_and_watch(home, engine, tmp_path):
     logs = json.loads(out)
     assert logs["stdout"] == "out-a\n" and logs["stderr"] == "err-a\n"
     code, _, err = run("logs", wf_id, "nope", "--home", home.root)
-    assert code == 1 and "has no task 'nope'" in err
+    assert code == EXIT_NOT_FOUND and "has no task 'nope'" in err
+    code, _, err = run("logs", wf_id, "prep/a", "--stream", "stdlog", "--home", home.root)
+    assert code == EXIT_INVALID and "--stream must be" in err
 
 
 def test_retry_after_failure(home, engine, tmp_path):
@@ -183,7 +188,7 @@ def test_retry_after_failure(home, engine, tmp_path):
     status = wait_state(home, wf_id)
     assert status["state"] == "failed"
     code, _, err = run("retry", wf_id, "c", "--home", home.root)
-    assert code == 1 and "'c' is completed" in err
+    assert code == EXIT_INVALID and "'c' is completed" in err
     marker.touch()
     code, out, _ = run("retry", wf_id, "--home", home.root, "--json")
     assert code == 0 and sorted(json.loads(out)["tasks"]) == ["a", "b"]
@@ -229,3 +234,35 @@ def test_coordinator_info_ages_the_lease_head(home):
     assert 0 <= info["age_seconds"] < 5
     lease.release()
     assert Client(home).coordinator_info()["holder"] is None
+
+
+def test_the_error_family_maps_to_exit_codes_in_one_place(home, tmp_path):
+    from analyzer.errors import TraceNotFoundError, UnknownViewError
+    from spool.errors import InvalidNameError, LockTimeout, StorageError
+    from tuiflow.engine.expr import ExpressionError
+    from tuiflow.engine.model import WorkflowValidationError
+    from tuiflow.engine.runstate import NotRetryable
+    from tuiflow.errors import NotFound
+    from workers.errors import WorkerConfigError
+
+    cases = {
+        NotFound("x"): EXIT_NOT_FOUND,
+        TraceNotFoundError(tmp_path): EXIT_NOT_FOUND,
+        ExpressionError("x"): EXIT_INVALID,
+        NotRetryable("x"): EXIT_INVALID,
+        InvalidNameError("x"): EXIT_INVALID,
+        WorkerConfigError("x"): EXIT_INVALID,
+        UnknownViewError("x", ("rich",)): EXIT_INVALID,
+        StorageError("x"): EXIT_FAILED,
+        LockTimeout("x"): EXIT_FAILED,
+    }
+    for error, code in cases.items():
+        assert exit_code(error) == code, error
+    assert issubclass(WorkflowValidationError, ValueError)
+    # through the command line: one line, no traceback
+    code, _, err = run("trace", "history", "nobody", "--home", home.root)
+    assert code == EXIT_NOT_FOUND and "no runs of a workflow named 'nobody'" in err
+    code, _, err = run("worker", "--queue", "../up", "--home", home.root)
+    assert code == EXIT_INVALID and err.startswith("error: ") and "Traceback" not in err
+    code, _, err = run("submit", tmp_path / "missing.yaml", "--set", "novalue", "--home", home.root)
+    assert code == EXIT_INVALID and "key=value" in err

@@ -24,7 +24,7 @@ from textual.binding import Binding, BindingType
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 
-from spool import ChangeWaiter, Home
+from spool import ChangeWaiter, Home, layout
 from tuiflow.app.modals import ConfirmScreen, HelpScreen
 from tuiflow.app.overview import OverviewScreen
 from tuiflow.app.screen import MIN_INTERVAL, LiveScreen
@@ -154,9 +154,10 @@ class TuiflowApp(App):
 
     def _watch_paths(self) -> list[str]:
         h = self.home
-        paths = [h.workflows_dir, h.workers_dir, h.coordinator_dir, h.completions_dir + "/ready"]
+        paths = [h.workflows_dir, h.workers_dir, h.coordinator_dir, f"{h.completions_dir}/{layout.READY_DIR}"]
         for q in h.list_queues():
-            paths.extend(f"{h.queues_dir}/{q}/ready/{d}" for d in _listdir(f"{h.queues_dir}/{q}/ready"))
+            ready = f"{h.queues_dir}/{q}/{layout.READY_DIR}"
+            paths.extend(f"{ready}/{d}" for d in _listdir(ready))
         if self._focus_dir:
             paths.append(self._focus_dir)
         else:

@@ -3,39 +3,29 @@ runs on worker threads). Screens call these functions off the UI thread and only
 the results.
 
 Times are the dashboard's clock (`now`), given by the caller: tests pass a fixed one.
-Worker heartbeat ages are measured against the writer's own timestamp: this is a display,
-never a decision (the coordinator decides liveness by watching records change).
+Workers come from the engine's one heartbeat reader (`Client.workers`), their ages measured
+against that clock: this is a display, never a decision (the coordinator decides liveness
+by watching records change). Figures and state colours are `analyzer.fmt`'s.
 """
 
 from __future__ import annotations
 
 import array
 import dataclasses
-import os
+import json
 from collections import deque
 from typing import Any
 
-from spool import CorruptRecordError, Home, SpoolError
-from spool.liveness import SUFFIX as HB_SUFFIX
-from spool.liveness import decode, read_raw
-from tuiflow.engine.client import task_times
+from analyzer.fmt import rate_and_eta
+from spool import CorruptRecordError, Home, SpoolError, layout
+from tuiflow.cli.tail import read_from
+from tuiflow.engine.client import Client, task_times
 from tuiflow.engine.model import Definition
-from tuiflow.engine.runstate import STATE_CODES, STATE_NAMES, TERMINAL, WF_TERMINAL, Run
+from tuiflow.engine.runstate import STATE_CODES, STATE_NAMES, TERMINAL, WF_TERMINAL, RunState
 from tuiflow.engine.store import WorkflowStore
-from workers import wire as p
 
-#: the order of segments in progress bars, with their colours
-SEGMENTS = (
-    ("completed", "green"),
-    ("failed", "red"),
-    ("upstream_failed", "dark_orange"),
-    ("cancelled", "yellow"),
-    ("running", "cyan"),
-    ("ready", "blue"),
-    ("skipped", "magenta"),
-    ("pending", "grey42"),
-)
-STATE_STYLE = dict(SEGMENTS)
+#: how much of an attempt's stdout and stderr the task screen shows (the end of each)
+LOG_TAIL_BYTES = 64_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,24 +82,13 @@ def done_count(counts: dict[str, int]) -> int:
     return sum(counts.get(STATE_NAMES[c], 0) for c in TERMINAL)
 
 
-def rate_eta(
-    done: int, total: int, started: float, ended: float, now: float
-) -> tuple[float | None, float | None]:
-    if not started or done <= 0:
-        return None, None
-    elapsed = (ended or now) - started
-    if elapsed <= 0:
-        return None, None
-    rate = done / elapsed
-    return rate, (None if ended else (total - done) / rate)
-
-
 class HomeReader:
     """Reads a home for the overview. Keeps queue-depth history for the trend column."""
 
     def __init__(self, home: Home, history: int = 30):
         self.home = home
         self.store = WorkflowStore(home)
+        self.client = Client(home, who="dashboard", store=self.store)
         self._trends: dict[str, deque[int]] = {}
         self._history = history
 
@@ -123,7 +102,7 @@ class HomeReader:
             counts = dict(s.get("counts", {}))
             total = int(s.get("total", 0))
             done = done_count(counts)
-            rate, eta = rate_eta(done, total, s.get("started_at", 0), s.get("ended_at", 0), now)
+            rate, eta = rate_and_eta(done, total, s.get("started_at", 0), s.get("ended_at", 0), now)
             started, ended = s.get("started_at", 0), s.get("ended_at", 0)
             workflows.append(
                 WorkflowRow(
@@ -142,37 +121,22 @@ class HomeReader:
         return HomeSnapshot(workflows, self.workers(now), self.queues(), self.coordinator(), errors)
 
     def workers(self, now: float) -> list[WorkerRow]:
-        out = []
-        directory = self.home.workers_dir
-        try:
-            names = sorted(os.listdir(directory))
-        except FileNotFoundError:
-            return out
-        for name in names:
-            dead = name.endswith(".dead")
-            if name.startswith(".") or not (dead or name.endswith(HB_SUFFIX)):
-                continue
-            path = f"{directory}/{name}"
-            try:
-                hb = decode(read_raw(path), path)
-            except (OSError, SpoolError):
-                continue
-            info = hb.info or {}
-            age = max(0.0, now - hb.written_at)
-            gpus = info.get("gpus")
-            out.append(
-                WorkerRow(
-                    id=hb.holder,
-                    host=info.get("host") or hb.host,
-                    queues=tuple(info.get("queues", ())),
-                    gpus=tuple(gpus) if gpus is not None else None,
-                    slots=info.get("slots"),
-                    running=len(info.get("running", ())),
-                    heartbeat_age=age,
-                    dead=dead or age > self.home.settings.dead_after,
-                    tasks_done=int(info.get("tasks_done", 0)),
-                )
+        out = [
+            WorkerRow(
+                id=w["id"],
+                host=w["host"],
+                queues=tuple(w["queues"]),
+                gpus=tuple(w["gpus"]) if w["gpus"] is not None else None,
+                slots=w["slots"],
+                running=len(w["running"]),
+                heartbeat_age=w["heartbeat_age"],
+                dead=w["dead"],
+                tasks_done=int(w["tasks_done"]),
             )
+            # ages against the dashboard's clock: nothing is written (a probe file in the
+            # watched workers/ would wake the dashboard again), and tests fix the clock
+            for w in self.client.workers(now=now)
+        ]
         out.sort(key=lambda w: (w.dead, w.id))
         return out
 
@@ -269,7 +233,7 @@ class WorkflowSnapshot:
     id: str
     name: str
     state: str
-    run: Run
+    run: RunState
     index: TaskIndex
     now: float
     groups: list[GroupRow]
@@ -287,7 +251,7 @@ def load_workflow(store: WorkflowStore, wf_id: str, now: float) -> WorkflowSnaps
     index = task_index(wf_id, run.definition)
     counts = run.count_dict()
     done = done_count(counts)
-    rate, eta = rate_eta(done, len(run), run.started_at, run.ended_at, now)
+    rate, eta = rate_and_eta(done, len(run), run.started_at, run.ended_at, now)
     return WorkflowSnapshot(
         id=run.wf_id,
         name=run.definition.name,
@@ -474,28 +438,22 @@ class AttemptInfo:
 
 
 def attempt_dir(home: Home, wf_id: str, task: str, attempt: int) -> str:
-    return p.resolve(home.root, p.attempt_dir_rel(wf_id, task, attempt))
+    return layout.attempt_dir(home.root, wf_id, task, attempt)
 
 
-def tail_text(path: str, max_bytes: int = 64_000) -> str:
+def tail_text(path: str, max_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The end of a log file (at most `max_bytes`); empty when it is missing or unreadable."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
+        return read_from(path, max_bytes=max_bytes).text
+    except SpoolError:
         return ""
-    return data.decode("utf-8", errors="replace")
 
 
 def load_attempt(home: Home, wf_id: str, task: str, attempt: int) -> AttemptInfo:
-    import json
-
     directory = attempt_dir(home, wf_id, task, attempt)
     spans = []
     try:
-        with open(f"{directory}/logs/spans.jsonl", encoding="utf-8", errors="replace") as f:
+        with open(layout.attempt_log(directory, layout.SPANS_FILE), encoding="utf-8", errors="replace") as f:
             for line in f:
                 try:
                     spans.append(json.loads(line))
@@ -506,7 +464,7 @@ def load_attempt(home: Home, wf_id: str, task: str, attempt: int) -> AttemptInfo
     output: Any = None
     has_output = False
     try:
-        with open(f"{directory}/output.json", encoding="utf-8") as f:
+        with open(layout.attempt_file(directory, layout.OUTPUT_FILE), encoding="utf-8") as f:
             output = json.load(f)
             has_output = True
     except (OSError, ValueError):
@@ -514,8 +472,8 @@ def load_attempt(home: Home, wf_id: str, task: str, attempt: int) -> AttemptInfo
     return AttemptInfo(
         attempt=attempt,
         dir=directory,
-        stdout=tail_text(f"{directory}/stdout.log"),
-        stderr=tail_text(f"{directory}/stderr.log"),
+        stdout=tail_text(layout.attempt_file(directory, layout.STDOUT_FILE)),
+        stderr=tail_text(layout.attempt_file(directory, layout.STDERR_FILE)),
         spans=spans,
         output=output,
         has_output=has_output,

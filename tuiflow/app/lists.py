@@ -11,8 +11,9 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.message import Message
 
-from tuiflow.app.data import STATE_STYLE, WorkflowSnapshot, dag_rows, task_order, task_row
-from tuiflow.app.render import fmt_secs, segment_bar
+from analyzer.fmt import fmt_seconds, state_style
+from tuiflow.app.data import WorkflowSnapshot, dag_rows, task_order, task_row
+from tuiflow.app.render import segment_bar
 from tuiflow.app.rows import RowsView
 
 GLYPH = {
@@ -37,6 +38,8 @@ STATE_FILTERS = (
     "cancelled",
 )
 SORTS = ("name", "state", "ran", "queued", "attempt")
+#: the timeline's queued segment: a dim band before the coloured running one
+QUEUED_STYLE = "grey42"
 
 
 def _cell(text: str, width: int) -> str:
@@ -162,17 +165,17 @@ class TaskList(RowsView):
             state,
             str(attempt),
             worker,
-            fmt_secs(queued) if queued is not None else "",
-            fmt_secs(ran) if ran is not None else "",
+            fmt_seconds(queued) if queued is not None else "",
+            fmt_seconds(ran) if ran is not None else "",
             detail,
         )
         text = Text(line)
-        style = STATE_STYLE.get(state, "")
+        style = state_style(state)
         text.stylize(style, 0, 1)
         start = 2 + self._name_width + 1
         text.stylize(style, start, start + 15)
         if detail and state in ("failed", "upstream_failed"):
-            text.stylize("red", len(line) - len(detail), len(line))
+            text.stylize(state_style("failed"), len(line) - len(detail), len(line))
         return text
 
     def _refilter(self, **change: str) -> None:
@@ -234,8 +237,8 @@ class DagView(RowsView):
             return text
         _, name, state, deps, indent = data
         text = Text("      " if indent else "  ")
-        text.append(f"{GLYPH.get(state, '?')} ", style=STATE_STYLE.get(state, ""))
-        text.append(f"{name:<30}", style=STATE_STYLE.get(state, ""))
+        text.append(f"{GLYPH.get(state, '?')} ", style=state_style(state))
+        text.append(f"{name:<30}", style=state_style(state))
         text.append(f" {state:<15}", style="grey70")
         if deps:
             text.append(f" ← {deps}", style="grey50")
@@ -308,7 +311,7 @@ class Timeline(RowsView):
         cells = [" "] * width
         for k in range(ticks + 1):
             pos = min(width - 1, int(k * (width - 1) / ticks))
-            label = f"+{fmt_secs(self.t0 - self._fit_range[0] + k * self.span / ticks)}"
+            label = f"+{fmt_seconds(self.t0 - self._fit_range[0] + k * self.span / ticks)}"
             for j, ch in enumerate(label):
                 if pos + j < width:
                     cells[pos + j] = ch
@@ -323,9 +326,9 @@ class Timeline(RowsView):
             for c in range(
                 max(0, self._x(q, width)), min(width, max(self._x(s, width), self._x(q, width) + 1))
             ):
-                cells[c] = ("░", "grey42")
+                cells[c] = ("░", QUEUED_STYLE)
         if s and e is not None:
-            style = STATE_STYLE.get(_outcome_state(x.outcome), "cyan")
+            style = state_style(_outcome_state(x.outcome))
             a, b = self._x(s, width), max(self._x(e, width), self._x(s, width) + 1)
             for c in range(max(0, a), min(width, b)):
                 cells[c] = ("█", style)

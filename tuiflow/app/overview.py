@@ -12,8 +12,9 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
+from analyzer.fmt import MISSING, fmt_age, fmt_rate, fmt_seconds, state_style
 from tuiflow.app.data import HomeReader, HomeSnapshot, QueueRow, WorkerRow, WorkflowRow
-from tuiflow.app.render import fmt_age, fmt_rate, fmt_secs, segment_bar, sparkline, state_text
+from tuiflow.app.render import segment_bar, sparkline, state_text
 from tuiflow.app.rows import RowsView
 from tuiflow.app.screen import LiveScreen
 
@@ -155,8 +156,8 @@ def _wf_values(w: WorkflowRow) -> tuple[tuple[str, Any], ...]:
         ("state", w.state),
         ("progress", (tuple(sorted(w.counts.items())), w.total)),
         ("done", f"{w.done}/{w.total}"),
-        ("rate", fmt_rate(w.rate) if running else ""),
-        ("eta", fmt_secs(w.eta) if running and w.eta is not None else ""),
+        ("rate", fmt_rate(w.rate, unit="") if running else ""),
+        ("eta", fmt_seconds(w.eta) if running and w.eta is not None else ""),
         ("age", fmt_age(w.age)),
     )
 
@@ -270,10 +271,10 @@ class OverviewScreen(LiveScreen):
             "worker": w.id,
             "host": w.host,
             "queues": ",".join(w.queues),
-            "gpus": ",".join(map(str, w.gpus)) if w.gpus else "–",
+            "gpus": ",".join(map(str, w.gpus)) if w.gpus else MISSING,
             "running": f"{w.running}/{w.slots}" if w.slots else str(w.running),
-            "heartbeat": Text(fmt_secs(w.heartbeat_age), style="red" if w.dead else ""),
-            "state": Text("dead", style="bold red") if w.dead else Text("alive", style="green"),
+            "heartbeat": Text(fmt_age(w.heartbeat_age), style=state_style("dead") if w.dead else ""),
+            "state": state_text("dead" if w.dead else "alive"),
         }
 
     @staticmethod

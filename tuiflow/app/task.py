@@ -17,9 +17,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
+from analyzer.fmt import fmt_instant, fmt_seconds, state_style
+from spool import layout
 from tuiflow.app.data import AttemptInfo, load_attempt
 from tuiflow.app.overview import sync_table
-from tuiflow.app.render import fmt_secs, state_text
+from tuiflow.app.render import state_text
 from tuiflow.app.screen import LiveScreen, set_text
 from tuiflow.engine.client import TaskView, task_views
 
@@ -121,7 +123,7 @@ class TaskScreen(LiveScreen):
         head.append(f"{self.task_name}  ", style="bold")
         head.append_text(state_text(v.state))
         head.append(f"  attempt {data.info.attempt} of {v.attempt + 1}", style="grey70")
-        head.append(f"  queued {fmt_secs(v.queued_for)}  ran {fmt_secs(v.ran_for)}", style="grey70")
+        head.append(f"  queued {fmt_seconds(v.queued_for)}  ran {fmt_seconds(v.ran_for)}", style="grey70")
         if v.worker:
             head.append(f"  on {v.worker}", style="grey70")
         head.append(f"\n{os.path.relpath(data.info.dir, self.app.home.root)}", style="grey50")  # type: ignore[attr-defined]
@@ -134,10 +136,8 @@ class TaskScreen(LiveScreen):
                     str(a["attempt"]): (
                         str(a["attempt"]),
                         a["worker"],
-                        dt.datetime.fromtimestamp(a["start"], dt.UTC).strftime("%H:%M:%S")
-                        if a["start"]
-                        else "",
-                        fmt_secs(a["ran"]),
+                        fmt_instant(a["start"], date=False) if a["start"] else "",
+                        fmt_seconds(a["ran"]),
                         a["outcome"],
                         a["error"],
                     )
@@ -180,9 +180,9 @@ class TaskScreen(LiveScreen):
             rows[f"{k}"] = (
                 "  " * depth + str(s.get("name")),
                 attrs.get("tuiflow.kind", "root" if s.get("name") == "task" else ""),
-                f"+{fmt_secs(start - t0)}" if start is not None and t0 is not None else "",
-                fmt_secs(end - start) if start is not None and end is not None else "",
-                Text(status, style="red" if status == "ERROR" else ""),
+                f"+{fmt_seconds(start - t0)}" if start is not None and t0 is not None else "",
+                fmt_seconds(end - start) if start is not None and end is not None else "",
+                Text(status, style=state_style("failed") if status == "ERROR" else ""),
             )
         sync_table(
             self.query_one("#span-table", DataTable), rows, ("span", "kind", "at", "duration", "status")
@@ -198,7 +198,7 @@ class TaskScreen(LiveScreen):
         raw = json.dumps(info.output, indent=2)
         if len(raw) > 20_000:
             raw = raw[:20_000] + "\n… (truncated)"
-        where = os.path.relpath(f"{info.dir}/output.json", self.app.home.root)  # type: ignore[attr-defined]
+        where = os.path.relpath(layout.attempt_file(info.dir, layout.OUTPUT_FILE), self.app.home.root)  # type: ignore[attr-defined]
         return Group(Text(where, style="grey50"), Syntax(raw, "json", word_wrap=True))
 
     @staticmethod

@@ -12,9 +12,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tree
 
-from tuiflow.app.data import STATE_STYLE, WorkflowSnapshot, dag_rows, load_workflow
+from analyzer.fmt import fmt_rate, fmt_seconds
+from tuiflow.app.data import WorkflowSnapshot, dag_rows, load_workflow
 from tuiflow.app.lists import DagView, TaskList, Timeline
-from tuiflow.app.render import fmt_rate, fmt_secs, segment_bar, state_text
+from tuiflow.app.render import segment_bar, state_text
 from tuiflow.app.rows import RowsView
 from tuiflow.app.screen import LiveScreen, set_text
 
@@ -148,9 +149,9 @@ class WorkflowScreen(LiveScreen):
         text.append_text(segment_bar(snap.counts, snap.total, 40))
         text.append(f"  {snap.done}/{snap.total}")
         if snap.state == "running":
-            text.append(f"  {fmt_rate(snap.rate)}  ETA {fmt_secs(snap.eta)}", style="grey70")
+            text.append(f"  {fmt_rate(snap.rate)}  ETA {fmt_seconds(snap.eta)}", style="grey70")
         if snap.wall is not None:
-            text.append(f"  wall {fmt_secs(snap.wall)}", style="grey70")
+            text.append(f"  wall {fmt_seconds(snap.wall)}", style="grey70")
         counts = "  ".join(f"{n} {s}" for s, n in snap.counts.items() if n)
         text.append(f"\n{counts}", style="grey62")
         return text
@@ -282,4 +283,4 @@ class WorkflowScreen(LiveScreen):
         self.app.confirm_retry(self.wf_id)  # type: ignore[attr-defined]
 
 
-__all__ = ["STATE_STYLE", "WorkflowScreen"]
+__all__ = ["WorkflowScreen"]

@@ -12,18 +12,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from analyzer.fmt import fmt_rate, fmt_seconds, rate_and_eta, state_style
+from spool import layout
+from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK
+from tuiflow.cli.tail import read_from
 from tuiflow.engine.client import Client
-from tuiflow.engine.runstate import WF_TERMINAL
+from tuiflow.engine.runstate import STATE_NAMES, TERMINAL, WF_TERMINAL
 
 _ORDER = ("completed", "running", "ready", "pending", "failed", "upstream_failed", "skipped", "cancelled")
-
-
-def rate_and_eta(done: int, total: int, started_at: float, now: float) -> tuple[float | None, float | None]:
-    """Tasks/s since the workflow started, and seconds left at that rate."""
-    if not started_at or done <= 0 or now <= started_at:
-        return None, None
-    rate = done / (now - started_at)
-    return rate, (total - done) / rate if rate > 0 else None
+#: the task states that are over, by name
+_DONE = tuple(STATE_NAMES[c] for c in sorted(TERMINAL))
+#: `tuiflow logs` streams and the attempt file each is in
+LOG_STREAMS = {"stdout": layout.STDOUT_FILE, "stderr": layout.STDERR_FILE}
 
 
 def follow(
@@ -42,11 +42,10 @@ def follow(
         while True:
             s = client.store.summary(wf_id) or {}
             counts, total = s.get("counts", {}), s.get("total", 0)
-            done = sum(
-                counts.get(k, 0) for k in ("completed", "failed", "upstream_failed", "skipped", "cancelled")
-            )
+            done = sum(counts.get(k, 0) for k in _DONE)
             now = time.time()
-            rate, eta = rate_and_eta(done, total, s.get("started_at", 0), s.get("ended_at") or now)
+            rate, eta = rate_and_eta(done, total, s.get("started_at", 0), s.get("ended_at", 0), now)
+            state = s.get("state", "?")
             if json_lines:
                 sys.stdout.write(
                     json.dumps(
@@ -65,42 +64,37 @@ def follow(
                 )
                 sys.stdout.flush()
             else:
-                detail = " ".join(f"{counts[k]} {k}" for k in _ORDER if counts.get(k))
+                detail = " ".join(f"[{state_style(k)}]{counts[k]} {k}[/]" for k in _ORDER if counts.get(k))
                 if rate:
-                    detail += f"  {rate:.1f} tasks/s"
-                if eta and s.get("state") not in WF_TERMINAL:
-                    detail += f"  ETA {eta:.0f}s"
-                desc = f"{wf_id} {s.get('name', '')} [{s.get('state', '?')}]"
+                    detail += f"  {fmt_rate(rate)}"
+                if eta is not None and state not in WF_TERMINAL:
+                    detail += f"  ETA {fmt_seconds(eta)}"
+                desc = f"{wf_id} {s.get('name', '')} [{state_style(state)}]{state}[/]"
                 if bar is None:
                     bar = progress.add_task(desc, total=total or 1, detail=detail)
                 progress.update(bar, description=desc, completed=done, total=total or 1, detail=detail)
-            if s.get("state") in WF_TERMINAL and not counts.get("running"):
-                return 0 if s.get("state") == "completed" else 1
+            if state in WF_TERMINAL and not counts.get("running"):
+                return EXIT_OK if state == "completed" else EXIT_FAILED
             time.sleep(interval)
 
 
 def follow_logs(client: Client, wf: str, task: str, directory: str, names: list[str], *, follow: bool) -> int:
-    """Print the attempt's logs; with `follow`, keep printing by byte offset until it ends."""
+    """Print the attempt's logs (`names`: keys of `LOG_STREAMS`); with `follow`, keep
+    printing by byte offset until the task ends."""
     offsets = dict.fromkeys(names, 0)
     while True:
         for n in names:
-            path = f"{directory}/{n}.log"
-            try:
-                with open(path, "rb") as f:
-                    f.seek(offsets[n])
-                    chunk = f.read()
-            except FileNotFoundError:
-                continue
-            if chunk:
-                offsets[n] += len(chunk)
+            chunk = read_from(layout.attempt_file(directory, LOG_STREAMS[n]), offsets[n])
+            if chunk.data:
+                offsets[n] = chunk.offset
                 target = sys.stdout if n == "stdout" else sys.stderr
-                target.write(chunk.decode("utf-8", errors="replace"))
+                target.write(chunk.text)
                 target.flush()
         if not follow:
-            return 0
+            return EXIT_OK
         views = client.tasks(wf, prefix=task)
         mine = [v for v in views if v.name == task]
-        if mine and mine[0].state not in ("pending", "ready", "running") and os.path.isdir(directory):
+        if mine and mine[0].state in _DONE and os.path.isdir(directory):
             follow = False  # one last read above catches the tail
             continue
         time.sleep(0.25)

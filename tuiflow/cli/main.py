@@ -2,8 +2,9 @@
 
 Every command that shows something has ``--json``. Workflow ids may be abbreviated to any
 unique prefix. The home is ``--home``, else ``$TUIFLOW_HOME``, else ``./.tuiflow``.
-User mistakes end with a one-line error and exit code 2 (invalid input) or 1, never a
-traceback.
+Errors end with a one-line message and an exit code, never a traceback: commands let the
+`TuiflowError` family rise and the command group maps it in one place (`tuiflow.cli.exits`:
+2 invalid input, 3 not found, 1 anything else). Figures are written by `analyzer.fmt`.
 """
 
 from __future__ import annotations
@@ -13,23 +14,38 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from spool import Home, LayoutError, LeaseHeldError, SpoolError
+from analyzer.fmt import fmt_age, fmt_seconds, state_style
+from spool import Home, LeaseHeldError, layout
 from tuiflow import __version__
-from tuiflow.errors import TuiflowError
+from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK, BadOption, exit_code, user_errors
+from tuiflow.errors import NotFound
 from workers.wire import BUNDLE_HOLD, BUNDLE_MAX
 
+
+class _Commands(TyperGroup):
+    """The command group: every command runs inside `user_errors`, so a `TuiflowError` from
+    any of them ends as a one-line message and its exit code (`tuiflow.cli.exits`)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        with user_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="tuiflow",
     help="GPU workflow DAGs on a shared filesystem. Run with no command to open the dashboard.",
+    epilog="Exit codes: 0 done, 1 failed (a workflow, doctor's checks, the filesystem), "
+    "2 invalid input, 3 not found.",
     add_completion=False,
     rich_markup_mode="markdown",
     no_args_is_help=False,
@@ -43,39 +59,41 @@ HomeOpt = typer.Option(
 )
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 
-EXIT_INVALID = 2
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
 
 def _home(home: str | None, ctx: typer.Context | None = None, *, create: bool = False) -> Home:
     root = home or (ctx.obj.get("home") if ctx and ctx.obj else None)
-    try:
-        return Home.open(root, create=create)
-    except LayoutError as e:
-        raise _fail(str(e), EXIT_INVALID) from None
+    return Home.open(root, create=create)
 
 
 def _emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
-def _guard(fn: Callable[[], Any]) -> Any:
-    """Turn expected errors into one-line messages."""
-    from tuiflow.engine.model import WorkflowValidationError
-    from tuiflow.engine.runstate import NotRetryable
+def _set_values(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` options as a dict (BadOption for one without `=`)."""
+    from tuiflow.engine.compiler import parse_set_values
 
     try:
-        return fn()
+        return parse_set_values(pairs)
+    except BadOption:
+        raise
+    except ValueError as e:  # the compiler's own ValueError, outside the family
+        raise BadOption(str(e)) from None
+
+
+def _load(file: str, set_: list[str], json_out: bool) -> Any:
+    """The workflow in `file`; an invalid one is reported (as JSON problems with --json)."""
+    from tuiflow.engine.compiler import load_workflow
+    from tuiflow.engine.model import WorkflowValidationError
+
+    values = _set_values(set_)
+    try:
+        return load_workflow(file, values)
     except WorkflowValidationError as e:
-        raise _fail(str(e), EXIT_INVALID) from None
-    except (TuiflowError, NotRetryable) as e:
-        raise _fail(str(e)) from None
-    except SpoolError as e:
-        raise _fail(str(e)) from None
+        if not json_out:
+            raise
+        _emit_json({"valid": False, "problems": e.to_json()})
+        raise typer.Exit(exit_code(e)) from None
 
 
 def _version(value: bool) -> None:
@@ -111,18 +129,7 @@ def validate(
     file: str, json_out: bool = JsonOpt, set_: list[str] = typer.Option([], "--set", help="key=value param.")
 ) -> None:
     """Check a workflow file; print every problem (file, line, task, field)."""
-    from tuiflow.engine.compiler import load_workflow, parse_set_values
-    from tuiflow.engine.model import WorkflowValidationError
-
-    try:
-        d = load_workflow(file, parse_set_values(set_))
-    except WorkflowValidationError as e:
-        if json_out:
-            _emit_json({"valid": False, "problems": e.to_json()})
-            raise typer.Exit(EXIT_INVALID) from None
-        raise _fail(str(e), EXIT_INVALID) from None
-    except ValueError as e:
-        raise _fail(str(e), EXIT_INVALID) from None
+    d = _load(file, set_, json_out)
     if json_out:
         _emit_json({"valid": True, "name": d.name, "tasks": len(d), "groups": d.prefixes})
     else:
@@ -147,14 +154,9 @@ def submit(
 ) -> None:
     """Submit a workflow file; prints its id. A coordinator (or run-local) runs it."""
     from tuiflow.engine.client import Client
-    from tuiflow.engine.compiler import parse_set_values
 
     h = _home(home, ctx, create=True)
-    try:
-        values = parse_set_values(set_)
-    except ValueError as e:
-        raise _fail(str(e), EXIT_INVALID) from None
-    wf_id = _guard(lambda: Client(h).submit_file(file, values))
+    wf_id = Client(h).submit_file(file, _set_values(set_))
     if json_out:
         _emit_json({"id": wf_id})
     else:
@@ -171,7 +173,7 @@ def ls_(
     """List workflows, newest first."""
     from tuiflow.engine.client import Client
 
-    items = _guard(lambda: Client(_home(home, ctx)).list(state))
+    items = Client(_home(home, ctx)).list(state)
     if json_out:
         _emit_json(items)
         return
@@ -189,10 +191,10 @@ def ls_(
         )
         table.add_row(
             s["id"],
-            s.get("name", ""),
+            Text(s.get("name", "")),
             _state(s.get("state", "")),
             f"{done}/{total}",
-            _ago(now - s.get("created_at", now)),
+            fmt_age(now - s.get("created_at", now)),
         )
     out.print(table)
 
@@ -202,14 +204,15 @@ def status(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bo
     """A workflow's state, counts and tasks."""
     from tuiflow.engine.client import Client
 
-    st = _guard(lambda: Client(_home(home, ctx)).status(wf))
+    st = Client(_home(home, ctx)).status(wf)
     if json_out:
         _emit_json(st)
         return
-    out.print(
-        f"[bold]{st['id']}[/] {st['name']}: {_state(st['state'])}  {st['done']}/{st['total']} done"
-        + (f", {st['wall_seconds']:.1f} s" if st.get("wall_seconds") else "")
-    )
+    head = Text.assemble((st["id"], "bold"), f" {st['name']}: ", _state(st["state"]))
+    head.append(f"  {st['done']}/{st['total']} done")
+    if st.get("wall_seconds"):
+        head.append(f", {fmt_seconds(st['wall_seconds'])}")
+    out.print(head)
     out.print("  " + ", ".join(f"{n} {k}" for k, n in st["counts"].items() if n))
     coordinator = st.get("coordinator")
     if st["state"] in ("pending", "running") and not (coordinator and coordinator.get("holder")):
@@ -233,30 +236,30 @@ def tasks(
     """A workflow's tasks (state, attempt, worker, queued for, ran for, exit/error)."""
     from tuiflow.engine.client import Client
 
-    views = _guard(lambda: Client(_home(home, ctx)).tasks(wf, prefix=prefix, state=state))
+    views = Client(_home(home, ctx)).tasks(wf, prefix=prefix, state=state)
     if json_out:
         _emit_json([v.to_json() for v in views])
         return
     _task_table([_row(v.to_json()) for v in views])
 
 
-def _row(t: dict[str, Any]) -> list[str]:
+def _row(t: dict[str, Any]) -> list[Text | str]:
     reason = t.get("reason") or ""
     detail = f"exit {t['exit_code']}" if t.get("exit_code") not in (None, 0) else ""
     if reason:
         detail = (detail + " " if detail else "") + reason.splitlines()[0][:80]
     return [
-        t["name"],
+        Text(t["name"]),
         _state(t["state"]),
         str(t["attempt"]),
-        t.get("worker") or "",
-        _secs(t.get("queued_for")),
-        _secs(t.get("ran_for")),
-        detail,
+        Text(t.get("worker") or ""),
+        _duration(t.get("queued_for")),
+        _duration(t.get("ran_for")),
+        Text(detail),
     ]
 
 
-def _task_table(rows: list[list[str]]) -> None:
+def _task_table(rows: list[list[Text | str]]) -> None:
     table = Table(box=None, header_style="bold")
     for col in ("TASK", "STATE", "ATT", "WORKER", "QUEUED", "RAN", "EXIT/ERROR"):
         table.add_column(col, overflow="fold")
@@ -270,7 +273,7 @@ def cancel(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bo
     """Cancel a workflow: queued tasks are cancelled, running ones killed."""
     from tuiflow.engine.client import Client
 
-    wf_id = _guard(lambda: Client(_home(home, ctx)).cancel(wf))
+    wf_id = Client(_home(home, ctx)).cancel(wf)
     if json_out:
         _emit_json({"id": wf_id, "requested": "cancel"})
     else:
@@ -288,7 +291,7 @@ def retry(
     """Run failed, upstream_failed and cancelled tasks again."""
     from tuiflow.engine.client import Client
 
-    wf_id, again = _guard(lambda: Client(_home(home, ctx)).retry(wf, task or None))
+    wf_id, again = Client(_home(home, ctx)).retry(wf, task or None)
     if json_out:
         _emit_json({"id": wf_id, "requested": "retry", "tasks": again})
     else:
@@ -308,8 +311,8 @@ def watch(
     from tuiflow.engine.client import Client
 
     client = Client(_home(home, ctx))
-    wf_id = _guard(lambda: client.store.resolve(wf))
-    raise typer.Exit(_guard(lambda: follow(client, wf_id, out, interval=interval, json_lines=json_out)))
+    wf_id = client.store.resolve(wf)
+    raise typer.Exit(follow(client, wf_id, out, interval=interval, json_lines=json_out))
 
 
 @app.command()
@@ -326,22 +329,20 @@ def logs(
     json_out: bool = JsonOpt,
 ) -> None:
     """Print a task attempt's stdout/stderr."""
-    from tuiflow.cli.follow import follow_logs
+    from tuiflow.cli.follow import LOG_STREAMS, follow_logs
+    from tuiflow.cli.tail import read_from
     from tuiflow.engine.client import Client
 
     client = Client(_home(home, ctx))
-    directory = _guard(lambda: client.attempt_dir(wf, task, attempt))
-    if stream not in ("stdout", "stderr", "both"):
-        raise _fail("--stream must be stdout, stderr or both", EXIT_INVALID)
-    names = ["stdout", "stderr"] if stream == "both" else [stream]
+    directory = client.attempt_dir(wf, task, attempt)
+    if stream not in (*LOG_STREAMS, "both"):
+        raise BadOption("--stream must be stdout, stderr or both")
+    names = list(LOG_STREAMS) if stream == "both" else [stream]
     if json_out:
         data = {}
         for n in names:
-            try:
-                with open(f"{directory}/{n}.log", encoding="utf-8", errors="replace") as f:
-                    data[n] = f.read()
-            except FileNotFoundError:
-                data[n] = None
+            chunk = read_from(layout.attempt_file(directory, LOG_STREAMS[n]))
+            data[n] = chunk.text if chunk.exists else None
         _emit_json({"dir": directory, **data})
         return
     raise typer.Exit(follow_logs(client, wf, task, directory, names, follow=follow_))
@@ -352,10 +353,10 @@ def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = Json
     """Check the home: lease holder and age, dead workers, stuck tasks, queues, poison messages."""
     from tuiflow.engine.client import Client
 
-    report = _guard(lambda: Client(_home(home, ctx)).doctor())
+    report = Client(_home(home, ctx)).doctor()
     if json_out:
         _emit_json(report)
-        raise typer.Exit(0 if report["ok"] else 1)
+        raise typer.Exit(EXIT_OK if report["ok"] else EXIT_FAILED)
     out.print(
         f"home {report['home']} (layout v{report['layout_version']}, "
         f"{report['settings']['durability']} durability, watch={report['settings']['watch']})"
@@ -364,15 +365,19 @@ def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = Json
     if c and c["holder"]:
         out.print(
             f"coordinator: {c['holder']} (pid {c['pid']} on {c['host']}, generation {c['generation']}, "
-            f"renewed {_secs(c['age_seconds'])} ago)"
+            f"renewed {fmt_age(c['age_seconds'])} ago)"
         )
     else:
         out.print("coordinator: [yellow]none[/]")
     for w in report["workers"]:
-        mark = "[red]dead[/]" if w["dead"] else "[green]alive[/]"
+        mark = _state("dead" if w["dead"] else "alive")
         out.print(
-            f"worker {w['id']}: {mark}, queues {', '.join(w['queues'])}, {len(w['running'])} running, "
-            f"heartbeat {_secs(w['heartbeat_age'])} ago"
+            Text.assemble(
+                f"worker {w['id']}: ",
+                mark,
+                f", queues {', '.join(w['queues'])}, {len(w['running'])} running, "
+                f"heartbeat {fmt_age(w['heartbeat_age'])} ago",
+            )
         )
     for q in report["queues"]:
         out.print(
@@ -382,13 +387,13 @@ def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = Json
         out.print(f"  [red]poison[/] {pz['queue']}/{pz['message']}: {pz['reason']}")
     for s in report["stuck"]:
         out.print(
-            f"  [yellow]stuck[/] {s['workflow']} {s['task']} {s['state']} for {_secs(s['for_seconds'])}"
+            f"  [yellow]stuck[/] {s['workflow']} {s['task']} {s['state']} for {fmt_seconds(s['for_seconds'])}"
         )
     if report["problems"]:
         out.print("[red]problems:[/]")
         for problem in report["problems"]:
-            out.print(f"  - {problem}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+            out.print(f"  - {problem}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(EXIT_FAILED)
     out.print("[green]no problems found[/]")
 
 
@@ -407,8 +412,8 @@ def purge(
     if not yes and not json_out:
         what = "ALL workflows, including pending and running ones" if all_ else "finished workflows"
         if not typer.confirm(f"delete {what} in {client.home.root}?"):
-            raise typer.Exit(1)
-    removed = _guard(lambda: client.purge(all_=all_))
+            raise typer.Exit(EXIT_FAILED)
+    removed = client.purge(all_=all_)
     if json_out:
         _emit_json({"removed": removed})
     else:
@@ -445,19 +450,15 @@ def coordinator(
     try:
         coord.acquire(wait=None if not wait else 1e9, break_lease=break_lease)
     except LeaseHeldError as e:
-        raise _fail(
-            f"another coordinator is running: {e} (use --wait to queue behind it, --break-lease to take over)"
-        ) from None
-    except SpoolError as e:
-        raise _fail(str(e)) from None
+        e.add_note(
+            "another coordinator is running: use --wait to queue behind it, --break-lease to take over"
+        )
+        raise
     from workers.worker import install_stop_handlers
 
     install_stop_handlers(lambda hard: coord.stop())
     freeze_heap()
-    try:
-        coord.run(acquire=False)
-    except SpoolError as e:
-        raise _fail(str(e)) from None
+    coord.run(acquire=False)
 
 
 @app.command()
@@ -496,21 +497,18 @@ def worker(
         try:
             gpu_ids = [int(g) for g in gpus.split(",") if g.strip()]
         except ValueError:
-            raise _fail(f"--gpus expects comma-separated integers, not {gpus!r}", EXIT_INVALID) from None
-    try:
-        w = Worker(
-            h,
-            queue,
-            slots=slots,
-            gpus=gpu_ids,
-            burst=burst,
-            worker_id=worker_id,
-            parent_pid=parent_pid,
-            warm=warm,
-            bundle_hold=bundle_hold,
-        )
-    except (ValueError, SpoolError) as e:
-        raise _fail(str(e), EXIT_INVALID) from None
+            raise BadOption(f"--gpus expects comma-separated integers, not {gpus!r}") from None
+    w = Worker(
+        h,
+        queue,
+        slots=slots,
+        gpus=gpu_ids,
+        burst=burst,
+        worker_id=worker_id,
+        parent_pid=parent_pid,
+        warm=warm,
+        bundle_hold=bundle_hold,
+    )
     install_stop_handlers(lambda hard: w.stop(drain=not hard))
     w.run()
 
@@ -567,7 +565,7 @@ def _workflow_dir(ctx: typer.Context, home: str | None, wf: str) -> str:
     from tuiflow.engine.store import WorkflowStore
 
     store = WorkflowStore(_home(home, ctx))
-    return store.dir(_guard(lambda: store.resolve(wf)))
+    return store.dir(store.resolve(wf))
 
 
 @trace_app.command("fetch")
@@ -581,7 +579,6 @@ def trace_fetch(
 
     Spans are the SDK's own JSON, one per line, from every attempt and the coordinator;
     a line still being written (no newline yet) is left out."""
-    from analyzer.contract import ASSETS_FILE, LINEAGE_FILE, LOGS_DIR
     from analyzer.reader import attempt_dirs, span_files
 
     wf_dir = _workflow_dir(ctx, home, wf)
@@ -589,8 +586,8 @@ def trace_fetch(
     if what is TraceFile.spans:
         files = span_files(wf_dir, dirs)
     else:
-        name = ASSETS_FILE if what is TraceFile.assets else LINEAGE_FILE
-        files = [os.path.join(d, LOGS_DIR, name) for d in dirs]
+        name = layout.ASSETS_FILE if what is TraceFile.assets else layout.LINEAGE_FILE
+        files = [layout.attempt_log(d, name) for d in dirs]
     sink = sys.stdout.buffer
     try:
         for path in files:
@@ -622,16 +619,13 @@ def trace_analyze(
     home: str | None = HomeOpt,
 ) -> None:
     """Where a workflow's time went: critical path, queuing delays, compute/network, lineage."""
-    from analyzer import AnalyzerError, analyze_workflow, render
+    from analyzer import analyze_workflow, render
     from analyzer.reader import gc_paused
 
     wf_dir = _workflow_dir(ctx, home, wf)
-    try:
-        with gc_paused():  # millions of small objects: the collector would rescan them all
-            analysis = analyze_workflow(wf_dir)
-            result = render(analysis, view.value, limit=limit)
-    except AnalyzerError as e:
-        raise _fail(str(e)) from None
+    with gc_paused():  # millions of small objects: the collector would rescan them all
+        analysis = analyze_workflow(wf_dir)
+        result = render(analysis, view.value, limit=limit)
     if isinstance(result, str):
         sys.stdout.write(result + "\n")
     else:
@@ -647,20 +641,17 @@ def trace_history(
     json_out: bool = JsonOpt,
 ) -> None:
     """A workflow across its runs: per-task success rate and p50/p95 durations, recent walls."""
-    from analyzer import AnalyzerError, history, render_history
+    from analyzer import history, render_history
     from tuiflow.engine.store import WorkflowStore
 
     store = WorkflowStore(_home(home, ctx))
-    summaries = _guard(store.summaries)
+    summaries = store.summaries()
     runs = [store.dir(s["id"]) for s in summaries if s.get("name") == name]
     if not runs:
         names = sorted({str(s.get("name")) for s in summaries})
         known = f"; workflows here: {', '.join(names[:12])}" if names else "; this home has no workflows"
-        raise _fail(f"no runs of a workflow named {name!r} in {store.home.root}{known}")
-    try:
-        hist = history(runs, workflow_name=name, last=last)
-    except AnalyzerError as e:
-        raise _fail(str(e)) from None
+        raise NotFound(f"no runs of a workflow named {name!r} in {store.home.root}{known}")
+    hist = history(runs, workflow_name=name, last=last)
     if json_out:
         _emit_json(hist.model_dump(mode="json"))
     else:
@@ -691,34 +682,23 @@ def run_local_cmd(
     the workflow file is invalid.
     """
     from tuiflow.cli.runlocal import run_local
-    from tuiflow.engine.compiler import load_workflow, parse_set_values
-    from tuiflow.engine.model import WorkflowValidationError
 
-    try:
-        definition = load_workflow(file, parse_set_values(set_))
-    except WorkflowValidationError as e:
-        if json_out:
-            _emit_json({"valid": False, "problems": e.to_json()})
-        raise _fail(str(e), EXIT_INVALID) from None
-    except ValueError as e:
-        raise _fail(str(e), EXIT_INVALID) from None
+    definition = _load(file, set_, json_out)
     if workers is not None and workers < 1:
-        raise _fail("--workers must be at least 1", EXIT_INVALID)
+        raise BadOption("--workers must be at least 1")
     if slots < 1:
-        raise _fail("--slots must be at least 1", EXIT_INVALID)
+        raise BadOption("--slots must be at least 1")
     if worker_mode not in ("process", "thread"):
-        raise _fail("--worker-mode must be process or thread", EXIT_INVALID)
+        raise BadOption("--worker-mode must be process or thread")
     h = _home(home, ctx, create=True)
-    code, final = _guard(
-        lambda: run_local(
-            h,
-            definition,
-            workers=workers,
-            json_out=json_out,
-            console=err,
-            worker_mode=worker_mode,
-            slots=slots,
-        )
+    code, final = run_local(
+        h,
+        definition,
+        workers=workers,
+        json_out=json_out,
+        console=err,
+        worker_mode=worker_mode,
+        slots=slots,
     )
     if json_out:
         _emit_json(final)
@@ -726,37 +706,13 @@ def run_local_cmd(
 
 
 # ----------------------------------------------------------------------- utils
-_STATE_STYLE = {
-    "completed": "green",
-    "running": "cyan",
-    "ready": "blue",
-    "pending": "dim",
-    "failed": "red",
-    "upstream_failed": "red",
-    "cancelled": "yellow",
-    "skipped": "magenta",
-}
+def _state(state: str) -> Text:
+    return Text(state, style=state_style(state))
 
 
-def _state(state: str) -> str:
-    style = _STATE_STYLE.get(state)
-    return f"[{style}]{state}[/]" if style else state
-
-
-def _secs(value: float | None) -> str:
-    if value is None:
-        return ""
-    if value < 1:
-        return f"{value * 1000:.0f}ms"
-    if value < 120:
-        return f"{value:.1f}s"
-    if value < 7200:
-        return f"{value / 60:.1f}m"
-    return f"{value / 3600:.1f}h"
-
-
-def _ago(seconds: float) -> str:
-    return _secs(max(0.0, seconds))
+def _duration(seconds: float | None) -> str:
+    """A task's queued or ran time; blank where it does not apply (never queued or started)."""
+    return "" if seconds is None else fmt_seconds(seconds)
 
 
 def main() -> None:

@@ -19,23 +19,24 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from spool import Home
+from analyzer.fmt import fmt_seconds, state_style
+from spool import Home, layout
+from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK
 from tuiflow.engine.client import task_views
 from tuiflow.engine.local import LocalRun
 from tuiflow.engine.model import Definition
-from tuiflow.engine.runstate import FAILED, SKIPPED, TERMINAL, UPSTREAM_FAILED, Run
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-
-_STYLE = {
-    "completed": "green",
-    "failed": "red",
-    "upstream_failed": "red",
-    "cancelled": "yellow",
-    "skipped": "magenta",
-    "retrying": "yellow",
-}
+from tuiflow.engine.runstate import (
+    FAILED,
+    READY,
+    RUNNING,
+    SKIPPED,
+    STATE_NAMES,
+    TERMINAL,
+    UPSTREAM_FAILED,
+    RunState,
+)
 
 
 # -------------------------------------------------------------------- display
@@ -62,11 +63,11 @@ class _Bars:
                 n = sum(1 for t in definition.tasks if t.name.startswith(prefix + "/"))
                 self.groups[prefix] = self.progress.add_task(f"  {prefix}/", total=n, detail="")
 
-    def update(self, run: Run) -> None:
+    def update(self, run: RunState) -> None:
         done = sum(run.counts[c] for c in TERMINAL)
         self.progress.update(self.total, completed=done, detail=_detail(run.counts))
         if self.groups:
-            per: dict[str, list[int]] = {g: [0] * 8 for g in self.groups}
+            per: dict[str, list[int]] = {g: [0] * len(STATE_NAMES) for g in self.groups}
             for t, code in zip(run.definition.tasks, run.st, strict=True):
                 g = t.name.split("/", 1)[0] if "/" in t.name else None
                 if g in per:
@@ -79,40 +80,42 @@ class _Bars:
 
 def _detail(counts: list[int]) -> str:
     parts = []
-    for code, label, style in (
-        (2, "running", "cyan"),
-        (1, "queued", "blue"),
-        (FAILED, "failed", "red"),
-        (UPSTREAM_FAILED, "upstream", "red"),
-        (SKIPPED, "skipped", "magenta"),
+    for code, label in (
+        (RUNNING, "running"),
+        (READY, "queued"),
+        (FAILED, "failed"),
+        (UPSTREAM_FAILED, "upstream"),
+        (SKIPPED, "skipped"),
     ):
         if counts[code]:
-            parts.append(f"[{style}]{counts[code]} {label}[/]")
+            parts.append(f"[{state_style(STATE_NAMES[code])}]{counts[code]} {label}[/]")
     return " ".join(parts)
 
 
-def summary_table(run: Run, wall: float, home: Home) -> Table:
-    table = Table(title=f"workflow {run.wf_id} ({run.definition.name}): {run.state}", title_justify="left")
+def summary_table(run: RunState, wall: float, home: Home) -> Table:
+    title = Text(f"workflow {run.wf_id} ({run.definition.name}): ")
+    title.append(run.state, style=state_style(run.state))
+    table = Table(title=title, title_justify="left")
     table.add_column("")
     table.add_column("", overflow="fold")
     counts = ", ".join(f"{n} {s}" for s, n in run.count_dict().items() if n)
     table.add_row("tasks", f"{len(run)} ({counts})")
-    table.add_row("wall time", f"{wall:.2f} s")
+    table.add_row("wall time", fmt_seconds(wall))
     views = [v for v in task_views(run, time.time()) if v.ran_for is not None]
     views.sort(key=lambda v: v.ran_for or 0, reverse=True)
     if views:
-        table.add_row("slowest", "\n".join(f"{v.ran_for:8.2f} s  {v.name}" for v in views[:5]))
+        table.add_row("slowest", Text("\n".join(f"{fmt_seconds(v.ran_for):>8}  {v.name}" for v in views[:5])))
     failed = [
-        (t.name, run.reason.get(i, "")) for i, t in enumerate(run.definition.tasks) if run.st[i] in (FAILED,)
+        (t.name, run.reason.get(i, "")) for i, t in enumerate(run.definition.tasks) if run.st[i] == FAILED
     ]
     if failed:
         table.add_row(
-            "[red]failed[/]", "\n".join(f"{n}: {r.splitlines()[0][:120] if r else ''}" for n, r in failed[:8])
+            Text("failed", style=state_style("failed")),
+            Text("\n".join(f"{n}: {r.splitlines()[0][:120] if r else ''}" for n, r in failed[:8])),
         )
-    table.add_row(
-        "files", f"{home.workflows_dir}/{run.wf_id}/tasks/<task>/<attempt>/  (logs, outputs, spans)"
-    )
-    table.add_row("traces", f"tuiflow trace analyze {run.wf_id} --home {home.root}")
+    tasks_dir = layout.tasks_dir(layout.workflow_dir(home.root, run.wf_id))
+    table.add_row("files", Text(f"{tasks_dir}/<task>/<attempt>/  (logs, outputs, spans)"))
+    table.add_row("traces", Text(f"tuiflow trace analyze {run.wf_id} --home {home.root}"))
     return table
 
 
@@ -145,7 +148,7 @@ def run_local(
             bars.update(run)
         for text, state in session.drain_lines():
             if not json_out:
-                live.console.print(text, style=_STYLE.get(state) or None, markup=False, highlight=False)
+                live.console.print(text, style=state_style(state) or None, markup=False, highlight=False)
 
     live = Live(Group(bars.progress), console=console, transient=False, refresh_per_second=10)
     try:
@@ -172,4 +175,4 @@ def run_local(
     return code, status
 
 
-__all__ = ["EXIT_FAILED", "EXIT_INVALID", "EXIT_OK", "run_local"]
+__all__ = ["run_local", "summary_table"]
