@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.engine import FAST_SETTINGS
 
-from spool import Home, Settings
+from spool import Home
 
 ROOT = Path(__file__).resolve().parent.parent
 ACTORS = ROOT / "tests" / "support" / "actors.py"
@@ -305,10 +306,6 @@ def readonly_fs(tmp_path):
     subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-#: a home whose workers are judged dead within 1.5 s, for tests of crashes and takeovers
-FAST_SETTINGS = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0, poll_interval=0.05)
 
 
 @pytest.fixture

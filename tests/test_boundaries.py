@@ -15,19 +15,30 @@ ALLOWED = {
     "workers": {"workers", "spool", "analyzer"},
     "tuiflow": {"tuiflow", "workers", "spool", "analyzer"},
 }
+#: leaf modules of spool (they import nothing of ours) that every package may use: the
+#: root of the error family and the home's layout
+SHARED_LEAVES = {"spool.errors", "spool.layout"}
 FORBIDDEN_ANYWHERE = {"pickle", "cPickle", "dill", "marshal", "shelve"}
 UI = {"textual", "textual_serve"}
+TERMINAL = {"rich", "textual", "textual_serve", "typer"}
 
 
 def _imports(path: Path) -> set[str]:
+    """Every module `path` imports, fully named (``from a.b import c`` gives ``a.b``)."""
     tree = ast.parse(path.read_text(), str(path))
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out |= {a.name.split(".")[0] for a in node.names}
+            out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            out.add(node.module.split(".")[0])
+            for alias in node.names:  # `from spool import layout` imports spool.layout
+                full = f"{node.module}.{alias.name}"
+                out.add(full if full in SHARED_LEAVES else node.module)
     return out
+
+
+def _top(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -35,11 +46,46 @@ def test_package_imports_only_what_it_may(package):
     ours = set(ALLOWED)
     for path in (ROOT / package).rglob("*.py"):
         imported = _imports(path)
-        bad = (imported & ours) - ALLOWED[package]
+        top = _top(imported - SHARED_LEAVES)
+        bad = (top & ours) - ALLOWED[package]
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
-        assert not imported & FORBIDDEN_ANYWHERE, f"{path.relative_to(ROOT)} imports a pickle-like module"
+        assert not _top(imported) & FORBIDDEN_ANYWHERE, (
+            f"{path.relative_to(ROOT)} imports a pickle-like module"
+        )
         if package in ("spool", "analyzer", "workers"):
-            assert not imported & UI, f"{path.relative_to(ROOT)} imports a UI library"
+            assert not _top(imported) & UI, f"{path.relative_to(ROOT)} imports a UI library"
+
+
+def test_the_shared_leaves_import_nothing_of_ours():
+    for module in SHARED_LEAVES:
+        path = ROOT / (module.replace(".", "/") + ".py")
+        imported = _top(_imports(path))
+        assert not imported & set(ALLOWED), f"{module} imports {sorted(imported & set(ALLOWED))}"
+
+
+def test_the_engine_imports_no_terminal_ui_and_no_private_name():
+    """tuiflow/engine is the core a daemon runs: no rich, textual or typer, nothing from the
+    command line, the dashboard or the fixtures, and no private name of another package."""
+    for path in (ROOT / "tuiflow" / "engine").rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        imported = _imports(path)
+        assert not _top(imported) & TERMINAL, f"{rel} imports {sorted(_top(imported) & TERMINAL)}"
+        outside = [m for m in imported if m.startswith(("tuiflow.cli", "tuiflow.app", "tuiflow.fixtures"))]
+        assert not outside, f"{rel} imports {outside}"
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("tuiflow"):
+                private = [a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+                assert not private, f"{rel}:{node.lineno} imports private {private} from {node.module}"
+
+
+def test_nothing_but_fixtures_and_tests_imports_the_fixtures():
+    for package in ALLOWED:
+        for path in (ROOT / package).rglob("*.py"):
+            if "fixtures" in path.parts:
+                continue
+            bad = [m for m in _imports(path) if m.startswith("tuiflow.fixtures")]
+            assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
 def test_no_eval_or_exec_anywhere():

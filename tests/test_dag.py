@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 
 from tuiflow.engine.compiler import compile_workflow
-from tuiflow.engine.runstate import Changed, Dispatch, Finished, Kill, NotRetryable, Run
+from tuiflow.engine.runstate import Changed, Dispatch, Finished, Kill, NotRetryable, RunState
 
 
-def make(tasks: list[dict], params: dict | None = None) -> Run:
+def make(tasks: list[dict], params: dict | None = None) -> RunState:
     d = compile_workflow({"name": "t", "params": params or {}, "tasks": tasks})
-    return Run(d, "wf1", 0.0)
+    return RunState(d, "wf1", 0.0)
 
 
-def idx(run: Run, name: str) -> int:
+def idx(run: RunState, name: str) -> int:
     return run.definition.index[name]
 
 
-def state(run: Run, name: str) -> str:
+def state(run: RunState, name: str) -> str:
     return run.state_of(idx(run, name))
 
 
@@ -25,7 +25,7 @@ def dispatched(actions) -> list[int]:
     return [a.idx for a in actions if isinstance(a, Dispatch)]
 
 
-def finish(run: Run, name: str, outcome: str, now: float = 1.0, output=None):
+def finish(run: RunState, name: str, outcome: str, now: float = 1.0, output=None):
     i = idx(run, name)
     if outcome == "completed":
         return run.on_completed(i, run.attempt[i], "w", now, output=output)
@@ -37,7 +37,7 @@ def finish(run: Run, name: str, outcome: str, now: float = 1.0, output=None):
 SKIP = "false"  # a condition that skips its task
 
 
-def diamond(policy: str, p1: str, p2: str) -> Run:
+def diamond(policy: str, p1: str, p2: str) -> RunState:
     """P1, P2 -> C (policy). p1/p2: 'skip' makes the parent skip itself via its condition."""
     tasks = [
         {"name": "P1", "run": "x", **({"condition": SKIP} if p1 == "skip" else {})},
@@ -260,7 +260,7 @@ def test_serialisation_round_trip_mid_run():
     run.on_completed(0, 0, "w", 1.0, output={"big": False}, output_ref=None)
     run.on_started(1, 0, "w", 2.0)
     wire = run.to_wire()
-    again = Run.from_wire(run.definition, wire)
+    again = RunState.from_wire(run.definition, wire)
     assert again.to_wire() == wire
     assert again.count_dict() == run.count_dict()
     actions = again.on_completed(1, 0, "w", 3.0)

@@ -11,13 +11,20 @@ import time
 from pathlib import Path
 
 import pytest
-from support.engine import ROOT, cli, no_process_like, start, start_run_local, wait_for, write_wf
+from support.engine import (
+    EXAMPLES,
+    WORKFLOWS,
+    cli,
+    no_process_like,
+    start,
+    start_run_local,
+    wait_for,
+    worker_state,
+    write_wf,
+)
 
 from spool import Home, Settings
 from tuiflow.engine.client import Client
-
-EXAMPLES = ROOT / "examples"
-WORKFLOWS = ROOT / "tests" / "workflows"
 
 
 def sleepers(tmp_path: Path, name: str, *tasks: str) -> tuple[Path, Path]:
@@ -299,7 +306,6 @@ def test_coordinator_killed_and_restarted_applies_every_task_once(fast_home, tmp
     wait_for(lambda: client.status(wf_id)["counts"]["completed"] >= 5, what="some progress")
     coord.send_signal(signal.SIGKILL)
     coord.wait()
-    time.sleep(0.5)
     procs.append(start("coordinator", home=fast_home.root, log=tmp_path / "c2.log"))
     status = wait_for(
         lambda: (s := client.status(wf_id))["state"] == "completed" and s, timeout=90, what="completion"
@@ -457,7 +463,7 @@ def test_worker_sigterm_drains_and_second_sigterm_stops(fast_home, tmp_path, pro
     procs.append(w2)
     wait_for(lambda: client.status(wf_id)["counts"]["running"] == 1, what="second to run")
     w2.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_for(lambda: worker_state(fast_home, "stopper") == "draining", what="the first TERM to drain")
     w2.send_signal(signal.SIGTERM)  # second TERM: stop now, killing the attempt
     assert w2.wait(30) == 0
     second = wait_for(
@@ -540,7 +546,7 @@ def test_running_python_attempt_is_stopped(fast_home, tmp_path, procs, how):
         assert worker.poll() is None  # the worker goes on serving
     else:
         worker.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        wait_for(lambda: worker_state(fast_home, "py-stopper") == "draining", what="the first TERM to drain")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(30) == 0
         task = wait_for(
@@ -610,7 +616,7 @@ def test_admission_control_and_ready_repair(fast_home, tmp_path):
             for d in q._ready:
                 Path(d, name).unlink(missing_ok=True)
         wait_for(lambda: q.counts().ready == 1, timeout=30, what="ready-repair")
-        assert coord.stats.repaired == 1
+        assert coord.repair.repaired == 1
     finally:
         coord.stop()
         t.join(30)

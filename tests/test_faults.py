@@ -15,8 +15,7 @@ import threading
 import time
 
 import pytest
-from conftest import FAST_SETTINGS
-from support.engine import ROOT, cli, start, wait_for, write_wf
+from support.engine import EXAMPLES, FAST_SETTINGS, ROOT, cli, start, wait_for, write_wf
 
 from spool import Home
 from tuiflow.engine.client import Client
@@ -65,12 +64,11 @@ def test_a_worker_that_dies_of_an_exception_mid_task_loses_nothing(
 
 
 FAKETIME = shutil.which("faketime")
-EXAMPLES = ROOT / "examples"
 
 
 @pytest.mark.skipif(FAKETIME is None, reason="faketime is not installed (Debian package faketime)")
 @pytest.mark.parametrize("offset", ["+5m", "-5m"])
-def test_a_worker_whose_clock_is_five_minutes_off(tmp_path, fast_home: Home, coordinator, offset, procs):
+def test_a_worker_whose_clock_is_five_minutes_off(tmp_path, fast_home: Home, coordinator, offset):
     """A retry waits out its backoff however wrong the promoting worker's clock is, and the
     times shown to users are true: each duration is taken on one host's clock."""
     wf = write_wf(
@@ -90,36 +88,29 @@ def test_a_worker_whose_clock_is_five_minutes_off(tmp_path, fast_home: Home, coo
     wf_id = client.submit_file(str(wf))
     log = tmp_path / "worker.log"
     with open(log, "w") as f:
-        procs.append(
-            subprocess.Popen(
-                [
-                    FAKETIME,
-                    "-f",
-                    offset,
-                    sys.executable,
-                    "-m",
-                    "tuiflow",
-                    "worker",
-                    "--slots",
-                    "3",
-                    "--home",
-                    str(fast_home.root),
-                ],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-        )
-    wait_for(lambda: client.run(wf_id).terminal, timeout=30, what=f"the workflow to end (log: {log})")
-    first, second = (os.stat(tmp_path / f"attempt-{n}").st_mtime for n in (0, 1))
-    assert 2.0 <= second - first < 3.5  # the file server's clock, not the worker's
-    views = {t.name: t for t in client.tasks(wf_id)}
-    assert views["flaky"].state == "completed" and views["flaky"].attempt == 1
-    for name, runs in (("quick", 0.02), ("slow", 0.6)):
-        v = views[name]
-        assert runs <= v.ran_for < runs + 0.5, (name, v.ran_for)
-        assert 0 <= v.queued_for < 2.0, (name, v.queued_for)
-    procs[-1].send_signal(signal.SIGTERM)
+        # faketime runs the worker as a child of its own: a session of their own lets the
+        # end of the test stop both
+        worker = subprocess.Popen(
+            [FAKETIME, "-f", offset, sys.executable, "-m", "tuiflow", "worker", "--slots", "3",
+             "--home", str(fast_home.root)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: client.run(wf_id).terminal, timeout=30, what=f"the workflow to end (log: {log})")
+        first, second = (os.stat(tmp_path / f"attempt-{n}").st_mtime for n in (0, 1))
+        assert 2.0 <= second - first < 3.5  # the file server's clock, not the worker's
+        views = {t.name: t for t in client.tasks(wf_id)}
+        assert views["flaky"].state == "completed" and views["flaky"].attempt == 1
+        for name, runs in (("quick", 0.02), ("slow", 0.6)):
+            v = views[name]
+            assert runs <= v.ran_for < runs + 0.5, (name, v.ran_for)
+            assert 0 <= v.queued_for < 2.0, (name, v.queued_for)
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(30)
 
 
 def _ran(path) -> collections.Counter:

@@ -9,9 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spool import Home
+from spool import Home, Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+EXAMPLES = ROOT / "examples"
+WORKFLOWS = ROOT / "tests" / "workflows"
+#: a home whose workers are judged dead within 1.5 s, for tests of crashes and takeovers
+FAST_SETTINGS = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0, poll_interval=0.05)
 
 
 def cli(
@@ -71,3 +75,10 @@ def write_wf(tmp_path: Path, text: str, name: str = "wf.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def worker_state(home: Home, worker_id: str) -> str | None:
+    """What a worker's heartbeat says it is doing: running, draining, stopping (None: no record)."""
+    from tuiflow.engine.client import Client
+
+    return next((w["state"] for w in Client(home).workers() if w["id"] == worker_id), None)
