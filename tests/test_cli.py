@@ -192,7 +192,10 @@ def test_retry_after_failure(home, engine, tmp_path):
     marker.touch()
     code, out, _ = run("retry", wf_id, "--home", home.root, "--json")
     assert code == 0 and sorted(json.loads(out)["tasks"]) == ["a", "b"]
-    time.sleep(0.3)
+    client = Client(home)
+    deadline = time.monotonic() + 30
+    while client.status(wf_id)["tasks"][0]["attempt"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the coordinator applies the retry request
     status = wait_state(home, wf_id)
     assert status["state"] == "completed"
     assert {t["name"]: t["attempt"] for t in status["tasks"]} == {"a": 1, "b": 1, "c": 0}
@@ -210,10 +213,11 @@ def test_cancel_and_doctor_and_purge(home, engine, tmp_path):
     assert wait_state(home, wf_id)["state"] == "cancelled"
     # a poison message and a workflow queued where nobody listens show up in doctor
     q = home.queue("default")
-    with open(f"{q._ready[0]}/00000-0000000000000000001-junk.0.msg", "wb") as f:
-        f.write(b"\xc1 not msgpack")
+    q.put_encoded(b"\xc1 not msgpack", 0, "junk")
     home.queue("gpu-nobody").put({"v": 1})
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not q.counts().dead and time.monotonic() < deadline:
+        time.sleep(0.05)  # the worker claims it and quarantines it
     code, out, _ = run("doctor", "--home", home.root, "--json")
     report = json.loads(out)
     assert code == 1 and report["coordinator"]["holder"]

@@ -10,7 +10,7 @@ The daemon, by part (each module's docstring has the details):
     runner       AttemptRunner: one path through every executor, inline or on a slot thread
     attempt      Attempt, AttemptSetup: an attempt's directory, span, environment; its end
     outputs      an attempt's output file, and its asset and lineage rows
-    outbox       Outbox: events batched to the coordinator, acks after they are published
+    outbox       Outbox: events to the coordinator, one message per flush; acks after they are published
     markers      StopMarkers: cancelled workflows, attempts past their timeout
     wakeups      Wakeups: what the loop sleeps on and what wakes it
     executors/   the Executor protocols (interface) and the shell and python executors

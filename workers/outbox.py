@@ -1,12 +1,12 @@
 """A worker's outgoing events, and the acks that must wait for them.
 
 Events (`wire.Event`: an attempt started, completed or failed) are published to the home's
-completions queue in batches, one message per flush (`wire.EventMessage`, stamped with the
+completions queue, one message per flush (`wire.EventMessage`, stamped with the
 worker's clock at sending, `sent_at`). The flush policy trades a few milliseconds for
 fewer messages:
 
 * a lone "started" waits up to STARTED_DELAY: a short task's final event then carries its
-  start time, and the "started" is dropped (a task that started and ended within one batch
+  start time, and the "started" is dropped (a task that started and ended within one flush
   needs no separate one);
 * final events wait up to FLUSH_DELAY, or until FLUSH_MAX are queued, while other attempts
   still run here (to share a message); with nothing running, nobody gains from waiting (a
@@ -26,7 +26,7 @@ from spool import SpoolQueue
 from workers.claims import Claim
 from workers.wire import Event, EventKind, EventMessage
 
-#: seconds a batch holding only "started" events waits for a final event to join it
+#: seconds a flush holding only "started" events waits for a final event to join it
 STARTED_DELAY = 0.05
 #: seconds final events wait to share a message while other attempts still run
 FLUSH_DELAY = 0.01

@@ -6,7 +6,7 @@ workers directory, `spool.liveness`), claims up to its free slots from its queue
 through its executor (`runner.AttemptRunner`: shell tasks in their own process group on a
 slot thread, python tasks in long-lived executor processes the loop follows), and reports
 ``started`` / ``completed`` / ``failed`` events to the coordinator's completion spool,
-batched (`outbox.Outbox`). A task message is acknowledged only after its final event is
+grouped into one message per flush (`outbox.Outbox`). A task message is acknowledged only after its final event is
 published, so a worker killed at any point loses nothing: the coordinator sees the
 heartbeat stop and re-queues.
 
@@ -67,7 +67,7 @@ class Worker:
         burst: exit when the queues are empty and nothing is running.
         kill_grace: seconds between SIGTERM and SIGKILL when stopping an attempt.
         on_event: called with every event (`wire.Event`) as it is queued.
-        wake: called after each published batch of events (run-local wakes its coordinator).
+        wake: called after each published message of events (run-local wakes its coordinator).
         parent_pid: stop hard once this process is no longer the parent (run-local's forks).
         warm: executor names whose long-lived processes start with the worker, one per slot.
         wake_fd: a descriptor whose readability makes the loop look for work at once (a
