@@ -24,6 +24,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from . import perms
 from .errors import CorruptRecordError, StorageError
 from .fsops import link_new, listed, place, retry_stale
 
@@ -115,11 +116,12 @@ def write_temp(directory: str, data: Buffers, durability: Durability) -> str:
     """
     tmp = temp_path(directory)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms.FILE_MODE)
     except OSError as e:
         raise StorageError.from_os("create a file in", directory, e) from e
     try:
         try:
+            perms.fix(fd)
             _write_all(fd, data)
             if durability is Durability.MACHINE:
                 os.fsync(fd)
@@ -167,11 +169,12 @@ def publish_in(directory: str, name: str, data: bytes, durability: Durability, f
         return
     tmp = f"{directory}/{_ID.prefix}{next(_ID.counter)}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms.FILE_MODE)
     except OSError as e:
         raise StorageError.from_os("create a file in", directory, e) from e
     try:
         try:
+            perms.fix(fd)
             if os.write(fd, data) != len(data):
                 _write_all(fd, memoryview(data)[os.lseek(fd, 0, os.SEEK_CUR) :])
         finally:
@@ -251,7 +254,9 @@ def read_bytes(path: str, max_bytes: int | None = None, *, wait_visible: float =
 
 
 def _read_once(path: str, max_bytes: int | None) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    # O_NONBLOCK: a FIFO planted where a record should be must not block the reader (a
+    # regular file ignores the flag)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         # Most records are small: one read of up to 16 KiB that comes back short proves EOF
         # without an fstat. Larger files are sized first so the limit is checked before reading.
@@ -284,7 +289,7 @@ def read_head(path: str, n: int) -> bytes:
     """The first `n` bytes of a file (ESTALE retried, as `read_bytes`)."""
 
     def once() -> bytes:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO must not block
         try:
             return os.read(fd, n)
         finally:
@@ -302,14 +307,14 @@ def append(path: str, data: bytes, *, make_dirs: bool = False) -> None:
     """
 
     def once() -> int:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        return _open_appending(path)
 
     try:
         fd = retry_stale(once, "open", path)
     except FileNotFoundError:
         if not make_dirs:
             raise
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        perms.makedirs(os.path.dirname(path))
         fd = retry_stale(once, "open", path)
     try:
         _write_all(fd, data)
@@ -319,9 +324,16 @@ def append(path: str, data: bytes, *, make_dirs: bool = False) -> None:
 
 def open_for_append(path: str) -> int:
     """A descriptor of `path` opened for appending (created if missing; ESTALE retried)."""
-    return retry_stale(
-        lambda: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644), "open", path
-    )
+    return retry_stale(lambda: _open_appending(path), "open", path)
+
+
+def _open_appending(path: str) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, perms.FILE_MODE)
+    try:
+        perms.fix(fd)  # also on a file that existed: harmless, and the umask case is rare
+    except OSError:
+        pass  # another user's file in a group home: its mode is theirs to keep
+    return fd
 
 
 def _unlink_quietly(path: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import shlex
 
 
 class TuiflowError(Exception):
@@ -40,7 +41,25 @@ class StorageError(SpoolError):
             reason = "no space left on device"
         elif exc.errno == _errno.EDQUOT:
             reason = "disk quota exceeded"
-        return cls(f"cannot {action} {os.fspath(path)}: {reason}", path=path, errno=exc.errno)
+        message = f"cannot {action} {os.fspath(path)}: {reason}"
+        if advice := what_to_do(exc.errno, path):
+            message += f" ({advice})"
+        return cls(message, path=path, errno=exc.errno)
+
+
+def what_to_do(errno: int | None, path: str | os.PathLike[str]) -> str:
+    """What a person can do about a failed filesystem operation on `path`, by its errno."""
+    where = shlex.quote(os.path.dirname(os.fspath(path)) or ".")
+    if errno in (_errno.ENOSPC, _errno.EDQUOT):
+        return f"free space there (df -h {where}); nothing is lost, tuiflow resumes when there is room"
+    if errno == _errno.EROFS:
+        return "the filesystem is mounted read-only: remount it read-write or use another --home"
+    if errno in (_errno.EACCES, _errno.EPERM):
+        return (
+            f"check who may write there (ls -ld {where}); a home shared by a group needs "
+            "sharing=group and the group's write bit (docs/deployment.md)"
+        )
+    return ""
 
 
 class LayoutError(SpoolError):

@@ -27,8 +27,9 @@ import os
 import secrets
 from typing import Any
 
+from . import perms
 from .atomic import Durability, create_exclusive, read_bytes
-from .errors import LayoutError, StorageError
+from .errors import LayoutError, StorageError, what_to_do
 from .fsops import listdir
 from .layout import (
     COMPLETIONS_DIR,
@@ -49,6 +50,7 @@ from .queue import SpoolQueue
 LAYOUT_VERSION = 1
 DEFAULT_HOME = ".tuiflow"
 WATCH_MODES = ("auto", "events", "poll")
+SHARING_MODES = ("private", "group")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,12 @@ class Settings:
     max_message_bytes: int = 8 << 20
     #: ready-directory shards per queue
     shards: int = 16
+    #: most bytes of stdout (and as many of stderr) kept per attempt: the head and the tail
+    max_log_bytes: int = 64 << 20
+    #: who may read and write the home's files: "private" (the user alone: files 0600,
+    #: directories 0700) or "group" (the user's group too: 0660 / 2770, setgid directories
+    #: so new files belong to the home's group); never whatever umask the user has
+    sharing: str = "private"
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -109,7 +117,11 @@ def _coerce_setting(key: str, value: Any, source: str) -> Any:
             if value not in WATCH_MODES:
                 raise ValueError(f"must be one of {', '.join(WATCH_MODES)}")
             return value
-        if key in ("max_message_bytes", "shards"):
+        if key == "sharing":
+            if value not in SHARING_MODES:
+                raise ValueError(f"must be one of {', '.join(SHARING_MODES)}")
+            return value
+        if key in ("max_message_bytes", "shards", "max_log_bytes"):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError("must be a positive integer")
             if key == "shards" and value > 256:
@@ -179,15 +191,17 @@ class Home:
             raise LayoutError(f"cannot read {layout_path}: permission denied", path=layout_path) from e
         layout = _parse_layout(raw, layout_path)
         parsed = Settings.from_json(layout.get("settings", {}), layout_path).with_env()
+        perms.apply(parsed.sharing)
         return cls(root, parsed, layout)
 
     @staticmethod
     def _create(root: str, settings: Settings) -> bytes:
         try:
-            os.makedirs(root, exist_ok=True)
+            perms.apply(settings.sharing)
+            perms.makedirs(root)  # a root that exists (made by an admin for a group) keeps its mode
             spread_subdirectories(root)
             for sub in HOME_SUBDIRS:
-                os.makedirs(f"{root}/{sub}", exist_ok=True)
+                perms.makedirs(f"{root}/{sub}")
         except OSError as e:
             raise LayoutError(f"cannot create home {root}: {e.strerror}", path=root, errno=e.errno) from e
         layout = {
@@ -215,7 +229,10 @@ class Home:
             os.unlink(probe)
         except OSError as e:
             raise LayoutError(
-                f"home {self.root} is not writable: {e.strerror}", path=self.root, errno=e.errno
+                f"home {self.root} is not writable: {e.strerror}"
+                + (f" ({advice})" if (advice := what_to_do(e.errno, probe)) else ""),
+                path=self.root,
+                errno=e.errno,
             ) from e
 
     def queue(self, name: str) -> SpoolQueue:

@@ -15,6 +15,8 @@ workflow and of an attempt. No other module spells one (tests/test_layout.py che
     <home>/workflows/<id>/state.msgpack      CAS record: the run state
     <home>/workflows/<id>/summary.msgpack    what listings read instead of whole states
     <home>/workflows/<id>/cancelled          marker: workers stop the workflow's tasks
+    <home>/workflows/<id>/broken             marker: its state cannot be applied or written
+                                             (why, as text); the coordinator leaves it alone
     <home>/workflows/<id>/kill/<idx>.<n>     marker: stop this attempt (timeouts)
     <home>/workflows/<id>/trace/spans.jsonl  the coordinator's spans
     <home>/workflows/<id>/tasks/<task>/<n>/  attempt n of a task (name encoded, `spool.names`)
@@ -65,10 +67,12 @@ DEFINITION_FILE = "definition.msgpack"
 STATE_FILE = "state.msgpack"
 SUMMARY_FILE = "summary.msgpack"
 CANCEL_MARKER = "cancelled"
+BROKEN_MARKER = "broken"
 KILL_DIR = "kill"
 TASKS_DIR = "tasks"
 TRACE_DIR = "trace"
 STAGING_PREFIX = ".new."
+REMOVING_PREFIX = ".gone."  # a purged workflow, renamed out of sight before it is deleted
 
 # -------------------------------------------------------------------- an attempt
 STDOUT_FILE = "stdout.log"
@@ -104,9 +108,19 @@ def staging_dir(workflows_dir: str, wf_id: str, token: str) -> str:
     return f"{workflows_dir}/{STAGING_PREFIX}{wf_id}.{token}"
 
 
+def removing_dir(workflows_dir: str, wf_id: str, token: str) -> str:
+    return f"{workflows_dir}/{REMOVING_PREFIX}{wf_id}.{token}"
+
+
 def cancel_marker(home_root: str, wf_id: str) -> str:
     """Exists once the workflow is cancelled: workers stop its tasks."""
     return f"{home_root}/{WORKFLOWS_DIR}/{wf_id}/{CANCEL_MARKER}"
+
+
+def broken_marker(home_root: str, wf_id: str) -> str:
+    """Exists once the coordinator gave up on a workflow it could not even fail (its
+    state cannot be written): it skips the workflow from then on; `purge` removes it."""
+    return f"{home_root}/{WORKFLOWS_DIR}/{wf_id}/{BROKEN_MARKER}"
 
 
 def kill_marker(home_root: str, wf_id: str, idx: int, attempt: int) -> str:
@@ -146,9 +160,14 @@ def attempt_log(attempt_dir: str, name: str) -> str:
     return f"{attempt_dir}/{LOGS_DIR}/{name}"
 
 
+def stays_inside(rel: str) -> bool:
+    """Whether home-relative path `rel` (from a message or a state) stays in the home."""
+    return not os.path.isabs(rel) and ".." not in rel.split("/")
+
+
 def resolve(home_root: str, rel: str) -> str:
     """A home-relative path from a message or a state, refusing anything that would leave
     the home (ValueError)."""
-    if os.path.isabs(rel) or ".." in rel.split("/"):
+    if not stays_inside(rel):
         raise ValueError(f"path {rel!r} in a message escapes the home")
     return f"{home_root}/{rel}"

@@ -52,6 +52,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import perms
 from .atomic import HOST, Durability, append, create_exclusive, read_bytes
 from .errors import CorruptRecordError, DeposedError, LayoutError, LeaseHeldError, SpoolError, StorageError
 from .fsops import listdir
@@ -74,10 +75,22 @@ class LeaseInfo:
     renewed_at: float | None  # holder's wall clock, display only
     ttl: float | None
     version: int  # the head entry's number: moves on every change
+    start: int | None = None  # the holder's process start token (tells a reused pid apart)
+    readable: bool = True  # False: the head entry does not decode (see `Lease._read`)
 
     @property
     def held(self) -> bool:
         return self.holder is not None
+
+    @property
+    def gone_here(self) -> bool:
+        """Whether the holder is a process of this host that has provably exited."""
+        return (
+            self.holder is not None
+            and self.host == HOST
+            and self.pid is not None
+            and local_process_gone(int(self.pid), self.start)
+        )
 
 
 def _info(value: dict[str, Any], version: int) -> LeaseInfo:
@@ -90,6 +103,8 @@ def _info(value: dict[str, Any], version: int) -> LeaseInfo:
         value.get("renewed_at"),
         value.get("ttl"),
         version,
+        value.get("start"),
+        "unreadable" not in value,
     )
 
 
@@ -131,6 +146,11 @@ class Lease:
         return f"{self.path}/{n:0{_WIDTH}d}"
 
     def _read(self, n: int) -> dict[str, Any] | None:
+        """Entry `n`'s value; None if it is gone. An entry that does not decode (a disk
+        fault, a hand edit) reads as held by an unknown holder that never renews, of a
+        generation above every readable entry below it (it may have been a takeover):
+        contenders take it over after the ttl like a silent holder, and an operator's break
+        clears it at once. Generations only grow, whatever the entry held."""
         path = self._entry(n)
         try:
             raw = read_bytes(path, max_bytes=1 << 16)
@@ -139,16 +159,34 @@ class Lease:
         except NotADirectoryError:
             raise self._legacy() from None
         except CorruptRecordError:
-            raise CorruptRecordError(f"{path}: lease entry is larger than 64 KiB", path=path) from None
+            return self._unreadable(n, "larger than 64 KiB")
         except OSError as e:
             raise StorageError.from_os("read", path, e) from e
         try:
             value = json.loads(raw)
         except ValueError as e:
-            raise CorruptRecordError(f"{path}: lease entry is not JSON ({e})", path=path) from None
-        if not isinstance(value, dict):
-            raise CorruptRecordError(f"{path}: lease entry is not an object", path=path)
+            return self._unreadable(n, f"not JSON ({e})")
+        if not isinstance(value, dict) or not isinstance(value.get("generation", 0), int):
+            return self._unreadable(n, "not a lease entry")
         return value
+
+    def _unreadable(self, n: int, why: str) -> dict[str, Any]:
+        log.error(
+            "lease entry %s is unreadable (%s): treated as a holder that never renews", self._entry(n), why
+        )
+        generation = 0
+        for below in sorted((m for m in self._numbers() if m < n), reverse=True):
+            try:
+                value = json.loads(read_bytes(self._entry(below), max_bytes=1 << 16))
+                generation = int(value["generation"]) + 1
+                break
+            except (OSError, SpoolError, ValueError, KeyError, TypeError):
+                continue
+        return {
+            "holder": f"an unreadable entry ({self._entry(n)}: {why})",
+            "generation": generation,
+            "unreadable": why,
+        }
 
     def _legacy(self) -> LayoutError:
         return LayoutError(
@@ -188,7 +226,7 @@ class Lease:
         appended n, or the head is beyond it)."""
         data = json.dumps(value, separators=(",", ":")).encode()
         try:
-            os.makedirs(self.path, exist_ok=True)
+            perms.makedirs(self.path)
         except FileExistsError:
             raise self._legacy() from None
         except OSError as e:

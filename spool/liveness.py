@@ -35,6 +35,7 @@ from typing import Any
 
 import msgpack
 
+from . import perms
 from .atomic import HOST, fsync_dir, read_bytes
 from .errors import CorruptRecordError, SpoolError, StorageError
 from .fsops import listdir
@@ -71,7 +72,7 @@ class HeartbeatWriter:
         self._fsync = fsync
         self._fd: int | None = None
         self._ino = 0
-        os.makedirs(directory, exist_ok=True)
+        perms.makedirs(directory)
 
     def beat(self, info: dict[str, Any] | None = None, *, written_at: float | None = None) -> None:
         """Rewrite the record with the beat counter incremented.
@@ -100,7 +101,8 @@ class HeartbeatWriter:
                 log.warning("heartbeat %s was moved away (judged dead); writing a new one", self.path)
                 self.close()
             if self._fd is None:
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, perms.FILE_MODE)
+                perms.fix(self._fd)
                 self._ino = os.fstat(self._fd).st_ino
                 if self._fsync:
                     fsync_dir(os.path.dirname(self.path))

@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 import filelock
 
+from . import perms
 from .atomic import read_head
 from .errors import LockLostError, LockTimeout, SpoolError
 from .fsops import link_new, take
@@ -105,7 +106,7 @@ class SpoolLock:
         self.timeout = timeout
         self.poll = poll
         self.clock = clock
-        self._lock = filelock.SoftFileLock(path, thread_local=False)
+        self._lock = filelock.SoftFileLock(path, thread_local=False, mode=perms.FILE_MODE)
         self._acquired_at: float | None = None
         self._identity = None
         self._seen: tuple[tuple[int, int, int], float] | None = None

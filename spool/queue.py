@@ -56,6 +56,7 @@ import datetime as _dt
 import heapq
 import itertools
 import json
+import logging
 import os
 import random
 import re
@@ -65,6 +66,7 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from . import perms
 from .atomic import (
     Durability,
     create_exclusive,
@@ -79,6 +81,8 @@ from .errors import CorruptRecordError, InvalidNameError, MessageTooLargeError, 
 from .fsops import listdir, listed, take
 from .layout import CLAIMED_DIR, DEAD_DIR, DELAYED_DIR, PRIORITY_HINT, QUEUE_META, READY_DIR, REASON_SUFFIX
 from .names import check_component
+
+log = logging.getLogger("spool.queue")
 
 QUEUE_FORMAT = 1
 MESSAGE_FORMAT = 1
@@ -247,9 +251,9 @@ class SpoolQueue:
             pass
         try:
             for sub in (CLAIMED_DIR, DELAYED_DIR, DEAD_DIR):
-                os.makedirs(f"{self.root}/{sub}", exist_ok=True)
+                perms.makedirs(f"{self.root}/{sub}")
             for s in range(shards):
-                os.makedirs(f"{self.root}/{READY_DIR}/{s:02x}", exist_ok=True)
+                perms.makedirs(f"{self.root}/{READY_DIR}/{s:02x}")
         except OSError as e:
             raise StorageError.from_os("create queue directories in", self.root, e) from e
         data = json.dumps({"version": QUEUE_FORMAT, "shards": shards}).encode()
@@ -269,9 +273,9 @@ class SpoolQueue:
         for s in range(shards):
             # A queue whose shard directories were deleted by hand is repaired rather than wedged.
             if not os.path.isdir(f"{self.root}/{READY_DIR}/{s:02x}"):
-                os.makedirs(f"{self.root}/{READY_DIR}/{s:02x}", exist_ok=True)
+                perms.makedirs(f"{self.root}/{READY_DIR}/{s:02x}")
         for sub in (CLAIMED_DIR, DELAYED_DIR, DEAD_DIR):
-            os.makedirs(f"{self.root}/{sub}", exist_ok=True)
+            perms.makedirs(f"{self.root}/{sub}")
         return shards
 
     # -------------------------------------------------------------------- put
@@ -358,7 +362,8 @@ class SpoolQueue:
         try:
             os.utime(self._hint)
         except FileNotFoundError:
-            fd = os.open(self._hint, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self._hint, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, perms.FILE_MODE)
+            perms.fix(fd)
             os.close(fd)
 
     def put_many(self, payloads: Iterable[Any], priority: int = 0) -> list[str]:
@@ -390,7 +395,7 @@ class SpoolQueue:
         directory = self._claim_dirs.get(worker)
         if directory is None:
             directory = f"{self._claimed_root}/{check_component(worker, 'worker id')}"
-            os.makedirs(directory, exist_ok=True)
+            perms.makedirs(directory)
             self._claim_dirs[worker] = directory
         return directory
 
@@ -410,7 +415,7 @@ class SpoolQueue:
             self._dir_seen[shard] = (st.st_mtime_ns, st.st_ino)
             names = [n for n in listdir(directory) if n[0] != "."]
         except FileNotFoundError:
-            os.makedirs(directory, exist_ok=True)
+            perms.makedirs(directory)
             names = []
             self._dir_seen[shard] = None
         names.sort()
@@ -511,7 +516,7 @@ class SpoolQueue:
                 raise StorageError.from_os("claim", f"{self._ready[shard]}/{name}", e) from e
             if not won:
                 if not os.path.isdir(claim_dir):
-                    os.makedirs(claim_dir, exist_ok=True)  # a sweeper removed it: we were judged dead
+                    perms.makedirs(claim_dir)  # a sweeper removed it: we were judged dead
                 self._note_miss(shard, now)
                 continue
             self._misses = 0
@@ -743,7 +748,7 @@ class SpoolQueue:
             info["bytes"] = os.lstat(path).st_size
         except OSError:
             pass
-        os.makedirs(self._dead, exist_ok=True)
+        perms.makedirs(self._dead)
         # The reason goes first: a crash between the two steps leaves the message where it was
         # (it will be quarantined again), never a dead message without its reason.
         reason_path = f"{self._dead}/{name}{REASON_SUFFIX}"
@@ -752,9 +757,11 @@ class SpoolQueue:
         )
         dst = f"{self._dead}/{name}"
         try:
-            take(path, dst)  # RACE: False when someone else quarantined or removed it first
+            moved = take(path, dst)  # RACE: False when someone else quarantined or removed it first
         except OSError as e:
             raise StorageError.from_os("quarantine", path, e) from e
+        if moved:
+            log.warning("%s: message %s moved to %s: %s", self.root, name, dst, reason)
         return dst
 
     def dead(self) -> list[DeadMessage]:

@@ -287,6 +287,25 @@ def _mount_tmpfs(mnt: Path, options: str) -> None:
 
 
 @pytest.fixture
+def tmpfs(tmp_path):
+    """Mounts tmpfs file systems: ``tmpfs("name", "4m")`` is a fresh mount of that size
+    under tmp_path (skipped where mounting needs a root this process is not); unmounted at
+    the end of the test."""
+    made: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        mnt = tmp_path / name
+        mnt.mkdir()
+        _mount_tmpfs(mnt, f"size={size}")
+        made.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in made:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
 def small_fs(tmp_path):
     """A 256 KiB tmpfs: writes past that fail with a real ENOSPC."""
     mnt = tmp_path / "small"

@@ -159,3 +159,26 @@ def test_a_lease_record_from_an_earlier_layout_is_refused_by_name(tmp_path):
     with pytest.raises(LayoutError, match="delete the file"):
         Lease(str(path), "observer").inspect()
     assert path.read_bytes() == b"an old CAS record"  # nothing lost
+
+
+def test_a_corrupt_lease_entry_is_broken_by_an_operator_and_expires_by_itself(tmp_path):
+    """A head entry that does not decode (a disk fault, a hand edit) names no holder: it is
+    taken over once it has not moved for the ttl, like a silent holder, and an operator's
+    break clears it at once. Generations go on above every readable entry's."""
+    path = tmp_path / "lease"
+    first = Lease(str(path), "a", ttl=5)
+    first.acquire(timeout=1)
+    first.renew()
+    (path / f"{3:016d}").write_bytes(b"\x00garbage{")  # the head now: corrupt
+    observer = Lease(str(path), "observer")
+    info = observer.inspect()
+    assert info.holder is not None and "unreadable" in info.holder and info.generation == 2
+    broken = Lease(str(path), "operator", ttl=5).break_lease("corrupt head entry")
+    assert broken is not None and "unreadable" in broken.holder
+    assert Lease(str(path), "b", ttl=5).acquire(timeout=1) == 3
+    (path / f"{5:016d}").write_bytes(b"{not json")  # b's own entry, the head, goes bad
+    fake = FakeClock()
+    c = Lease(str(path), "c", ttl=5, clock=fake, fast_takeover=False)
+    assert c.try_acquire() is False  # an unknown holder: watched like any other
+    fake.now += 5
+    assert c.try_acquire() is True and c.generation == 4  # above the 3 the bad entry may have held
