@@ -132,6 +132,7 @@ def test_control_requests_round_trip_and_unknown_operations_are_refused():
 
 def test_failure_kinds_are_the_strings_the_states_and_spans_have_always_used():
     assert {str(k) for k in FailKind} == {
-        "error", "timeout", "cancelled", "lost", "setup", "worker stopped", "condition",
+        "error", "timeout", "cancelled", "lost", "setup", "worker stopped", "condition", "internal",
+        "storage",
     }  # fmt: skip
     assert FailKind.WORKER_STOPPED == "worker stopped"  # a StrEnum compares equal to its string

@@ -10,6 +10,8 @@ executor appears where the point is the real thing (an output file, asset and li
 from __future__ import annotations
 
 import dataclasses
+import errno
+import itertools
 import json
 import logging
 import os
@@ -364,20 +366,123 @@ def test_a_message_is_acked_only_after_its_final_event_is_published(home):
     assert q.claimed() == {} and not box.pending
 
 
-def test_nothing_is_acked_when_publishing_fails(home, monkeypatch):
+def no_space(path: str) -> StorageError:
+    return StorageError.from_os("create a message in", path, OSError(errno.ENOSPC, "No space left on device"))
+
+
+def test_a_full_disk_keeps_events_and_acks_and_retries_with_backoff(home, monkeypatch, caplog):
+    """Publishing fails with ENOSPC: nothing is acked, lost or raised; the events wait, in
+    order, and are tried again after a doubling backoff (the loop sleeps until then); the
+    trouble is logged once, and its end once; when space returns all goes out as it was."""
+    q = home.queue("default")
+    put(q, task(0))
+    put(q, task(1))
+    msgs = sorted(q.claim("w", 2), key=lambda m: m.name)
+    box = Outbox(home.completions(), "w")
+    box.add(completed(0, 100.0), settles=Claim(msgs[0], q))
+    real = box.completions.put_encoded
+    tries: list[float] = []
+
+    def full(data, *args, **kwargs):
+        tries.append(time.monotonic())
+        raise no_space(box.completions.root)
+
+    monkeypatch.setattr(box.completions, "put_encoded", full)
+    caplog.set_level(logging.WARNING, logger="workers.worker")
+    assert not box.flush(running=False, force=True)
+    assert box.stalled and box.pending and len(tries) == 1
+    assert q.claimed()["w"] == [m.name for m in msgs]  # nothing acked
+    # Backing off: a flush before the retry time tries nothing; the loop may sleep until then.
+    assert 0 < box.wait_bound() <= 0.1
+    assert not box.flush(running=False) and len(tries) == 1
+    box.add(completed(1, 100.5), settles=Claim(msgs[1], q))  # more work ends meanwhile: kept too
+    for _ in range(3):
+        wait_until(lambda: box.wait_bound() == 0, what="the retry time")
+        assert not box.flush(running=False)
+    assert len(tries) == 4
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert gaps[-1] > gaps[0] * 1.5, gaps  # the backoff grows
+    [warning] = [r for r in caplog.records if "cannot write" in r.getMessage()]  # logged once
+    assert "no space left on device" in warning.getMessage() and "keeping 1 event(s)" in warning.getMessage()
+    # Space returns: everything goes, in order, and the messages are acked after it.
+    monkeypatch.setattr(box.completions, "put_encoded", real)
+    wait_until(lambda: box.wait_bound() == 0, what="the retry time")
+    assert box.flush(running=False)
+    assert not box.stalled and not box.pending and box.wait_bound() is None
+    assert [(e["kind"], e["idx"]) for e in published(home)] == [("completed", 0), ("completed", 1)]
+    assert q.claimed() == {}
+    assert sum("writes to the home again" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_failed_ack_is_kept_and_retried(home, monkeypatch):
+    """The events went out but removing the claimed message failed (an I/O error): the ack
+    waits and is retried; the events are not published twice."""
     q = home.queue("default")
     put(q, task(0))
     [msg] = q.claim("w", 1)
     box = Outbox(home.completions(), "w")
     box.add(completed(0, 100.0), settles=Claim(msg, q))
+    real_ack = q.ack
+    monkeypatch.setattr(q, "ack", lambda m: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    assert box.flush(running=False, force=True)
+    assert box.stalled and box.acks and not box.events
+    monkeypatch.setattr(q, "ack", real_ack)
+    wait_until(lambda: box.wait_bound() == 0, what="the retry time")
+    box.flush(running=False)
+    assert not box.pending and not box.stalled and q.claimed() == {}
+    assert len(published(home)) == 1
 
-    def full(*args, **kwargs):
-        raise StorageError("disk full")
 
-    monkeypatch.setattr(box.completions, "put", full)
-    with pytest.raises(StorageError):
-        box.flush(running=False, force=True)
-    assert q.claimed()["w"] == [msg.name] and box.pending
+def test_a_stalled_worker_claims_nothing_and_resumes_when_space_returns(home, monkeypatch):
+    """A worker whose outbox cannot write keeps serving its loop (no crash), claims nothing
+    new meanwhile, and publishes everything once the disk has room again."""
+    q = home.queue("default")
+    put(q, task(0, output="a"))
+    worker = Worker(home, ["default"], slots=1)
+    completions = worker.outbox.completions
+    real = completions.put_encoded
+    disk_full = threading.Event()
+    disk_full.set()
+
+    def maybe_full(data, *args, **kwargs):
+        if disk_full.is_set():
+            raise no_space(completions.root)
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(completions, "put_encoded", maybe_full)
+    t = serve(worker)
+    wait_until(lambda: worker.outbox.stalled, what="the outbox to stall")
+    put(q, task(1, output="b"))
+    time.sleep(0.3)
+    assert worker.tasks_done == 1 and t.is_alive()  # nothing new claimed, still serving
+    assert q.counts().ready == 1
+    disk_full.clear()
+    wait_until(
+        lambda: worker.tasks_done == 2 and not worker.outbox.pending, what="both tasks to be published"
+    )
+    worker.stop(drain=True)
+    t.join(10)
+    assert not t.is_alive() and not t.errors
+    finals = [e for e in published(home) if e["kind"] == "completed"]
+    assert sorted((e["idx"], e["output"]) for e in finals) == [(0, "a"), (1, "b")]
+    assert q.claimed() == {}
+
+
+def test_an_event_that_cannot_be_encoded_does_not_block_the_others(home):
+    """Defence in depth (outputs are checked when collected): an event msgpack cannot
+    encode is reported as its attempt's failure, and the other events of its batch go."""
+    q = home.queue("default")
+    put(q, task(0))
+    [msg] = q.claim("w", 1)
+    box = Outbox(home.completions(), "w")
+    bad = Event(EventKind.COMPLETED, AttemptKey("wf1", 7, 0), 100.0, output=1 << 70)
+    box.add(completed(0, 100.0), settles=Claim(msg, q))
+    box.add(bad)
+    assert box.flush(running=False, force=True)
+    events = published(home)
+    assert [(e["kind"], e["idx"]) for e in events] == [("completed", 0), ("failed", 7)]
+    assert "could not publish" in events[1]["error"] and events[1]["reason"] == "error"
+    assert q.claimed() == {} and not box.pending
 
 
 # --------------------------------------------------------------------- runner
@@ -599,9 +704,14 @@ def test_drain_finishes_what_runs_claims_nothing_and_exits_clean(home):
     q = home.queue("default")
     put(q, task(0, sleep=0.05, output="first"))
     worker = Worker(home, ["default"], slots=2)
+    rounds: list[bool] = []  # whether each round of the loop began draining
+    keep_up = worker._keep_up
+    worker._keep_up = lambda now: rounds.append(worker._drain) or keep_up(now)
     t = serve(worker)
     wait_until(lambda: worker.runner.running, what="the first task to run")
     worker.stop(drain=True)
+    # The round that claimed t0 may still be claiming: wait for one that began draining.
+    wait_until(lambda: any(rounds), what="a round of the loop that knows it drains")
     put(home.queue("default"), task(1))  # arrives while draining: left for another worker
     t.join(10)
     assert not t.is_alive() and not t.errors

@@ -1,31 +1,35 @@
 """One attempt on a worker, and what the worker does around its executor for every one.
 
 Before the executor (`AttemptSetup.prepare`): the attempt directory
-(`layout.attempt_dir`, with its logs directory), the attempt's span (`AttemptTrace`, the
-root of its spans, parented on the workflow's), its environment (the task's ``env`` and
-the ``TUIFLOW_*`` variables on top of the worker's), its inputs file, and the
+(`layout.attempt_dir`, with its logs directory), made and opened through descriptors that
+follow no link (`workers.attemptdir`), the attempt's span (`AttemptTrace`, the root of its
+spans, parented on the workflow's; its file opened now), its environment (the task's
+``env`` and the ``TUIFLOW_*`` variables on top of the worker's), its inputs file, and the
 `TaskContext` the executor gets. After (`AttemptSetup.conclude`): the executor's phases as
 spans, the output collected (`workers.outputs`), and the spans written, before the
-attempt's final event can be published. Each of these is the same for every executor.
+attempt's final event can be published; then the directory's descriptors are closed. Each
+of these is the same for every executor. A link or a planted file met on the way
+(`UnsafePathError`) fails the attempt with reason ``setup``, naming the path.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 from analyzer import contract as c
-from spool import layout
-from spool.atomic import atomic_write
+from spool import StorageError, layout
 from workers import outputs
+from workers.attemptdir import DEFAULT_MAX_LOG_BYTES, AttemptDir, HomeDirs
 from workers.claims import Claim
+from workers.errors import UnsafePathError
 from workers.executors import Executor, Outcome, TaskContext, resolve_cwd
 from workers.tracing import AttemptTrace, Telemetry, span_context_from_traceparent
 from workers.wire import AttemptKey, Event, EventKind, FailKind, TaskMessage
@@ -47,7 +51,8 @@ class Attempt:
     started_at: float
     #: why it must stop (set by the loop: markers, a hard stop); read by its executor
     stop_reason: FailKind | None = None
-    fresh_dir: bool = False
+    #: its directory, open from `AttemptSetup.prepare` to `AttemptSetup.end_span`
+    files: AttemptDir | None = None
     span: AttemptTrace | None = None
     ctx: TaskContext | None = None
     executor: Executor | None = None
@@ -100,37 +105,53 @@ class AttemptSetup:
         gpus_managed: the worker hands out GPUs (``$CUDA_VISIBLE_DEVICES`` is set, empty
             for a task that needs none).
         kill_grace: seconds between SIGTERM and SIGKILL when an attempt is stopped.
+        max_log_bytes: most bytes of stdout (and as many of stderr) kept per attempt.
     """
 
     def __init__(
-        self, home_root: str, worker_id: str, telemetry: Telemetry, *, gpus_managed: bool, kill_grace: float
+        self,
+        home_root: str,
+        worker_id: str,
+        telemetry: Telemetry,
+        *,
+        gpus_managed: bool,
+        kill_grace: float,
+        max_log_bytes: int = DEFAULT_MAX_LOG_BYTES,
     ):
         self.home_root = home_root
         self.worker_id = worker_id
         self.telemetry = telemetry
         self.gpus_managed = gpus_managed
         self.kill_grace = kill_grace
+        self.dirs = HomeDirs(home_root, max_log_bytes)
         # Every task starts from this environment (copied once: os.environ decodes per key).
         # One dict for the worker's life: a python executor is sent only what changed.
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("TUIFLOW_")}
 
     def prepare(self, a: Attempt) -> Outcome | None:
         """Attempt directory, span, environment and context of `a` (set on it). Returns an
-        Outcome when it cannot run at all (no such executor, no such working directory)."""
+        Outcome when it cannot run at all (no such executor, no such working directory).
+
+        Raises:
+            UnsafePathError: a link or a planted file in its directory (the runner fails
+                the attempt with reason ``setup``; `end_span` closes what was opened).
+        """
         task = a.task
-        attempt_dir = layout.resolve(self.home_root, layout.attempt_dir_rel(task.wf, task.task, task.attempt))
-        a.fresh_dir = make_attempt_dir(attempt_dir)
+        files = a.files = self.dirs.attempt(task.wf, task.task, task.attempt)
+        attempt_dir = files.path
+        output_path = files.file_path(layout.OUTPUT_FILE)
+        if not files.fresh:
+            # A previous run of this very attempt (after a crash) must not leak in.
+            files.remove(layout.OUTPUT_FILE)
+        spans = files.open_append(layout.SPANS_FILE, logs=True)
         span = a.span = self.telemetry.attempt(
-            layout.attempt_log(attempt_dir, layout.SPANS_FILE),
+            files.log_path(layout.SPANS_FILE),
             span_context_from_traceparent(task.traceparent),
             self._attributes(a),
             a.started_at,
+            fd=spans,
         )
-        output_path = layout.attempt_file(attempt_dir, layout.OUTPUT_FILE)
-        env = self._environment(a, attempt_dir, output_path, span)
-        if not a.fresh_dir:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(output_path)  # a previous run of this very attempt (after a crash) must not leak in
+        env = self._environment(a, files, output_path, span)
         a.ctx = TaskContext(
             msg=task,
             home_root=self.home_root,
@@ -138,13 +159,14 @@ class AttemptSetup:
             base_env=self.base_env,
             task_env=env,
             cwd=resolve_cwd(task.base_dir or os.getcwd(), task.spec.get("cwd")),
-            stdout_path=layout.attempt_file(attempt_dir, layout.STDOUT_FILE),
-            stderr_path=layout.attempt_file(attempt_dir, layout.STDERR_FILE),
+            stdout_path=files.file_path(layout.STDOUT_FILE),
+            stderr_path=files.file_path(layout.STDERR_FILE),
             output_path=output_path,
             gpus=a.gpus,
             deadline=time.monotonic() + float(task.timeout) if task.timeout else None,
             should_stop=a.should_stop,
             kill_grace=self.kill_grace,
+            files=files,
         )
         if a.executor is None:
             return Outcome.failed(FailKind.ERROR, f"this worker has no executor {task.executor!r}")
@@ -173,7 +195,7 @@ class AttemptSetup:
         }
 
     def _environment(
-        self, a: Attempt, attempt_dir: str, output_path: str, span: AttemptTrace
+        self, a: Attempt, files: AttemptDir, output_path: str, span: AttemptTrace
     ) -> dict[str, str]:
         """What the attempt sets on top of the worker's environment (not copied into it: a
         python executor is sent only what changed since its last task, found without
@@ -186,7 +208,7 @@ class AttemptSetup:
                 "TUIFLOW_WORKFLOW_ID": task.wf,
                 "TUIFLOW_TASK": task.task,
                 "TUIFLOW_ATTEMPT": str(task.attempt),
-                "TUIFLOW_TASK_DIR": attempt_dir,
+                "TUIFLOW_TASK_DIR": files.path,
                 "TUIFLOW_OUTPUT": output_path,
                 "TUIFLOW_WORKER": self.worker_id,
             }
@@ -197,9 +219,8 @@ class AttemptSetup:
         if inputs is not None and any(v is not None for v in inputs.values()):
             t0 = time.time()
             data = json.dumps(inputs).encode()
-            path = layout.attempt_file(attempt_dir, layout.INPUTS_FILE)
-            atomic_write(path, data)
-            env["TUIFLOW_INPUTS"] = path
+            files.write(layout.INPUTS_FILE, data)  # before the task runs: nobody reads it yet
+            env["TUIFLOW_INPUTS"] = files.file_path(layout.INPUTS_FILE)
             span.phase(c.READ_INPUTS_SPAN, t0, time.time(), **{c.ATTR_BYTES: len(data)})
         elif inputs:
             # No dependency produced output: name them without writing a file.
@@ -218,19 +239,19 @@ class AttemptSetup:
         if outcome.ok:
             t0 = time.time()
             try:
-                a.output = outputs.collect(a.task, a.ctx.attempt_dir, self.home_root)
+                a.output = outputs.collect(a.task, a.ctx.files, self.home_root, a.ctx.output)
             except outputs.BadOutput as e:
                 return Outcome.failed(FailKind.ERROR, str(e), exit_code=outcome.exit_code)
             span.phase(c.READY_SPAN, t0, time.time(), **{c.ATTR_BYTES: a.output.size})
         return outcome
 
     def end_span(self, a: Attempt, outcome: Outcome) -> None:
-        """Write the attempt's spans (on disk before its event is published). Never raises:
-        telemetry must not keep an attempt from ending."""
+        """Write the attempt's spans (on disk before its event is published), then close its
+        directory. Never raises: telemetry must not keep an attempt from ending."""
         span = a.span
-        if span is None:
-            return
         try:
+            if span is None:
+                return
             span.set_attribute(c.ATTR_OUTCOME, outcome.label)
             if outcome.exit_code is not None:
                 span.set_attribute(c.ATTR_EXIT_CODE, outcome.exit_code)
@@ -243,27 +264,44 @@ class AttemptSetup:
             span.end(end)
         except Exception:
             log.exception("could not write the spans of attempt %s", a.task.message_id)
+        finally:
+            if span is not None:
+                span.close()
+            if a.files is not None:
+                a.files.close()
+
+    def close(self) -> None:
+        """Close the directory descriptors kept across attempts."""
+        self.dirs.close()
+
+
+def refused(a: Attempt, e: UnsafePathError) -> Outcome:
+    """The outcome of an attempt whose directory held a link or a planted file (logged: an
+    operator should know someone tried)."""
+    log.warning("attempt %s of %s: %s", a.task.message_id, a.task.task, e)
+    return Outcome.failed(FailKind.SETUP, str(e))
+
+
+#: what the file system answers when the home takes no more files; not the task's fault
+_HOME_UNWRITABLE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def is_home_unwritable(e: BaseException) -> bool:
+    """Whether `e` says the home takes no more files (an OSError or a StorageError)."""
+    return getattr(e, "errno", None) in _HOME_UNWRITABLE
+
+
+def home_unwritable(a: Attempt, e: Exception) -> Outcome:
+    """The outcome of an attempt whose files the home could not take: it runs again once
+    there is room, spending no retry (`FailKind.STORAGE`)."""
+    if not isinstance(e, StorageError):  # a bare OSError of a write names no path: say where
+        where = getattr(e, "filename", None) or (a.files.path if a.files is not None else "the home")
+        e = StorageError.from_os("write in", where, cast(OSError, e))
+    log.warning("attempt %s of %s: %s", a.task.message_id, a.task.task, e)
+    return Outcome.failed(FailKind.STORAGE, f"the home could not take its files: {e}")
 
 
 def worker_error(a: Attempt, e: Exception) -> Outcome:
     """The outcome of an attempt that a bug in the worker (not the task) ended."""
     log.exception("attempt %s failed inside the worker", a.task.task)
     return Outcome.failed(FailKind.ERROR, f"worker error: {type(e).__name__}: {e}")
-
-
-def make_attempt_dir(attempt_dir: str) -> bool:
-    """<task>/<attempt>/<logs> with three mkdir(2) calls in the common case (makedirs walks
-    up). Returns True if the attempt directory is new (so it holds nothing from an earlier run)."""
-    task_dir = os.path.dirname(attempt_dir)
-    logs_dir = layout.attempt_file(attempt_dir, layout.LOGS_DIR)
-    fresh = False
-    for d in (task_dir, attempt_dir, logs_dir):
-        try:
-            os.mkdir(d)
-            fresh = fresh or d == attempt_dir
-        except FileExistsError:
-            pass  # RACE: an earlier run of this very attempt (its worker died) made it
-        except FileNotFoundError:
-            os.makedirs(logs_dir, exist_ok=True)
-            return True
-    return fresh

@@ -9,8 +9,14 @@ and puts everything back. A task that crashes or hangs takes this process down; 
 worker starts a new one.
 
 The task's stdout and stderr (file descriptors 1 and 2) are two scratch files of this
-process; what a task printed is copied to its attempt's ``stdout.log`` / ``stderr.log``
-afterwards, so a task that prints nothing costs no files.
+process (node-local: ``<scratch>/stdout.<pid>``, ``<scratch>/stderr.<pid>``); the reply
+says how many bytes the task wrote to each (``out``), and the worker copies them, capped,
+into the attempt's ``stdout.log`` / ``stderr.log`` through the attempt directory it opened
+(`workers.attemptdir`), so a task that prints nothing costs no files. The scratch files are
+emptied when the next task starts. A non-None return value comes back as JSON text in the
+reply (``value``; above `VALUE_INLINE_MAX` bytes, in the scratch file
+``<scratch>/output.<pid>``, ``value_file``), and the worker writes the output file: this
+process opens nothing in the home.
 
     python -m workers.pyrunner READ_FD WRITE_FD SCRATCH_DIR [WORKER_PID]
 
@@ -33,8 +39,6 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from spool.atomic import append
-from spool.fsops import retry_stale
 from workers.framing import read_frame, write_frame
 from workers.traceparent import context_from_traceparent
 
@@ -62,6 +66,10 @@ class LazyTaskProvider(trace.TracerProvider):
         return getattr(self._provider(), name)
 
 
+#: a return value's JSON up to this many bytes travels in the reply, a larger one in a scratch file
+VALUE_INLINE_MAX = 8 << 20
+
+
 class Runner:
     def __init__(self, scratch_dir: str):
         os.makedirs(scratch_dir, exist_ok=True)
@@ -73,6 +81,7 @@ class Runner:
             os.dup2(scratch, fd)
             os.close(scratch)
         self.scratch_dir = scratch_dir
+        self._printed = False  # the scratch files hold the last task's output
         self.base_env = dict(os.environ)
         self.env = dict(self.base_env)
         self.base_path = list(sys.path)
@@ -95,6 +104,11 @@ class Runner:
             self.env[key] = value
 
     def run_one(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self._printed:  # the worker copied the last task's output before sending this one
+            for fd in (1, 2):
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)
+            self._printed = False
         self._set_env(req)
         if os.getcwd() != req["cwd"]:
             os.chdir(req["cwd"])
@@ -106,21 +120,22 @@ class Runner:
         if parent is not None:
             token = otel_context.attach(parent)
         try:
-            return self._call(req)
+            reply = self._call(req)
         except SystemExit as e:
             if e.code in (0, None):
-                return {"ok": True}
-            return {"ok": False, "error": f"the task called sys.exit({e.code!r})"}
+                reply = {"ok": True}
+            else:
+                reply = {"ok": False, "error": f"the task called sys.exit({e.code!r})"}
         except BaseException as e:  # the task's own failure, whatever it is, is reported, not fatal here
             traceback.print_exc()
-            return {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
         finally:
             if token is not None:
                 otel_context.detach(token)
-            self._collect_output(req)
+        reply["out"] = self._printed_sizes()
+        return reply
 
-    @staticmethod
-    def _call(req: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, req: dict[str, Any]) -> dict[str, Any]:
         module_name, _, func_name = req["call"].partition(":")
         t0 = time.time()
         module = importlib.import_module(module_name)
@@ -130,30 +145,28 @@ class Runner:
         t1 = time.time()
         value = func(**req["kwargs"])
         t2 = time.time()
+        reply: dict[str, Any] = {"ok": True, "import": [t0, t1], "execute": [t1, t2]}
         if value is not None:
             try:
                 data = json.dumps(value)
             except (TypeError, ValueError) as e:
                 raise TypeError(f"return value of {req['call']} is not JSON-serializable: {e}") from None
-            path = req["output"]
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-            with os.fdopen(retry_stale(lambda: os.open(path, flags, 0o644), "open", path), "w") as f:
-                f.write(data)
-        return {"ok": True, "import": [t0, t1], "execute": [t1, t2]}
+            if len(data) <= VALUE_INLINE_MAX:
+                reply["value"] = data
+            else:
+                path = f"{self.scratch_dir}/output.{os.getpid()}"
+                with open(path, "w") as f:
+                    f.write(data)
+                reply["value_file"] = path
+        return reply
 
-    @staticmethod
-    def _collect_output(req: dict[str, Any]) -> None:
+    def _printed_sizes(self) -> list[int]:
+        """Bytes the task wrote to its stdout and its stderr (left in the scratch files)."""
         sys.stdout.flush()
         sys.stderr.flush()
-        for fd, key in ((1, "stdout"), (2, "stderr")):
-            size = os.fstat(fd).st_size
-            if not size:
-                continue
-            os.lseek(fd, 0, os.SEEK_SET)
-            data = os.read(fd, size)
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-            append(req[key], data)
+        sizes = [os.fstat(1).st_size, os.fstat(2).st_size]
+        self._printed = any(sizes)
+        return sizes
 
 
 def _die_with(parent: int) -> None:

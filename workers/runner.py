@@ -7,8 +7,11 @@ or told to stop). Where a step runs is the executor's declared kind
 (`Executor.inline`): an inline executor's begin and finish run on the worker's loop
 (a short task costs no thread hand-off), its stop on a slot thread (stopping waits out a
 grace period); every other executor's begin, a whole `run`, on a slot thread. Whatever ended
-it, the same `_step` concludes the attempt (`AttemptSetup.conclude` and `end_span`), and a
-bug anywhere on the way still ends it, reported as a worker error. Ended attempts wait in
+it, the same `_step` concludes the attempt (`AttemptSetup.conclude` and `end_span`), a link
+or a planted file met anywhere on the way (`UnsafePathError`) ends it with reason ``setup``,
+a home that takes no more files (full, over quota, read-only) with reason ``storage`` (the
+coordinator runs it again, spending no retry), and a bug anywhere on the way still ends it,
+reported as a worker error. Ended attempts wait in
 `finished` for the loop, which a slot thread wakes.
 """
 
@@ -23,7 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from workers.attempt import Attempt, AttemptSetup, worker_error
+from workers.attempt import Attempt, AttemptSetup, home_unwritable, is_home_unwritable, refused, worker_error
+from workers.errors import UnsafePathError
 from workers.executors import EXECUTORS, Executor, InlineExecutor, Outcome
 from workers.wire import AttemptKey, FailKind
 
@@ -106,8 +110,10 @@ class AttemptRunner:
                 self.inline[a.fd] = a
                 return
             outcome = self.setup.conclude(a, outcome)
+        except UnsafePathError as e:  # a link or a planted file in the attempt's directory
+            outcome = refused(a, e)
         except Exception as e:  # a bug here must still end the attempt, reported
-            outcome = worker_error(a, e)
+            outcome = home_unwritable(a, e) if is_home_unwritable(e) else worker_error(a, e)
         self.setup.end_span(a, outcome)
         self._finished.append((a, outcome))
         if on_thread:
@@ -172,3 +178,4 @@ class AttemptRunner:
             for ex in executors.values():
                 ex.close()
         self.pool.shutdown(wait=True)
+        self.setup.close()

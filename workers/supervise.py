@@ -27,16 +27,29 @@ def describe_exit(returncode: int) -> str:
     return f"killed by signal {-returncode} ({name})"
 
 
-def kill_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the process group, wait `grace` seconds, then SIGKILL it. Reaps `proc`."""
+def kill_group(
+    proc: subprocess.Popen,
+    grace: float,
+    wait: Callable[[subprocess.Popen, float], object] | None = None,
+) -> None:
+    """SIGTERM the process group, wait `grace` seconds, then SIGKILL it. Reaps `proc`.
+
+    Parameters:
+        wait: called as ``wait(proc, grace)`` instead of ``proc.wait(grace)``: returns once
+            `proc` exited or `grace` seconds passed (`logcap.Pump.wait` copies the
+            process's output meanwhile).
+    """
     if proc.poll() is not None:
         _killpg(proc.pid, signal.SIGKILL)  # orphans it left behind in its group
         return
     _killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
+    if wait is not None:
+        wait(proc, grace)
+    else:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
     _killpg(proc.pid, signal.SIGKILL)
     try:
         proc.wait(timeout=10)
@@ -83,6 +96,12 @@ def tail(path: str, max_bytes: int = 4000) -> str:
             data = f.read()
     except OSError:
         return ""
+    return tail_text(data, size, max_bytes)
+
+
+def tail_text(data: bytes, size: int, max_bytes: int) -> str:
+    """`data`, the last bytes of a file of `size` bytes, as text for an error report: from
+    its first whole line, after an ellipsis, when the file holds more than `max_bytes`."""
     text = data.decode("utf-8", errors="replace")
     if size > max_bytes:
         text = "…" + text[text.find("\n") + 1 :] if "\n" in text else "…" + text

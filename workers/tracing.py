@@ -4,12 +4,14 @@
   so one workflow is one trace across processes and hosts.
 * `AttemptTrace` is how a worker traces an attempt: the root span and its phases, built as
   finished spans and appended, as exactly ``ReadableSpan.to_json(indent=None)`` one per
-  line, to the attempt's ``logs/spans.jsonl`` in one write when the attempt ends.
+  line, to the attempt's ``logs/spans.jsonl`` in one write when the attempt ends (through
+  the descriptor the worker opened when the attempt started, `workers.attemptdir`).
 * `AttemptFiles` is the span processor that does the same for spans made through the SDK
   (the coordinator's): each goes to the ``logs/spans.jsonl`` of the attempt it belongs to. An attempt's root span names its workflow, task and attempt; its
   descendants follow their parent. The write is synchronous, so a span is on disk when
   `end()` returns: the root span is on disk before the completion is reported. Export
-  errors are counted, never raised into the task.
+  errors are counted, never raised into the task. Files are reached from the home without
+  following a link (`attemptdir.append_under`), in task processes too (`CurrentTaskFile`).
 * When ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set and the OTLP exporter is installed
   (``pip install tuiflow[otlp]``), spans are also sent there, batched; the files do not change.
 """
@@ -56,7 +58,7 @@ from analyzer.contract import (
     trace_id_for,
 )
 from spool import layout
-from spool.atomic import append
+from workers.attemptdir import append_under
 from workers.traceparent import context_from_traceparent, span_context_from_traceparent, traceparent
 
 __all__ = ["context_from_traceparent", "span_context_from_traceparent", "traceparent"]  # and the rest
@@ -176,7 +178,7 @@ class AttemptFiles(SpanProcessor):
     def append(self, route: str, text: str, what: str) -> None:
         try:
             # One write(2) with O_APPEND: lines from several processes never interleave.
-            append(route, text.encode(), make_dirs=True)
+            append_under(self.home_root, route, text.encode())
         except Exception as e:  # telemetry must never break the task it describes
             self.errors += 1
             log.warning("could not write span %s to %s: %s", what, route, e)
@@ -332,9 +334,11 @@ class AttemptTrace:
         parent: SpanContext | None,
         attributes: dict[str, Any],
         start: float,
+        fd: int = -1,
     ):
         self.telemetry = telemetry
         self.path = path
+        self.fd = fd
         self.parent = parent
         self.attributes = attributes
         self.start = start
@@ -369,12 +373,25 @@ class AttemptTrace:
             telemetry.files.errors += 1
             log.warning("could not serialise the spans for %s: %s", self.path, e)
         else:
-            telemetry.files.append(self.path, text, TASK_SPAN)
+            if self.fd >= 0:
+                try:
+                    _write_all(self.fd, text.encode())  # one write(2), O_APPEND
+                except Exception as e:  # telemetry must never break the task it describes
+                    telemetry.files.errors += 1
+                    log.warning("could not write the spans to %s: %s", self.path, e)
+            else:
+                telemetry.files.append(self.path, text, TASK_SPAN)
         if len(telemetry.processors) > 1:
             spans = self.readable_spans(end)
             for processor in telemetry.processors[1:]:
                 for span in spans:
                     processor.on_end(span)
+
+    def close(self) -> None:
+        """Close the spans file's descriptor, if it was given one (idempotent)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
     def _render(self, end: float, resource: str) -> str:
         """The lines `_line` would make, phases first and root last, with what they share
@@ -466,10 +483,16 @@ class Telemetry:
                 log.warning("could not flush spans to %s: %s", type(processor).__name__, e)
 
     def attempt(
-        self, path: str, parent: SpanContext | None, attributes: dict[str, Any], start: float
+        self,
+        path: str,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+        start: float,
+        fd: int = -1,
     ) -> AttemptTrace:
-        """The trace of one attempt, written to `path` (its spans.jsonl) when it ends."""
-        return AttemptTrace(self, path, parent, attributes, start)
+        """The trace of one attempt, written to `path` (its spans.jsonl) when it ends:
+        through `fd` (open for appending; closed by `AttemptTrace.close`) if given."""
+        return AttemptTrace(self, path, parent, attributes, start, fd)
 
     def finished_span(
         self,
@@ -503,8 +526,10 @@ class CurrentTaskFile(SpanProcessor):
         task_dir = os.environ.get("TUIFLOW_TASK_DIR")
         if not task_dir:
             return
+        path = layout.attempt_log(task_dir, layout.SPANS_FILE)
         try:
-            append(layout.attempt_log(task_dir, layout.SPANS_FILE), (span_json(span) + "\n").encode())
+            home = os.environ.get("TUIFLOW_HOME") or os.path.dirname(path)
+            append_under(home, path, (span_json(span) + "\n").encode())
         except Exception as e:  # telemetry must never break the task it describes
             log.warning("could not write span %s: %s", span.name, e)
 
@@ -523,6 +548,12 @@ def task_process_provider(service: str) -> TracerProvider:
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(CurrentTaskFile())
     return provider
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def ns(seconds: float) -> int:

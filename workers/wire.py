@@ -63,7 +63,9 @@ class FailKind(enum.StrEnum):
     LOST = "lost"  # its worker died
     SETUP = "setup"  # it could not be queued or started (a bad template, a message too large)
     WORKER_STOPPED = "worker stopped"  # an operator stopped its worker: runs again, no retry spent
+    STORAGE = "storage"  # the home took none of its files (full, read-only): runs again, no retry spent
     CONDITION = "condition"  # its condition could not be evaluated
+    INTERNAL = "internal"  # the coordinator could not apply an event of its workflow
 
     @classmethod
     def parse(cls, value: Any) -> FailKind:

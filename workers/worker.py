@@ -117,7 +117,12 @@ class Worker:
         self.outbox = Outbox(home.completions(), self.id, on_event=on_event, published=wake)
         self.telemetry = Telemetry(home.root, f"tuiflow-worker/{self.id}")
         setup = AttemptSetup(
-            home.root, self.id, self.telemetry, gpus_managed=gpus is not None, kill_grace=kill_grace
+            home.root,
+            self.id,
+            self.telemetry,
+            gpus_managed=gpus is not None,
+            kill_grace=kill_grace,
+            max_log_bytes=home.settings.max_log_bytes,
         )
         self.runner = AttemptRunner(setup, slots, self.wake, name=self.id)
         waiter = ChangeWaiter(
@@ -203,7 +208,9 @@ class Worker:
                 return
             if not self._keep_up(now):
                 continue
-            claimed = 0 if self._drain else self._fill_slots()
+            # While the outbox cannot write (a full disk) new work would only pile up events
+            # (and fail on the same disk): claim nothing until it can.
+            claimed = 0 if self._drain or self.outbox.stalled else self._fill_slots()
             self.outbox.flush(running=bool(runner.running))
             if self._drain and not runner.running:
                 return
@@ -254,8 +261,9 @@ class Worker:
         deadline = self.runner.next_deadline()
         if deadline is not None:
             timeout = max(0.0, min(timeout, deadline - now))
-        if not self.slots.free or self._drain:
-            # New messages cannot matter until an attempt ends: wait for that alone.
+        if not self.slots.free or self._drain or self.outbox.stalled:
+            # New messages cannot matter until an attempt ends (or the outbox can write):
+            # wait for that alone.
             self.wakeups.wait(timeout, self.runner.inline, queues=False)
             return
         due = self.queues.next_due_in()  # a retry waiting out its backoff: wake when it is due
@@ -324,7 +332,7 @@ class Worker:
         try:
             decoded = wire.decode_task_payload(msg.payload)
         except WireError as e:
-            q.quarantine(msg.path, str(e))
+            q.quarantine(msg.path, f"worker {self.id}: {e}")  # logged there
             return 0
         if isinstance(decoded, wire.Bundle):
             live = [task for task in decoded.members if not self.markers.cancelled(task.wf)]

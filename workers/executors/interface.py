@@ -13,6 +13,14 @@ Two kinds, told apart by the class attribute ``inline`` (never by probing for me
 
 Either way the worker prepares the attempt (directory, span, environment: `TaskContext`)
 before, and collects its output and writes its spans after, the same for every executor.
+
+The attempt's files are reached through ``ctx.files`` (`workers.attemptdir.AttemptDir`),
+never by path: ``ctx.files.log(layout.STDOUT_FILE)`` is the stdout log, opened without
+following links and capped at the home's ``max_log_bytes`` (`workers.logcap.CappedLog`),
+and ``ctx.files.write(layout.OUTPUT_FILE, data)`` writes an output the executor holds. The
+``*_path`` fields are for the task (its environment) and for messages. An
+`UnsafePathError` raised by ``ctx.files`` may be left to propagate: the attempt fails
+with reason ``setup``, naming the path.
 Executors subclass the protocol they implement, which gives them the defaults of the
 optional methods (`warm`).
 """
@@ -23,6 +31,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol
 
+from workers.attemptdir import AttemptDir
 from workers.wire import FailKind, TaskMessage
 
 
@@ -48,6 +57,11 @@ class TaskContext:
     should_stop: Callable[[], FailKind | None]
     #: seconds between SIGTERM and SIGKILL when an attempt is stopped
     kill_grace: float = 5.0
+    #: the attempt's directory, open: its files are created, written and read through it
+    files: AttemptDir | None = None
+    #: an output the executor already holds and wrote with ``files.write`` (the worker
+    #: does not read it back); None: the worker reads ``output.json`` if there is one
+    output: bytes | None = None
 
     @property
     def env(self) -> dict[str, str]:

@@ -5,6 +5,13 @@ stay loaded. The worker waits for its reply with the attempt's deadline and stop
 a timeout, a cancel or a crash kills the process (and its group) and the next task gets
 a fresh one. A worker with one thread forks the process (`pyrunner.fork_serving`); one
 with threads starts a fresh interpreter.
+
+The executor process opens nothing in the home: what a task printed waits in its
+node-local scratch files, and its return value comes back in the reply. Here, the worker
+copies the printed bytes into the attempt's logs, capped at ``max_log_bytes`` (only the
+head and the tail are read: `logcap.CappedLog.absorb`), and writes the output file, both
+through the attempt's open directory (`ctx.files`). A killed or crashed task's output is
+rescued from the scratch files the same way.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ import threading
 import time
 
 from analyzer.contract import EXECUTE_SPAN, SETUP_SPAN
-from spool.atomic import append
+from spool import layout
 from workers.executors.interface import InlineExecutor, Outcome, Phase, TaskContext
 from workers.forked import ForkedProcess
 from workers.framing import read_frame, write_frame
-from workers.supervise import describe_exit, kill_group, tail
+from workers.supervise import describe_exit, kill_group
 from workers.wire import FailKind
+
+_STREAMS = (("stdout", layout.STDOUT_FILE), ("stderr", layout.STDERR_FILE))
 
 MIN_SETUP_SPAN = 0.005  # seconds
 
@@ -95,24 +104,49 @@ class PythonExecutor(InlineExecutor):
         if proc is None:
             return None
         kill_group(proc, grace)
-        if ctx is not None:
-            self._rescue_output(proc.pid, ctx)
-        if self.scratch:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            self.scratch = None
+        try:
+            if ctx is not None:
+                self._copy_printed(ctx, proc.pid)  # what a killed or crashed task printed
+        finally:
+            if self.scratch:
+                shutil.rmtree(self.scratch, ignore_errors=True)
+                self.scratch = None
         return proc.returncode
 
-    def _rescue_output(self, pid: int, ctx: TaskContext) -> None:
-        """What a killed or crashed task printed is still in the scratch files (named by
-        `pyrunner.Runner`, in its node-local scratch directory): keep it."""
-        for name, dest in (("stdout", ctx.stdout_path), ("stderr", ctx.stderr_path)):
+    def _copy_printed(self, ctx: TaskContext, pid: int, sizes: list[int] | None = None) -> None:
+        """Copy what the task printed (`sizes`: bytes of stdout and stderr; None: all the
+        scratch files hold) from the executor process's scratch files (named by
+        `pyrunner.Runner`, in its node-local scratch directory) into the attempt's logs."""
+        assert ctx.files is not None
+        for i, (stream, name) in enumerate(_STREAMS):
+            if sizes is not None and not sizes[i]:
+                continue
             try:
-                with open(f"{self.scratch}/{name}.{pid}", "rb") as src:
-                    data = src.read()
-                if data:
-                    append(dest, data)
+                src = os.open(f"{self.scratch}/{stream}.{pid}", os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
-                pass
+                continue
+            try:
+                n = sizes[i] if sizes is not None else os.fstat(src).st_size
+                if n:
+                    with ctx.files.log(name) as log:
+                        log.absorb(src, n)
+            finally:
+                os.close(src)
+
+    def _take_value(self, ctx: TaskContext, reply: dict) -> None:
+        """Write the task's return value (JSON text in the reply, or in a scratch file) as
+        its output file; it replaces one the task may have written itself."""
+        data: bytes | None = None
+        if "value" in reply:
+            data = reply["value"].encode()
+        elif "value_file" in reply:
+            with open(reply["value_file"], "rb") as f:
+                data = f.read()
+            os.unlink(reply["value_file"])
+        if data is not None:
+            assert ctx.files is not None
+            ctx.files.write(layout.OUTPUT_FILE, data)
+            ctx.output = data
 
     def warm(self) -> None:
         """Start the executor process ahead of the first task (it imports while we wait)."""
@@ -149,9 +183,6 @@ class PythonExecutor(InlineExecutor):
             "kwargs": spec.get("kwargs", {}),
             "cwd": ctx.cwd,
             "base_dir": ctx.msg.base_dir or ctx.cwd,
-            "stdout": ctx.stdout_path,
-            "stderr": ctx.stderr_path,
-            "output": ctx.output_path,
         }
         base, task = ctx.base_env, ctx.task_env
         if self._env is None or self._env[0] is not base:
@@ -188,7 +219,8 @@ class PythonExecutor(InlineExecutor):
             reply = None
         if reply is None:
             code = self._discard(ctx)
-            err = tail(ctx.stderr_path, 2000)
+            assert ctx.files is not None
+            err = ctx.files.tail(layout.STDERR_FILE, 2000)
             return Outcome.failed(
                 FailKind.ERROR,
                 f"python executor process died ({describe_exit(code if code is not None else -9)})"
@@ -196,6 +228,9 @@ class PythonExecutor(InlineExecutor):
                 exit_code=code,
             )
         self.tasks_run += 1
+        sizes = reply.get("out")
+        if sizes and any(sizes) and self.proc is not None:
+            self._copy_printed(ctx, self.proc.pid, sizes)
         phases = []
         if "import" in reply:
             setup_end = reply["import"][1]
@@ -205,6 +240,7 @@ class PythonExecutor(InlineExecutor):
                 phases.append(Phase(SETUP_SPAN, self._t0, setup_end, {"warm": self.tasks_run > 1}))
             phases.append(Phase(EXECUTE_SPAN, *reply["execute"]))
         if reply.get("ok"):
+            self._take_value(ctx, reply)
             return Outcome.completed(phases=phases)
         return Outcome.failed(FailKind.ERROR, reply.get("error") or "failed", phases=phases)
 
