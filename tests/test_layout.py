@@ -25,6 +25,7 @@ WORDS = {
     layout.LEASE_DIR,
     layout.KILL_DIR,
     layout.CANCEL_MARKER,
+    layout.BROKEN_MARKER,
     layout.READY_DIR,
     layout.CLAIMED_DIR,
     layout.DELAYED_DIR,

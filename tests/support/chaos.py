@@ -1533,7 +1533,7 @@ def _scan_logs(fleet: Fleet, result: ChaosResult) -> None:
         result.takeover_requeues += sum("which did not queue it" in ln for ln in text.splitlines())
         if "Traceback (most recent call last)" not in text:
             continue
-        blocks = text.split("Traceback (most recent call last)")[1:]
+        blocks = text.split("Traceback (most recent call last):")[1:]
         lasts = []
         for b in blocks:
             lines = [ln for ln in b.splitlines() if ln.strip()]

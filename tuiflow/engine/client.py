@@ -8,22 +8,22 @@ summaries; a status reads one state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import json
 import os
 import secrets
-import shutil
 import time
 from typing import Any
 
-from analyzer.fmt import fmt_age
-from spool import Home, SpoolError, layout
+from spool import Home, SpoolError, StorageError, layout
 from spool.fsops import listdir
 from spool.liveness import SUFFIX as HB_SUFFIX
 from spool.liveness import decode, fs_age, fs_now, read_raw
+from tuiflow.engine.markers import Markers
 from tuiflow.engine.model import Definition
-from tuiflow.engine.runstate import RUNNING, STATE_NAMES, TERMINAL, WF_TERMINAL, NotRetryable, RunState
+from tuiflow.engine.runstate import STATE_NAMES, TERMINAL, WF_TERMINAL, NotRetryable, RunState
 from tuiflow.engine.store import WorkflowStore
 from tuiflow.errors import NotFound
 from workers.wire import ControlOp, ControlRequest
@@ -127,6 +127,9 @@ class Client:
     def cancel(self, wf: str) -> str:
         """Ask the coordinator to cancel a workflow (an id or unique prefix); returns its id."""
         wf_id = self.store.resolve(wf)
+        if self.store.broken(wf_id) is not None:
+            # The coordinator leaves a broken workflow alone: tell its workers directly.
+            Markers(self.home.root).cancelled(wf_id)
         self._request(ControlOp.CANCEL, wf_id)
         return wf_id
 
@@ -183,6 +186,8 @@ class Client:
             "owner": run.definition.owner,
             "source": run.definition.source,
             "stats": dict(run.stats),
+            # why the workflow failed as a whole (not a task's failure), if it did
+            "error": self.store.broken(run.wf_id) or run.error,
             "coordinator": self.coordinator_info(),
             "tasks": [
                 {
@@ -225,21 +230,29 @@ class Client:
         return layout.resolve(self.home.root, layout.attempt_dir_rel(run.wf_id, task, n))
 
     def coordinator_info(self) -> dict[str, Any] | None:
-        """Who holds the coordinator lease (holder, host, pid, generation) and how long ago it renewed (seconds, by the file server's clock); None if nobody ever did."""
+        """Who holds the coordinator lease (holder, host, pid, generation), how long ago it
+        renewed (seconds, by the file server's clock), whether its head entry is readable
+        and whether the holder is a process of this host that is gone; None if nobody ever
+        held it."""
         lease = self.home.lease("observer")
-        for _ in range(3):
+        age = None
+        for _ in range(5):
             info = lease.inspect()
             if info is None:
                 return None
             age = fs_age(lease.entry_path(info.version))
             if age is not None:
                 break  # else that entry was followed (renewed) between the two reads: look again
+        if age is None:
+            age = fs_age(lease.path)  # renewing faster than we look: the directory changed just now
         return {
             "holder": info.holder,
             "host": info.host,
             "pid": info.pid,
             "generation": info.generation,
             "age_seconds": age,
+            "readable": info.readable,
+            "gone_here": info.gone_here,
         }
 
     def workers(self, now: float | None = None) -> list[dict[str, Any]]:
@@ -270,6 +283,7 @@ class Client:
             except (OSError, SpoolError):
                 continue
             age = fs_age(path, server_now)
+            stale = age is not None and age > self.home.settings.dead_after
             info = dict(hb.info)
             out.append(
                 {
@@ -280,10 +294,10 @@ class Client:
                     "slots": info.get("slots"),
                     "gpus": info.get("gpus"),
                     "running": info.get("running", []),
-                    "state": "dead" if dead else info.get("state", "running"),
+                    "state": "dead" if dead or stale else info.get("state", "running"),
                     "heartbeat_age": age,
                     "tasks_done": info.get("tasks_done", 0),
-                    "dead": dead or (age is not None and age > self.home.settings.dead_after),
+                    "dead": dead or stale,
                 }
             )
         return out
@@ -306,141 +320,44 @@ class Client:
 
     # ------------------------------------------------------------------ doctor
     def doctor(self, *, stuck_after: float = 600.0) -> dict[str, Any]:
-        """Health of the home: lease, workers, queues, poison, stuck tasks.
+        """The health of the home (`tuiflow.engine.health.examine`): only live problems."""
+        from tuiflow.engine.health import examine
 
-        Only live problems count: a dead worker whose work the coordinator has already
-        given back is history (it is listed, not reported), and an idle home needs no
-        coordinator.
-        """
-        problems: list[str] = []
-        try:
-            self.home.check_writable()
-            writable = True
-        except SpoolError as e:
-            writable = False
-            problems.append(str(e))
-        queues = self.queues()
-        unfinished, stuck, holding = _unfinished_work(self.store, problems, stuck_after)
-        for q in queues:
-            holding.update(w for w, names in self.home.queue(q["name"]).claimed().items() if names)
-        pending = unfinished or any(q["ready"] or q["delayed"] or q["claimed"] for q in queues)
-        coordinator = self.coordinator_info()
-        if coordinator is None or not coordinator["holder"]:
-            if pending:
-                problems.append(
-                    "no coordinator holds the lease, and there is unfinished work: start "
-                    "`tuiflow coordinator` (or use `tuiflow run-local`)"
-                )
-        elif (
-            coordinator["age_seconds"] is not None
-            and coordinator["age_seconds"] > 2 * self.home.settings.lease_ttl
-        ):
-            problems.append(
-                f"coordinator {coordinator['holder']} has not renewed its lease for {coordinator['age_seconds']:.0f} s"
-            )
-        workers = self.workers()
-        poison = self._queue_problems(queues, workers, holding, problems)
-        if stuck:
-            problems.append(f"{len(stuck)} task(s) waiting or running for more than {stuck_after:g} s")
-        return {
-            "home": self.home.root,
-            "layout_version": self.home.layout.get("version"),
-            "writable": writable,
-            "settings": self.home.settings.to_json(),
-            "coordinator": coordinator,
-            "workers": workers,
-            "queues": queues,
-            "poison": poison,
-            "stuck": stuck,
-            "problems": problems,
-            "ok": not problems,
-        }
-
-    def _queue_problems(
-        self,
-        queues: list[dict[str, Any]],
-        workers: list[dict[str, Any]],
-        holding: set[str],
-        problems: list[str],
-    ) -> list[dict[str, Any]]:
-        """Problems of workers and queues (added to `problems`): dead workers that still hold
-        work, poison messages (returned), ready work no live worker serves."""
-        for w in workers:
-            if w["dead"] and w["id"] in holding:
-                problems.append(
-                    f"worker {w['id']} on {w['host']} is dead (last heartbeat {fmt_age(w['heartbeat_age'])} ago) "
-                    "and still holds work: the coordinator gives it back once it notices"
-                )
-        poison = []
-        for q in queues:
-            if q["dead"]:
-                for dm in self.home.queue(q["name"]).dead():
-                    poison.append({"queue": q["name"], "message": dm.name, "reason": dm.reason})
-                problems.append(f"queue {q['name']} has {q['dead']} poison message(s) in dead/")
-        serving = {name for w in workers if not w["dead"] for name in w["queues"]}
-        for q in queues:
-            if q["ready"] and q["name"] not in serving:
-                problems.append(
-                    f"queue {q['name']} has {q['ready']} ready message(s) and no live worker serves it"
-                )
-        return poison
+        return examine(self, stuck_after=stuck_after)
 
     # ------------------------------------------------------------------- purge
     def purge(self, *, all_: bool = False) -> list[str]:
-        """Delete finished workflows (all workflows with `all_`), and dead workers' records."""
-        removed = []
+        """Delete finished workflows (and broken or corrupt ones; all workflows with `all_`),
+        and dead workers' records. Returns the ids of the workflows removed; StorageError
+        (naming the first workflow that could not be removed, after trying them all) if any
+        could not be."""
+        removed, failed = [], []
         for s in self.store.summaries():
-            if all_ or s.get("state") in WF_TERMINAL:
-                shutil.rmtree(self.store.dir(s["id"]), ignore_errors=True)
-                removed.append(s["id"])
+            dead = s.get("state") in WF_TERMINAL or s.get("state") == "corrupt"
+            if all_ or dead or self.store.broken(s["id"]) is not None:
+                try:
+                    self.store.remove(s["id"])
+                    removed.append(s["id"])
+                except StorageError as e:
+                    failed.append(e)
+        self.store.remove_leftovers(time.time())
         try:
             for name in listdir(self.home.workers_dir):
                 if name.endswith(layout.DEAD_SUFFIX):
-                    os.unlink(f"{self.home.workers_dir}/{name}")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(f"{self.home.workers_dir}/{name}")
         except FileNotFoundError:
             pass
+        except OSError as e:
+            failed.append(StorageError.from_os("remove dead workers' records in", self.home.workers_dir, e))
+        if failed:
+            first = failed[0]
+            raise StorageError(
+                f"removed {len(removed)} workflow(s); {len(failed)} could not be removed: {first}",
+                path=first.path,
+                errno=first.errno,
+            )
         return removed
-
-
-def _unfinished_work(
-    store: WorkflowStore, problems: list[str], stuck_after: float
-) -> tuple[bool, list[dict[str, Any]], set[str]]:
-    """Whether any workflow is unfinished, its tasks stuck for `stuck_after` seconds,
-    and the workers its running attempts are on (problems found on the way are added)."""
-    unfinished = False
-    stuck: list[dict[str, Any]] = []
-    running_on: set[str] = set()
-    now = time.time()
-    for s in store.summaries():
-        if s.get("state") == "corrupt":
-            problems.append(s.get("error", "corrupt workflow record"))
-            continue
-        if s.get("state") in WF_TERMINAL:
-            continue
-        unfinished = True
-        try:
-            run, _ = store.load_run(s["id"])
-        except (SpoolError, NotFound) as e:
-            problems.append(f"workflow {s['id']}: {e}")
-            continue
-        running_on.update(w for i, w in run.worker.items() if run.st[i] == RUNNING)
-        for v in task_views(run, now):
-            if v.state == "ready" and v.queued_for and v.queued_for > stuck_after:
-                stuck.append(
-                    {"workflow": run.wf_id, "task": v.name, "state": v.state, "for_seconds": v.queued_for}
-                )
-            elif v.state == "running" and v.ran_for and v.ran_for > stuck_after:
-                timeout = run.definition.tasks[run.definition.index[v.name]].timeout
-                if timeout is None or v.ran_for > timeout:
-                    stuck.append(
-                        {
-                            "workflow": run.wf_id,
-                            "task": v.name,
-                            "state": v.state,
-                            "for_seconds": v.ran_for,
-                        }
-                    )
-    return unfinished, stuck, running_on
 
 
 def _whoami() -> str:

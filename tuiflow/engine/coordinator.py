@@ -38,8 +38,10 @@ from spool import ChangeWaiter, DeposedError, Home, SpoolError, SpoolQueue
 from spool.watch import drain
 from tuiflow.engine.dispatch import Dispatcher
 from tuiflow.engine.intake import Intake
-from tuiflow.engine.loaded import Loaded, LoadedRuns
+from tuiflow.engine.isolation import Isolation
+from tuiflow.engine.loaded import TRANSIENT, Loaded, LoadedRuns
 from tuiflow.engine.markers import Markers
+from tuiflow.engine.outage import wait_out
 from tuiflow.engine.runstate import (
     Action,
     Changed,
@@ -148,7 +150,10 @@ class Coordinator:
         """The parts the loop composes: intake, dispatch, the sweepers, the spans."""
         home = self.home
         self.spans = CoordinatorSpans(self.telemetry, self.id)
-        self.intake = Intake(self.runs, self.markers, self._apply)
+        self.isolation = Isolation(
+            self.runs, self.markers, self._apply, lambda wf_id: self._to_push.pop(wf_id, None), self.clock
+        )
+        self.intake = Intake(self.runs, self.markers, self._apply, self.isolation.guard, self._start)
         self.dispatcher = Dispatcher(home.root, self.queue, self.spans, bundle_max)
         self.dead_workers = DeadWorkers(
             home.workers_dir, home.settings.dead_after, self.runs, self.task_queues, self._apply, self.spans
@@ -189,9 +194,12 @@ class Coordinator:
         )
         try:
             take_over_claims(self.lease, self.id, (self.completions, self.control))
-            self._adopt(self.clock())
+            self.runs.adopt_unfinished(self._start)  # every unfinished workflow
             while not self.stop_event.is_set():
-                self._round()
+                try:
+                    self._round()
+                except TRANSIENT as e:
+                    wait_out(e, self._resume_from_disk, self.stop_event, self.id)
         except DeposedError as e:
             log.error("%s: %s; stopping without claiming or writing anything more", self.id, e)
             raise
@@ -233,6 +241,17 @@ class Coordinator:
         woken = [self.wake_fd] if self.wake_fd is not None else []
         if self._waiter is not None and self._waiter.wait(timeout, woken) and woken:
             drain(self.wake_fd)
+
+    def _resume_from_disk(self) -> None:
+        """Forget what is not on disk and go on from what is, as a successor would."""
+        self.lease.renew()  # our right to write (DeposedError if it went), and a write that must succeed
+        self._unacked = []  # given back with every claim of ours, below
+        self._to_push = {}
+        self._unflushed_since = None
+        self.runs.forget_all()
+        take_over_claims(self.lease, self.id, (self.completions, self.control), mine_too=True)
+        self.repair.after_takeover()
+        self.runs.adopt_unfinished(self._start)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -285,7 +304,7 @@ class Coordinator:
         handled = len(controls) + len(events)
         if handled:
             self.rounds += 1
-            self.runs.admit(lambda wf_id, loaded: self._apply(wf_id, loaded, loaded.run.start(now), now))
+            self.runs.admit(self._start)
             if self._unflushed_since is None:
                 self._unflushed_since = time.monotonic()
         age = time.monotonic() - self._unflushed_since if self._unflushed_since is not None else -1.0
@@ -305,7 +324,7 @@ class Coordinator:
         """Write every touched state, queue the tasks they made ready, then ack (or give
         back) the messages applied to them."""
         self._ended_unflushed = False
-        failed = self.runs.write_dirty(self.lease.assert_held)
+        failed = self.runs.write_dirty(self.lease.assert_held, self.isolation.unwritable)
         queued = self._push(now, failed)
         for queue, msg, wfs in self._unacked:
             if wfs & failed:
@@ -328,7 +347,8 @@ class Coordinator:
                 continue
             # Tasks that could not be queued fail; what that changes is written (and
             # anything it makes ready queued) at the next commit.
-            self._apply(wf_id, loaded, self.dispatcher.dispatch(wf_id, loaded.run, dispatches, now), now)
+            with self.isolation.guard(wf_id):
+                self._apply(wf_id, loaded, self.dispatcher.dispatch(wf_id, loaded.run, dispatches, now), now)
             if loaded.dirty and self._unflushed_since is None:
                 self._unflushed_since = time.monotonic()
         return self.dispatcher.queued - before
@@ -361,13 +381,14 @@ class Coordinator:
         take_over_claims(self.lease, self.id, (self.completions, self.control))
         self.dead_workers.sweep(now)
         for wf_id, loaded in self.runs.items():
-            actions = loaded.run.check_timeouts(now, self.timeout_grace)
-            if actions:
-                self._apply(wf_id, loaded, actions, now)
+            with self.isolation.guard(wf_id):
+                actions = loaded.run.check_timeouts(now, self.timeout_grace)
+                if actions:
+                    self._apply(wf_id, loaded, actions, now)
         self.repair.sweep(now)
         mono = time.monotonic()
         if mono >= self._next_adopt:
-            self._adopt(now)
+            self.runs.adopt_unfinished(self._start)  # a submit whose request was lost
             self._next_adopt = mono + 5.0
         if mono >= self._next_janitor:
             queues = [self.completions, self.control, *self.task_queues()]
@@ -376,10 +397,11 @@ class Coordinator:
             self._next_janitor = mono + JANITOR_INTERVAL
         self.commit(now)
 
-    def _adopt(self, now: float) -> None:
-        """Load every unfinished workflow (at start, and every 5 s for lost submits) and
-        admit what may start."""
-        self.runs.adopt_unfinished(lambda wf_id, x: self._apply(wf_id, x, x.run.start(now), now))
+    def _start(self, wf_id: str, loaded: Loaded) -> None:
+        """Admit a workflow: its roots become ready."""
+        now = self.clock()
+        with self.isolation.guard(wf_id):
+            self._apply(wf_id, loaded, loaded.run.start(now), now)
 
     def _log_stats(self, mono: float) -> None:
         last_t, last_n = self._last_stats

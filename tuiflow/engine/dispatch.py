@@ -8,15 +8,16 @@ least `wire.BUNDLE_SPREAD` messages, so up to that many slots start at once; a w
 back what is left of a bundle when a task of it runs long (`workers.slots`). Delayed
 retries and GPU tasks always travel alone.
 
-An attempt that cannot be queued (a template that fails, a message over the size limit, a
-full disk) fails as `setup`, with a closed error span, and does not spend a retry.
+An attempt that cannot be queued (a template that fails, a message over the size limit)
+fails as `setup`, with a closed error span, and does not spend a retry. A file system that
+fails (full, read-only) fails no attempt: the coordinator waits until it works again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from spool import DeposedError, SpoolError, SpoolQueue, layout
+from spool import DeposedError, SpoolError, SpoolQueue, StorageError, layout
 from tuiflow.engine.expr import ExpressionError, MissingValue, Template, has_template, render_value, to_text
 from tuiflow.engine.runstate import Action, Dispatch, RunState
 from tuiflow.engine.spans import CoordinatorSpans, workflow_traceparent
@@ -100,8 +101,11 @@ class Dispatcher:
             else:
                 bundle = Bundle(tuple(messages))
                 self.queue(queue).put(bundle.to_wire(), priority=priority, msg_id=bundle.message_id)
-        except DeposedError:
-            raise  # the lease's fence refused the put: the coordinator stops
+        except (DeposedError, StorageError):
+            # The lease's fence refused the put (the coordinator stops), or the file system
+            # failed (full, read-only: the coordinator waits and resumes from disk, where
+            # the attempt is queued but its message missing, which repair puts right).
+            raise
         except SpoolError as e:
             if len(messages) > 1:  # too large as one message, say: each on its own
                 return [a for m in messages for a in self._put(wf_id, run, queue, priority, [m], now)]

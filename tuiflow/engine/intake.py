@@ -4,10 +4,12 @@ a state (the coordinator's group commit does), only the cancel marker workers wa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
+from spool import layout
 from tuiflow.engine.loaded import Loaded, LoadedRuns
 from tuiflow.engine.markers import Markers
 from tuiflow.engine.runstate import WF_PENDING, Action, NotRetryable, RunState
@@ -22,6 +24,8 @@ class Intake:
 
     Parameters:
         apply: carries out the actions an application returns (the coordinator's).
+        guard: isolates what happens to one workflow (`isolation.Isolation.guard`).
+        start: admits a workflow (the coordinator's).
     """
 
     def __init__(
@@ -29,10 +33,14 @@ class Intake:
         runs: LoadedRuns,
         markers: Markers,
         apply: Callable[[str, Loaded, list[Action], float], None],
+        guard: Callable[[str], contextlib.AbstractContextManager[None]],
+        start: Callable[[str, Loaded], None],
     ):
         self.runs = runs
         self.markers = markers
         self.apply = apply
+        self.guard = guard
+        self.start = start
         self.events_applied = 0
         self.completions = 0
         self.duplicates = 0
@@ -47,13 +55,18 @@ class Intake:
         loaded = self.runs.get(req.wf)
         if loaded is None:
             return set()
+        with self.guard(req.wf):
+            self._control(req, loaded, now)
+        return {req.wf}
+
+    def _control(self, req: ControlRequest, loaded: Loaded, now: float) -> None:
         run = loaded.run
         if req.op is ControlOp.SUBMIT:
             if run.state == WF_PENDING:
                 self.runs.wait_for_admission(req.wf)
-            self.runs.admit(lambda wf_id, x: self.apply(wf_id, x, x.run.start(now), now))
+            self.runs.admit(self.start)
         elif run.seen_request(req.request):
-            return {req.wf}  # a redelivered cancel or retry changes nothing
+            return  # a redelivered cancel or retry changes nothing
         elif req.op is ControlOp.CANCEL:
             self.markers.cancelled(req.wf)  # workers stop its running tasks
             self.runs.withdraw(req.wf)
@@ -64,11 +77,10 @@ class Intake:
                 actions = run.retry(req.tasks, now)
             except NotRetryable as e:
                 log.error("retry of %s refused: %s", req.wf, e)
-                return {req.wf}
+                return
             self.markers.not_cancelled(req.wf)
             self.apply(req.wf, loaded, actions, now)
             loaded.dirty = True
-        return {req.wf}
 
     def events(self, payload: Any, now: float) -> set[str]:
         """Apply a worker's message of events; returns the workflows it touched.
@@ -90,6 +102,11 @@ class Intake:
             except WireError as e:
                 log.warning("ignoring a malformed event from %s: %s", message.worker, e)
                 continue
+            if ev.output_ref is not None and not layout.stays_inside(ev.output_ref[0]):
+                log.warning(
+                    "ignoring an event from %s whose output path leaves the home: %s", message.worker, ev
+                )
+                continue
             loaded = self.runs.get(ev.key.wf)
             if loaded is None:
                 continue
@@ -97,13 +114,14 @@ class Intake:
             started_at = min(at, ev.started_at + shift) if ev.started_at else None
             before = loaded.run.stats["duplicates_ignored"]
             self.events_applied += 1
-            actions = _apply_event(loaded.run, ev, message.worker, at, started_at)
-            if ev.kind is EventKind.COMPLETED:
-                self.completions += 1
-            self.duplicates += loaded.run.stats["duplicates_ignored"] - before
-            loaded.dirty = True
             touched.add(ev.key.wf)
-            self.apply(ev.key.wf, loaded, actions, at)
+            with self.guard(ev.key.wf):
+                actions = _apply_event(loaded.run, ev, message.worker, at, started_at)
+                if ev.kind is EventKind.COMPLETED:
+                    self.completions += 1
+                self.duplicates += loaded.run.stats["duplicates_ignored"] - before
+                loaded.dirty = True
+                self.apply(ev.key.wf, loaded, actions, at)
         return touched
 
 

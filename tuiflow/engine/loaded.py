@@ -15,11 +15,14 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 
-from spool import ConflictError, DeposedError, SpoolError
+from spool import ConflictError, DeposedError, LockLostError, LockTimeout, SpoolError, StorageError
 from tuiflow.engine.runstate import RUNNING, WF_PENDING, WF_TERMINAL, RunState
 from tuiflow.engine.store import WorkflowStore, is_terminal
 
 log = logging.getLogger("tuiflow.engine.coordinator")
+
+#: failures of the file system that pass: what they hit is tried again later
+TRANSIENT = (StorageError, LockTimeout, LockLostError, ConflictError)
 
 
 @dataclasses.dataclass
@@ -43,12 +46,19 @@ class LoadedRuns:
         self.max_running = max_running
         self._loaded: dict[str, Loaded] = {}
         self._waiting: collections.deque[str] = collections.deque()  # admission FIFO
+        self._broken: set[str] = set()
         self.conflicts = 0
 
     def get(self, wf_id: str) -> Loaded | None:
-        """The workflow's state, loaded on first use; None if it cannot be (logged)."""
+        """The workflow's state, loaded on first use; None if it cannot be (logged), or if
+        it is marked broken (the coordinator gave up on it)."""
         loaded = self._loaded.get(wf_id)
         if loaded is None:
+            if wf_id in self._broken or self.store.broken(wf_id) is not None:
+                if wf_id not in self._broken:
+                    log.warning("leaving workflow %s alone: it is marked broken", wf_id)
+                    self._broken.add(wf_id)
+                return None
             try:
                 run, version = self.store.load_run(wf_id)
             except SpoolError as e:
@@ -109,10 +119,13 @@ class LoadedRuns:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def write_dirty(self, fence: Callable[[], None]) -> set[str]:
+    def write_dirty(
+        self, fence: Callable[[], None], unwritable: Callable[[str, Exception], None]
+    ) -> set[str]:
         """Write every dirty state once (`fence` checked right before each rename); returns
         the workflows whose write failed: they are dropped, to be loaded again (what was
-        applied to them must be applied again: the caller gives back those messages)."""
+        applied to them must be applied again: the caller gives back those messages). A
+        state that cannot be written at all (it does not encode) goes to `unwritable`."""
         failed = set()
         for wf_id, loaded in list(self._loaded.items()):
             if not loaded.dirty:
@@ -130,14 +143,29 @@ class LoadedRuns:
                 continue
             except DeposedError:
                 raise
-            except SpoolError as e:
+            except TRANSIENT as e:
                 log.error("cannot write state of %s: %s (will retry)", wf_id, e)
                 self._loaded.pop(wf_id, None)
                 failed.add(wf_id)
                 continue
+            except Exception as e:  # a value the record cannot hold: this workflow cannot go on
+                self._loaded.pop(wf_id, None)
+                unwritable(wf_id, e)
+                continue
             if loaded.run.terminal and not loaded.run.counts[RUNNING]:
                 self._loaded.pop(wf_id, None)  # finished: nothing will change it until a retry
         return failed
+
+    def forget_all(self) -> None:
+        """Forget every state in memory (they are loaded again from disk on use); what is
+        marked broken stays so."""
+        self._loaded.clear()
+        self._waiting.clear()
+
+    def drop(self, wf_id: str) -> None:
+        """Forget a workflow's state (it is broken: never loaded again)."""
+        self._loaded.pop(wf_id, None)
+        self._broken.add(wf_id)
 
     def __len__(self) -> int:
         return len(self._loaded)

@@ -21,7 +21,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from spool import Home, LeaseHeldError, layout
+from spool import Home, LeaseHeldError, layout, perms
+from spool.atomic import open_for_append
 from spool.watch import WakePipe
 from tuiflow.engine.client import Client
 from tuiflow.engine.coordinator import Coordinator, freeze_heap
@@ -145,7 +146,7 @@ class LocalRun:
         On Linux they are forked from this process when nothing else runs in it yet (no
         other thread: forking then is safe), so they start in milliseconds with everything
         already imported; otherwise each is a `tuiflow worker` process of its own."""
-        os.makedirs(os.path.dirname(layout.worker_log(self.home.root, "any")), exist_ok=True)
+        perms.makedirs(os.path.dirname(layout.worker_log(self.home.root, "any")))
         # Linux only: on macOS a forked child may crash in system frameworks the parent used.
         fork = sys.platform.startswith("linux") and threading.active_count() == 1
         for i in range(self.n_workers):
@@ -194,7 +195,7 @@ class LocalRun:
         code = 1
         try:
             os.setsid()
-            out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            out = open_for_append(log_path)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(out, 1)

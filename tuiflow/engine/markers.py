@@ -1,5 +1,6 @@
-"""Markers the coordinator leaves for workers: a workflow was cancelled (its running
-tasks stop), an attempt timed out (it stops). Workers look for them every 0.25 s while
+"""Markers the coordinator leaves: a workflow was cancelled (workers stop its running
+tasks), an attempt timed out (its worker stops it), a workflow is broken (the coordinator
+could not apply it, nor even record that it failed: it leaves it alone from then on). Workers look for them every 0.25 s while
 they run tasks of the workflow (`workers.worker`); their paths are in `spool.layout`."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from spool import atomic_write, layout
+from spool import atomic_write, layout, perms
 
 
 class Markers:
@@ -31,7 +32,11 @@ class Markers:
         except FileNotFoundError:
             pass
 
+    def broken(self, wf_id: str, why: str) -> None:
+        """Mark a workflow the coordinator cannot apply or write (it skips it from then on)."""
+        atomic_write(layout.broken_marker(self.home_root, wf_id), why.encode()[:4096], fence=self.fence)
+
     def kill(self, wf_id: str, idx: int, attempt: int) -> None:
         path = layout.kill_marker(self.home_root, wf_id, idx, attempt)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        perms.makedirs(os.path.dirname(path))
         atomic_write(path, b"kill\n", fence=self.fence)

@@ -42,6 +42,7 @@ from typing import Any
 from tuiflow.engine.expr import ExpressionError, MissingValue, evaluate_condition
 from tuiflow.engine.model import Definition, _expression
 from tuiflow.errors import TuiflowError
+from workers.wire import FailKind
 
 PENDING, READY, RUNNING, COMPLETED, FAILED, SKIPPED, UPSTREAM_FAILED, CANCELLED = range(8)
 STATE_NAMES = (
@@ -68,6 +69,8 @@ WF_PENDING, WF_RUNNING, WF_COMPLETED, WF_FAILED, WF_CANCELLED = (
 WF_STATES = (WF_PENDING, WF_RUNNING, WF_COMPLETED, WF_FAILED, WF_CANCELLED)
 WF_TERMINAL = frozenset({WF_COMPLETED, WF_FAILED, WF_CANCELLED})
 RUN_FORMAT = 1
+#: seconds before an attempt the home could not take (a full disk) runs again
+STORAGE_BACKOFF = 2.0
 
 
 # ---------------------------------------------------------------------------- actions
@@ -199,6 +202,8 @@ class RunState:
         self.stats = {"completions_applied": 0, "duplicates_ignored": 0, "retries": 0}
         #: ids of control requests already applied (a redelivered request changes nothing)
         self.requests: list[str] = []
+        #: why the workflow itself failed, when no task's failure explains it
+        self.error: str | None = None
         self._done = array.array("I", bytes(4 * n))
         self._term = array.array("I", bytes(4 * n))
         self._bad = array.array("I", bytes(4 * n))
@@ -382,7 +387,8 @@ class RunState:
         exit_code: int | None = None,
         started_at: float | None = None,
     ) -> list[Action]:
-        """An attempt ended badly. `kind`: error, timeout, lost, cancelled, setup, worker stopped."""
+        """An attempt ended badly. `kind`: error, timeout, lost, cancelled, setup, worker stopped,
+        storage."""
         if not self._current(idx, attempt, (READY, RUNNING)):
             return []
         actions: list[Action] = []
@@ -395,15 +401,20 @@ class RunState:
         t = self.definition.tasks[idx]
         if self.cancel_requested or kind == "cancelled":
             self._finish(idx, CANCELLED, now, actions, error, kind="cancelled")
-        elif kind == "worker stopped":
-            # An operator stopped the worker: run it again elsewhere, without spending a retry.
+        elif kind in ("worker stopped", "storage"):
+            # An operator stopped the worker, or the home could not take the attempt's files
+            # (a full disk): the task is not to blame, so it runs again without spending a retry.
             self.attempt[idx] = attempt + 1
             self.retry_base[idx] = self.retry_base.get(idx, 0) + 1
             self._set(idx, READY)
             self.ready_at[idx] = now
-            self.reason[idx] = f"attempt {attempt}: worker {worker} stopped"
+            self.reason[idx] = (
+                f"attempt {attempt}: worker {worker} stopped"
+                if kind == "worker stopped"
+                else f"attempt {attempt}: {error}"
+            )
             actions.append(Changed(idx, "retrying", self.reason[idx]))
-            actions.append(Dispatch(idx, attempt + 1))
+            actions.append(Dispatch(idx, attempt + 1, delay=STORAGE_BACKOFF if kind == "storage" else 0.0))
         elif kind != "setup" and attempt - self.retry_base.get(idx, 0) < t.num_retries:
             self.attempt[idx] = attempt + 1
             self._set(idx, READY)
@@ -456,6 +467,30 @@ class RunState:
             return True
         self.requests = [*self.requests[-63:], request_id]
         return False
+
+    def fail(self, error: str, now: float) -> list[Action]:
+        """End the workflow as failed because it cannot go on (the coordinator could not
+        apply one of its events, say): every task not yet ended fails with `error`. Safe
+        to call on a state a transition left half-changed: it sets columns directly."""
+        actions: list[Action] = []
+        for idx, code in enumerate(self.st):
+            if code == RUNNING:
+                actions.append(Kill(idx, self.attempt[idx], self.worker.get(idx), "failed"))
+            if code not in TERMINAL:
+                self._set(idx, FAILED)
+                self.ended[idx] = now
+                self.reason[idx] = error
+                self.fail_kind[idx] = FailKind.INTERNAL
+        self.counts = [0] * len(STATE_NAMES)
+        for code in self.st:
+            self.counts[code] += 1
+        self._recount()
+        self.error = error
+        self.state = WF_FAILED
+        self.ended_at = now
+        self._finished_reported = True
+        actions.append(Finished(WF_FAILED))
+        return actions
 
     def cancel(self, now: float) -> list[Action]:
         if self.terminal and not any(self.st[i] == RUNNING for i in self.worker):
@@ -591,6 +626,7 @@ class RunState:
             "exit_code": self.exit_code,
             "fail_kind": self.fail_kind,
             "requests": self.requests,
+            "error": self.error,
         }
 
     @classmethod
@@ -619,6 +655,7 @@ class RunState:
         run.exit_code = {int(k): v for k, v in wire["exit_code"].items()}
         run.fail_kind = {int(k): v for k, v in wire.get("fail_kind", {}).items()}
         run.requests = list(wire.get("requests", []))
+        run.error = wire.get("error")
         run._recount()
         run._finished_reported = run.state in WF_TERMINAL and sum(run.counts[c] for c in TERMINAL) == len(
             run.st

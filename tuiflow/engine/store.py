@@ -35,6 +35,7 @@ from spool import (
     StorageError,
     atomic_write,
     layout,
+    perms,
     read_bytes,
 )
 from spool.atomic import process_token
@@ -124,7 +125,7 @@ class WorkflowStore:
         and the coordinator would never see) or without a state.
         """
         now = time.time() if now is None else now
-        os.makedirs(self.root, exist_ok=True)
+        perms.makedirs(self.root)
         if owner is not None:
             definition.owner = owner
         wire = definition.to_wire()
@@ -133,7 +134,7 @@ class WorkflowStore:
             wf_id = given or new_workflow_id()
             staging = layout.staging_dir(self.root, wf_id, process_token())
             try:
-                os.mkdir(staging)
+                perms.mkdir(staging)
                 self._write_new(staging, wf_id, definition, wire, now)
                 # RACE: two submitters drawing one id: renaming onto an existing (non-empty)
                 # workflow directory fails, and the loser draws again.
@@ -202,6 +203,46 @@ class WorkflowStore:
             return sorted(n for n in listdir(self.root) if not n.startswith("."))
         except FileNotFoundError:
             return []
+
+    def remove(self, wf_id: str) -> None:
+        """Delete a workflow: one rename takes it out of sight whole (a reader never sees
+        half of it), then its files are deleted. StorageError if the rename fails (nothing
+        changed); files a failed deletion leaves behind are hidden and go with `remove_leftovers`.
+        """
+        gone = layout.removing_dir(self.root, wf_id, process_token())
+        try:
+            place(self.dir(wf_id), gone)
+        except OSError as e:
+            raise StorageError.from_os("remove", self.dir(wf_id), e) from e
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def remove_leftovers(self, now: float, staging_older_than: float = 3600.0) -> None:
+        """Delete what removals left behind, and staging directories of submitters that died
+        (a submission takes seconds; one an hour old is dead)."""
+        try:
+            names = listdir(self.root)
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = f"{self.root}/{name}"
+            if name.startswith(layout.STAGING_PREFIX):
+                try:
+                    if now - os.lstat(path).st_mtime < staging_older_than:
+                        continue
+                except OSError:
+                    continue
+            elif not name.startswith(layout.REMOVING_PREFIX):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+
+    def broken(self, wf_id: str) -> str | None:
+        """Why the coordinator gave up on a workflow, if it did (its broken marker)."""
+        try:
+            return read_bytes(layout.broken_marker(self.home.root, wf_id), max_bytes=1 << 16).decode(
+                "utf-8", "replace"
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     def summary(self, wf_id: str) -> dict[str, Any] | None:
         """The workflow's summary record; None if it has none. CorruptRecordError if undecodable."""

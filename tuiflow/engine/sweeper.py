@@ -178,6 +178,11 @@ class ReadyRepair:
         self._next = 0.0
         self.repaired = 0
 
+    def after_takeover(self) -> None:
+        """Look again as after a takeover (the coordinator resumed from what is on disk)."""
+        self._takeover_looks = [2, TAKEOVER_LOOKS]
+        self._missing = set()
+
     def sweep(self, now: float) -> None:
         """After a takeover: look for every ready task's message until two conclusive looks
         (in at most TAKEOVER_LOOKS sweeps). Then: every repair_after / 3 (at least 10 s)."""
@@ -256,16 +261,19 @@ def queued_task_ids(q: SpoolQueue) -> set[str] | None:
     return present
 
 
-def take_over_claims(lease: Lease, me: str, queues: tuple[SpoolQueue, ...]) -> None:
+def take_over_claims(
+    lease: Lease, me: str, queues: tuple[SpoolQueue, ...], *, mine_too: bool = False
+) -> None:
     """Give back what an earlier coordinator claimed and never acked (it was killed
-    mid-round, or deposed). Only the lease holder claims completion and control messages,
-    so every other claimant there is a predecessor; a deposed one that still runs cannot
-    write state any more (fenced) and its late ack finds nothing. Applying is idempotent,
-    so messages it did apply cost nothing the second time."""
+    mid-round, or deposed), and with `mine_too` what this one claimed (it starts again
+    from disk). Only the lease holder claims completion and control messages, so every
+    other claimant there is a predecessor; a deposed one that still runs cannot write
+    state any more (fenced) and its late ack finds nothing. Applying is idempotent, so
+    messages it did apply cost nothing the second time."""
     lease.assert_held()  # a deposed coordinator must not take its successor's claims
     for q in queues:
         for claimant in q.claimed():
-            if claimant != me and (back := q.reap(claimant)):
+            if (claimant != me or mine_too) and (back := q.reap(claimant)):
                 log.warning(
                     "%s: %d message(s) claimed by %s were never acked; applying them again",
                     me,
