@@ -11,12 +11,14 @@ It imports nothing of ours, so every package may use it.
     fmt_bytes(1536)    '1.5 KiB'    fmt_rate(12.34)    '12.3 tasks/s'
     fmt_instant(0)     '1970-01-01 00:00:00.000Z'
     STATE_STYLE["upstream_failed"]  'dark_orange'  (a Rich style)
+    safe_text("a\x1b[2Jb")  'a␛[2Jb'    user-supplied text, safe to print
 
 A value that is not known (None) is written `MISSING`.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 #: what every formatter writes for a value that is not known (None)
@@ -94,6 +96,47 @@ def fmt_instant(epoch: float | None, *, date: bool = True) -> str:
     return text if date else text[11:]
 
 
+# --- user-supplied text ---------------------------------------------------------------------
+#: C0 controls and DEL: shown as their Unicode control pictures (one cell each, so columns
+#: stay aligned): ESC as ␛, NUL as ␀, BEL as ␇, a newline in a name as ␊
+_PICTURES = {c: chr(0x2400 + c) for c in range(0x20)} | {0x7F: "\u2421"}
+#: C1 controls (0x9B is a one-byte CSI to some terminals), bidirectional overrides and
+#: isolates (they reorder what is shown: "Trojan source"), line/paragraph separators:
+#: no picture exists, so they are written as Python writes them, ``\x9b``, ``\u202e``
+_ESCAPED = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (*range(0x80, 0xA0), 0x061C, 0x200E, 0x200F, *range(0x2028, 0x202F), *range(0x2066, 0x206A))
+}
+_ONE_LINE = str.maketrans(_PICTURES | _ESCAPED)
+_MULTI_LINE = str.maketrans({c: v for c, v in (_PICTURES | _ESCAPED).items() if c not in (0x09, 0x0A, 0x0D)})
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_CARRIAGE = re.compile("\r\n?")
+
+
+def safe_text(text: object, *, multiline: bool = False) -> str:
+    """`text` (a name, an error, an output, a log tail: anything that came from a user or a
+    file) made safe to print on a terminal: no control character is left to act on it.
+
+    C0 controls and DEL become their control pictures (``\\x1b`` → ``␛``, so an escape
+    sequence shows as ``␛[2J`` and does nothing); C1 controls and the bidirectional
+    overrides become escapes (``\\x9b``, ``\\u202e``). With `multiline`, newlines and tabs
+    are kept, and a carriage return (alone or before a newline) becomes a newline, so a
+    progress bar's redraws read as lines instead of overwriting each other.
+
+    Rich markup is not touched: print the result as a `rich.text.Text` (or with
+    ``markup=False``), never inside a markup string. JSON output needs none of this (JSON
+    escapes control characters itself). ``None`` gives ``""``; other values their `str`."""
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        text = str(text)
+    if not _UNSAFE.search(text):
+        return text  # the common case: one scan, no copy
+    if multiline:
+        return _CARRIAGE.sub("\n", text).translate(_MULTI_LINE)
+    return text.translate(_ONE_LINE)
+
+
 def rate_and_eta(
     done: int, total: int, started_at: float, ended_at: float, now: float
 ) -> tuple[float | None, float | None]:
@@ -144,5 +187,6 @@ __all__ = [
     "fmt_rate",
     "fmt_seconds",
     "rate_and_eta",
+    "safe_text",
     "state_style",
 ]

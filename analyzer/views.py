@@ -3,7 +3,9 @@
 Pure functions from an `Analysis` to a rich renderable (``rich``, ``critical-path``,
 ``e2e``, ``queuing``, ``lineage``) or a string (``json``, ``mermaid``, ``perfetto``).
 `render` picks one by name; `to_text` prints a renderable into a string (tests, pipes).
-User data (task names, data ids) is always wrapped in `Text`, never parsed as markup.
+User data (task names, worker ids and hosts, data ids, errors) is always wrapped in `Text`,
+never parsed as markup, and made safe to print first (`fmt.safe_text`: no control
+character of it reaches the terminal).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rich.tree import Tree
 
 from .critical import PathNode
 from .errors import UnknownViewError
-from .fmt import STATE_STYLE, fmt_bytes, fmt_instant, fmt_seconds
+from .fmt import STATE_STYLE, fmt_bytes, fmt_instant, fmt_seconds, safe_text
 from .lineage import CYCLE, EXTERNAL, SEEN, LineageNode, lineage_tree
 from .mermaid import render_mermaid
 from .perfetto import render_perfetto
@@ -143,7 +145,7 @@ def render_header(analysis: Analysis) -> RenderableType:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("workflow", Text(f"{trace.workflow_name or '?'}  ({trace.workflow_id or 'unknown id'})"))
+    grid.add_row("workflow", _text(f"{trace.workflow_name or '?'}  ({trace.workflow_id or 'unknown id'})"))
     grid.add_row(
         "wall", Text(f"{fmt_seconds(e2e.wall_seconds)}  from {fmt_instant(e2e.start)}  [{e2e.wall_source}]")
     )
@@ -156,7 +158,7 @@ def render_header(analysis: Analysis) -> RenderableType:
     )
     outcomes = ", ".join(f"{n} {o}" for o, n in e2e.outcomes.items()) or "none"
     grid.add_row(
-        "tasks", Text(f"{e2e.tasks} ({outcomes}); {e2e.attempts} attempts, {e2e.retried_tasks} retried")
+        "tasks", _text(f"{e2e.tasks} ({outcomes}); {e2e.attempts} attempts, {e2e.retried_tasks} retried")
     )
     grid.add_row(
         "compute / network",
@@ -169,12 +171,12 @@ def render_header(analysis: Analysis) -> RenderableType:
     read = f"{stats.spans_read} spans from {stats.files_read} file(s), {stats.lines_skipped} line(s) skipped"
     if trace.orphans:
         read += f", {len(trace.orphans)} orphan span(s)"
-    grid.add_row("read", Text(read))
+    grid.add_row("read", _text(read))
     warnings = list(trace.warnings)
     if cp.cycle:
         warnings.append("depends_on cycle: the critical path stops where it closes")
     for w in warnings:
-        grid.add_row(Text("warning", style="bold yellow"), Text(w, style="yellow"))
+        grid.add_row(Text("warning", style="bold yellow"), _text(w, style="yellow"))
     return Panel(grid, title="tuiflow trace", title_align="left", box=box.ROUNDED)
 
 
@@ -206,7 +208,7 @@ def render_critical_path(analysis: Analysis, *, width: int = BAR_WIDTH) -> Rende
     t_start = cp.start if cp.start is not None else cp.nodes[0].start
     t_end = max(n.end for n in cp.nodes)
     for i, node in enumerate(cp.nodes, 1):
-        name = Text(node.task, style=FAILED_STYLE if node.outcome != "completed" else "")
+        name = _text(node.task, style=FAILED_STYLE if node.outcome != "completed" else "")
         if node.attempts > 1:
             name.append(f"  ×{node.attempts}", style="dim")
         wait = Text(fmt_seconds(node.wait_seconds), style=WAIT_STYLE)
@@ -215,10 +217,10 @@ def render_critical_path(analysis: Analysis, *, width: int = BAR_WIDTH) -> Rende
         table.add_row(
             str(i),
             name,
-            Text(node.worker or "-"),
+            _text(node.worker or "-"),
             wait,
             Text(fmt_seconds(node.active_seconds), style=ACTIVE_STYLE),
-            Text(node.gated_by) if node.gated_by else Text(f"({node.gate_via or 'start'})", style="italic"),
+            _text(node.gated_by) if node.gated_by else _text(f"({node.gate_via or 'start'})", style="italic"),
             _waterfall(node, t_start, t_end, width),
         )
     table.caption = (
@@ -260,8 +262,8 @@ def render_e2e(analysis: Analysis) -> RenderableType:
         workers.add_column(col, justify=justify)  # type: ignore[arg-type]
     for name, w in e2e.workers.items():
         workers.add_row(
-            Text(name),
-            Text(", ".join(w.hosts) or "-"),
+            _text(name),
+            _text(", ".join(w.hosts) or "-"),
             str(w.attempts),
             Text(str(w.failed), style=FAILED_STYLE if w.failed else ""),
             fmt_seconds(w.busy_seconds),
@@ -312,13 +314,13 @@ def render_queuing(analysis: Analysis, *, limit: int = 40) -> RenderableType:
             delay.append(" skew", style="bold yellow")
         table.add_row(
             star,
-            Text(q.task),
+            _text(q.task),
             str(q.attempts),
-            Text(q.worker or "-"),
+            _text(q.worker or "-"),
             delay,
-            Text(q.blocked_by or "-"),
+            _text(q.blocked_by or "-"),
             fmt_seconds(q.queue_wait_seconds),
-            Text(q.reason or ""),
+            _text(q.reason or ""),
         )
     if len(shown) < len(rows):
         table.caption = f"… {len(rows) - len(shown)} more task(s); {CRITICAL_MARK} = on the critical path"
@@ -368,10 +370,15 @@ def render_lineage(analysis: Analysis, *, limit: int = 40) -> RenderableType:
 # --- pieces ----------------------------------------------------------------------------------
 
 
+def _text(value: object, style: str = "") -> Text:
+    """User data as `Text`: not markup, and with its control characters made visible."""
+    return Text(safe_text(value), style=style)
+
+
 def _lineage_label(node: LineageNode, critical: set[str]) -> Text:
-    text = Text(node.data_id, style="bold magenta" if node.task in critical else "")
+    text = _text(node.data_id, style="bold magenta" if node.task in critical else "")
     if node.task is not None:
-        text.append(f"  {node.task}#{node.attempt}", style="dim")
+        text.append(safe_text(f"  {node.task}#{node.attempt}"), style="dim")
     if node.mark == SEEN:
         text.append("  (see above)", style="dim italic")
     elif node.mark == CYCLE:
@@ -405,7 +412,7 @@ def _compute_table(title: str, compute: dict[str, DurationSummary]) -> Table:
         table.add_column(col, justify="left" if col == "span" else "right")
     for name, s in compute.items():
         table.add_row(
-            Text(name),
+            _text(name),
             str(s.count),
             fmt_seconds(s.total_seconds),
             fmt_seconds(s.mean_seconds),
@@ -433,7 +440,7 @@ def _network_table(title: str, network: NetworkSummary) -> Table:
         table.add_column(col, footer=foot, justify="left" if col == "span" else "right")
     for name, s in network.by_name.items():
         table.add_row(
-            Text(name),
+            _text(name),
             str(s.count),
             fmt_seconds(s.active_seconds),
             fmt_seconds(s.total_seconds),
@@ -460,7 +467,7 @@ def render_history(hist: History, *, limit: int = 40) -> RenderableType:
     RenderableType
     """
     runs = Table(
-        title=f"Recent runs of {hist.workflow_name or '?'}", title_justify="left", box=box.SIMPLE_HEAD
+        title=_text(f"Recent runs of {hist.workflow_name or '?'}"), title_justify="left", box=box.SIMPLE_HEAD
     )
     for col, justify in (
         ("workflow", "left"),
@@ -474,10 +481,10 @@ def render_history(hist: History, *, limit: int = 40) -> RenderableType:
         runs.add_column(col, justify=justify)  # type: ignore[arg-type]
     for run in hist.recent:
         runs.add_row(
-            Text(run.workflow_id),
+            _text(run.workflow_id),
             fmt_instant(run.start),
             fmt_seconds(run.wall_seconds),
-            Text(run.outcome, style="" if run.outcome == "completed" else FAILED_STYLE),
+            _text(run.outcome, style="" if run.outcome == "completed" else FAILED_STYLE),
             str(run.tasks),
             str(run.failed_tasks),
             str(run.attempts),
@@ -497,13 +504,13 @@ def render_history(hist: History, *, limit: int = 40) -> RenderableType:
     shown = rows if limit <= 0 else rows[:limit]
     for t in shown:
         tasks.add_row(
-            Text(t.task),
+            _text(t.task),
             str(t.runs),
             Text(f"{t.success_rate:.0%}", style="" if t.success_rate == 1 else FAILED_STYLE),
             str(t.retried_runs),
             fmt_seconds(t.duration_p50_seconds),
             fmt_seconds(t.duration_p95_seconds),
-            Text(t.last_outcome),
+            _text(t.last_outcome),
         )
     if len(shown) < len(rows):
         tasks.caption = f"… {len(rows) - len(shown)} more task(s)"

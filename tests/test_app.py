@@ -299,42 +299,74 @@ async def test_keymap_rebinds_by_id(demo_home, tmp_path):
         assert type(app.screen).__name__ == "ConfirmScreen"
 
 
-def test_serve_binds_localhost_and_serves_the_page(tmp_path):
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
+def plant_hostile_text(home: Home) -> None:
+    """What other users of a shared home can write into records the dashboard shows:
+    escape sequences and markup in a workflow's name (its summary), a task's error and
+    worker (its run state), its log, and a worker's host and queues (its heartbeat)."""
+    import msgpack
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tuiflow", "serve", "--home", str(tmp_path / "home"), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=root,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                    page = r.read().decode()
-                    status = r.status
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read().decode()
-                assert time.monotonic() < deadline, "tuiflow serve did not answer"
-                time.sleep(0.2)
-        assert status == 200 and "textual" in page.lower()
-        help_text = subprocess.run(
-            [sys.executable, "-m", "tuiflow", "serve", "--help"], capture_output=True, text=True, cwd=root
-        ).stdout
-        assert "127.0.0.1" in help_text
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    from spool import layout
+    from spool.liveness import HeartbeatWriter
+    from tuiflow.engine.store import WorkflowStore
+
+    store = WorkflowStore(home)
+    run, version = store.load_run(IDS["diamond"])
+    broken = run.definition.index["broken"]
+    run.reason[broken] = "boom\x1b[2J [red]x[/red]"
+    run.worker[broken] = "node\x1b[31m"
+    store.write_run(run, version)  # and its summary: rewritten below
+    path = f"{store.dir(IDS['diamond'])}/{layout.SUMMARY_FILE}"
+    with open(path, "rb") as f:
+        summary = msgpack.unpackb(f.read())
+    summary["name"] = "[b]ev\x1b]0;x\x07"
+    with open(path, "wb") as f:
+        f.write(msgpack.packb(summary))
+    log = layout.attempt_file(layout.attempt_dir(home.root, IDS["diamond"], "broken", 0), layout.STDOUT_FILE)
+    with open(log, "ab") as f:
+        f.write("out\x1b[2J\x9b31m\n".encode())  # ESC, and CSI as one C1 character
+    writer = HeartbeatWriter(home.workers_dir, "evil-worker")
+    writer.beat({"host": "h\x1b]0;t\x07", "queues": ["q\x1b[2J"], "slots": 1, "running": []})
+    writer.close()
+
+
+async def test_other_users_text_is_drawn_safe(demo_home, tmp_path):
+    """No control character of a record reaches the terminal (or a browser's, under
+    `tuiflow serve`): escapes are drawn as ␛..., markup as the brackets it is."""
+    home_dir = tmp_path / "home"
+    shutil.copytree(demo_home.root, home_dir)
+    home = Home.open(home_dir)
+    plant_hostile_text(home)
+    app = make_app(home)
+    seen: list[str] = []
+    async with app.run_test(size=(140, 50)) as pilot:  # narrow: workers get a HOST column
+        await settle(pilot)
+        overview = "\n".join(screen_lines(app))
+        assert "[b]ev␛]0;x␇" in overview  # the name, in the workflow list
+        assert "h␛]0;t␇" in overview and "q␛[2J" in overview  # the heartbeat's host and queues
+        seen.append(overview)
+        app.open_workflow(IDS["diamond"])
+        await settle(pilot)
+        tasks = "\n".join(screen_lines(app))
+        assert "node␛[31m" in tasks and "boom␛[2J [red]x[/red]" in tasks
+        seen.append(tasks)
+        app.open_task(IDS["diamond"], "broken", "error")
+        await settle(pilot)
+        error = "\n".join(screen_lines(app))
+        assert "boom␛[2J [red]x[/red]" in error
+        seen.append(error)
+        log_text = "\n".join(app.screen.query_one("#task-log").lines)
+        assert "out␛[2J\\x9b31m" in log_text
+        seen.append(log_text)
+    for text in seen:
+        assert not any(c in text for c in "\x1b\x07\x9b"), text
+
+
+async def test_the_empty_home_hint_quotes_the_home(tmp_path):
+    app = TuiflowApp(Home.open(tmp_path / "empty"), live=False, keymap={}, home_label="/shared/my home")
+    async with app.run_test(size=(100, 28)) as pilot:
+        await settle(pilot)
+        hint = "\n".join(screen_lines(app))
+        assert "tuiflow worker --home '/shared/my home'" in hint
 
 
 def test_screenshots_script_writes_the_readme_pictures(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import textwrap
 import threading
 import time
@@ -270,3 +271,209 @@ def test_the_error_family_maps_to_exit_codes_in_one_place(home, tmp_path):
     assert code == EXIT_INVALID and err.startswith("error: ") and "Traceback" not in err
     code, _, err = run("submit", tmp_path / "missing.yaml", "--set", "novalue", "--home", home.root)
     assert code == EXIT_INVALID and "key=value" in err
+
+
+# ------------------------------------------------------------ text from others
+def test_safe_text_makes_control_characters_visible():
+    from analyzer.fmt import safe_text
+
+    assert safe_text("plain name/ünïcode ✓") == "plain name/ünïcode ✓"
+    assert safe_text("a\x1b[2Jb\x1b]0;t\x07") == "a␛[2Jb␛]0;t␇"
+    assert safe_text("nul\x00 del\x7f csi\x9b rlo\u202e") == "nul␀ del␡ csi\\x9b rlo\\u202e"
+    assert safe_text("two\nlines\tand\rcr") == "two␊lines␉and␍cr"
+    # multi-line text (errors, logs) keeps its lines and tabs; a carriage return is a new line
+    assert safe_text("a\r\nb\rc\td\x1b[K\n", multiline=True) == "a\nb\nc\td␛[K\n"
+    assert safe_text(None) == "" and safe_text(42) == "42"
+
+
+def test_the_consoles_never_write_a_control_character_they_were_given(tmp_path):
+    import io
+
+    from rich.text import Text
+
+    from tuiflow.cli.console import SafeConsole
+
+    buf = io.StringIO()
+    console = SafeConsole(file=buf, force_terminal=True, color_system="standard", width=80)
+    console.print(Text("name\x1b]0;pwned\x07\x1b[2J", style="red"), "[bold]x[/]")
+    printed = buf.getvalue()
+    assert "\x1b[31m" in printed  # its own styles still reach the terminal
+    assert "\x1b]0;" not in printed and "\x1b[2J" not in printed and "\x07" not in printed
+    assert "name␛]0;pwned␛[2J" in printed  # (Rich's Text drops a BEL by itself)
+
+
+def plant(home: Home, wf_id: str, *, completed: bool = False) -> None:
+    """What another user of the home can write: escapes and markup in a workflow's name (its
+    summary), a task's error and worker (its run state), a worker's queues (a heartbeat)."""
+    import msgpack
+
+    from spool.liveness import HeartbeatWriter
+    from tuiflow.engine.store import WorkflowStore
+
+    store = WorkflowStore(home)
+    run, version = store.load_run(wf_id)
+    run.reason[0] = "boom\x1b[2J [red]x[/red]"
+    run.worker[0] = "node\x1b[31m"
+    store.write_run(run, version)
+    path = f"{store.dir(wf_id)}/{layout.SUMMARY_FILE}"
+    with open(path, "rb") as f:
+        summary = msgpack.unpackb(f.read())
+    summary["name"] = "ev\x1b]0;pwned\x07[/]"
+    if completed:
+        summary.update(state="completed", counts={"completed": 1}, total=1)
+    with open(path, "wb") as f:
+        f.write(msgpack.packb(summary))
+    writer = HeartbeatWriter(home.workers_dir, "evil-worker")
+    writer.beat({"host": "h\x1b]0;t\x07", "queues": ["q\x1b[2J"], "slots": 1, "running": []})
+    writer.close()
+
+
+def test_names_errors_and_heartbeats_of_others_print_safe(home, tmp_path):
+    wf = wf_file(tmp_path, "name: victim\ntasks:\n  - {name: a, run: 'true'}\n")
+    wf_id = json.loads(run("submit", wf, "--home", home.root, "--json")[1])["id"]
+    plant(home, wf_id)
+    printed = {}
+    for args, expect in (
+        (("ls",), "ev␛]0;pwned␇[/]"),
+        (("tasks", wf_id), "boom␛[2J [red]x[/red]"),
+        (("status", wf_id), "node␛[31m"),
+        (("doctor",), "queues q␛[2J"),
+        (("trace", "history", "nobody"), "workflows here: ev␛]0;pwned␇[/]"),
+    ):
+        code, out, err = run(*args, "--home", home.root)
+        assert code in (0, 1, 3) and expect in out + err, (args, out, err)
+        printed[args] = out + err
+    plant(home, wf_id, completed=True)
+    code, out, err = run("watch", wf_id, "--home", home.root, "--interval", "0.05")
+    assert code == 0 and "ev␛]0;pwned␇[/]" in out
+    printed["watch"] = out + err
+    for args, text in printed.items():
+        assert not any(c in text for c in "\x1b\x07"), (args, text)
+    # --json stays exact: JSON escapes control characters itself
+    assert json.loads(run("ls", "--home", home.root, "--json")[1])[0]["name"] == "ev\x1b]0;pwned\x07[/]"
+    [task] = json.loads(run("tasks", wf_id, "--home", home.root, "--json")[1])
+    assert (task["reason"], task["worker"]) == ("boom\x1b[2J [red]x[/red]", "node\x1b[31m")
+
+
+def test_markup_in_a_workflow_name_is_text(tmp_path):
+    wf = wf_file(tmp_path, "name: '[bold]x[/]'\ntasks:\n  - {name: a, run: 'true'}\n")
+    code, out, err = run("validate", wf)
+    assert code == 0 and "workflow '[bold]x[/]'" in out, err
+    code, out, err = run("ls", "--state", "[/]", "--home", Home.open(tmp_path / "h").root)
+    assert code == 0 and "no workflows in state [/]" in out, err
+
+
+def test_logs_of_a_task_that_never_ran_say_so(home, tmp_path):
+    wf = wf_file(tmp_path, "name: waits\ntasks:\n  - {name: a, run: 'true'}\n")
+    wf_id = json.loads(run("submit", wf, "--home", home.root, "--json")[1])["id"]
+    for extra in ((), ("--json",), ("--stream", "stderr")):
+        code, out, err = run("logs", wf_id, "a", "--home", home.root, *extra)
+        assert code == EXIT_NOT_FOUND and out == "", (extra, out, err)
+        assert f"task 'a' of workflow {wf_id} has not run yet (it is pending)" in err
+
+
+def test_logs_of_a_task_that_never_will_say_so(home, engine, tmp_path):
+    wf = wf_file(
+        tmp_path,
+        """
+        name: broken
+        tasks:
+          - {name: a, run: "echo out-a; echo 'err \\x1b[2J' >&2; exit 3"}
+          - {name: b, depends_on: [a], run: "echo never"}
+        """,
+    )
+    wf_id = json.loads(run("submit", wf, "--home", home.root, "--json")[1])["id"]
+    assert wait_state(home, wf_id)["state"] == "failed"
+    code, out, err = run("logs", wf_id, "a", "--home", home.root)
+    assert code == 0 and out == "out-a\n" and err == "err \x1b[2J\n"  # a pipe: the bytes as written
+    code, out, err = run("logs", wf_id, "b", "--home", home.root)
+    assert (
+        code == EXIT_NOT_FOUND
+        and "task 'b' of workflow" in err
+        and "never ran (it is upstream_failed)" in err
+    )
+    code, _, err = run("logs", wf_id, "b", "--follow", "--home", home.root)
+    assert code == EXIT_NOT_FOUND and "never ran" in err  # --follow waits only for what may still run
+
+
+def test_logs_on_a_terminal_show_control_characters(home, tmp_path, monkeypatch):
+    import io
+
+    from tuiflow.cli.follow import follow_logs
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    wf = wf_file(tmp_path, "name: t\ntasks:\n  - {name: a, run: 'true'}\n")
+    wf_id = json.loads(run("submit", wf, "--home", home.root, "--json")[1])["id"]
+    directory = layout.attempt_dir(home.root, wf_id, "a", 0)
+    Path(directory).mkdir(parents=True)
+    # a character cut between two reads of a growing log still arrives whole
+    Path(layout.attempt_file(directory, layout.STDOUT_FILE)).write_bytes(
+        "progress 10%\rprogress 90%\r\ndone \x1b]0;pwned\x07 ✓\n".encode()
+    )
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    assert follow_logs(Client(home), wf_id, "a", directory, ["stdout"], follow=False) == 0
+    assert terminal.getvalue() == "progress 10%\nprogress 90%\ndone ␛]0;pwned␇ ✓\n"
+
+
+def test_run_local_cancels_on_sigterm_and_prints_the_summary(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    home = tmp_path / "my home"  # a hint that names it must quote it
+    wf = wf_file(
+        tmp_path,
+        "name: long\ntasks:\n  - {name: a, run: 'sleep 60'}\n  - {name: b, depends_on: [a], run: 'true'}\n",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tuiflow", "run-local", str(wf), "--home", str(home), "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the task never started"
+            items = Client(Home.open(home)).list() if (home / layout.LAYOUT_FILE).exists() else []
+            if items and items[0]["counts"].get("running"):
+                break
+            time.sleep(0.1)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - started < 30  # the running task was killed, not waited for
+    assert proc.returncode == EXIT_FAILED, err
+    assert "terminated (SIGTERM): cancelling the workflow" in err
+    assert "cancelled" in err and "Traceback" not in err
+    assert f"--home {shlex.quote(str(home))}" in err.replace("\n", "")
+    [summary] = Client(Home.open(home)).list()
+    assert summary["state"] == "cancelled"
+
+
+def test_logs_follow_waits_for_a_pending_task_and_says_when_it_never_ran(home, engine, tmp_path):
+    wf = wf_file(
+        tmp_path,
+        "name: w\ntasks:\n  - {name: a, run: 'sleep 30'}\n  - {name: b, depends_on: [a], run: 'true'}\n",
+    )
+    wf_id = json.loads(run("submit", wf, "--home", home.root, "--json")[1])["id"]
+    client = Client(home)
+    deadline = time.monotonic() + 30
+    while client.status(wf_id)["counts"]["running"] != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    threading.Timer(0.5, client.cancel, [wf_id]).start()  # while `logs --follow` waits for b
+    code, out, err = run("logs", wf_id, "b", "--follow", "--home", home.root)
+    assert code == EXIT_NOT_FOUND and out == "" and "never ran (it is cancelled)" in err

@@ -21,9 +21,11 @@ from typing import Any, ClassVar
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
-from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.command import DiscoveryHit, Hit, Hits, Matcher, Provider
+from textual.content import Content
 from textual.screen import Screen
 
+from analyzer.fmt import safe_text
 from spool import ChangeWaiter, Home, layout
 from tuiflow.app.modals import ConfirmScreen, HelpScreen
 from tuiflow.app.overview import OverviewScreen
@@ -45,20 +47,27 @@ class WorkflowCommands(Provider):
         items = []
         for s in summaries:
             wf, name, state = s["id"], s.get("name", ""), s.get("state", "")
+            # the titles are drawn as plain text (`_plain`): these are other users' words
+            name, state = safe_text(name), safe_text(state)
+            shown = safe_text(wf)
             items.append(
                 (
-                    f"Open workflow {wf} {name} ({state})",
+                    f"Open workflow {shown} {name} ({state})",
                     "Show its tasks, DAG and trace",
                     partial(app.open_workflow, wf),
                 )
             )
             if state in ("pending", "running"):
                 items.append(
-                    (f"Cancel workflow {wf} {name}", "Asks to confirm", partial(app.confirm_cancel, wf))
+                    (f"Cancel workflow {shown} {name}", "Asks to confirm", partial(app.confirm_cancel, wf))
                 )
             if state in ("failed", "cancelled"):
                 items.append(
-                    (f"Retry failed tasks of {wf} {name}", "Asks to confirm", partial(app.confirm_retry, wf))
+                    (
+                        f"Retry failed tasks of {shown} {name}",
+                        "Asks to confirm",
+                        partial(app.confirm_retry, wf),
+                    )
                 )
         screen = app.screen
         if isinstance(screen, WorkflowScreen):
@@ -72,7 +81,11 @@ class WorkflowCommands(Provider):
                 ("lineage", "Lineage"),
             ):
                 items.append(
-                    (f"Show {label} of {screen.wf_id}", "Switch tab", partial(screen.action_tab, tab))
+                    (
+                        f"Show {label} of {safe_text(screen.wf_id)}",
+                        "Switch tab",
+                        partial(screen.action_tab, tab),
+                    )
                 )
         items.append(("Go to the overview", "All workflows, workers and queues", app.action_overview))
         items.append(("Show keys", "Every binding, with its id", app.action_help))
@@ -80,14 +93,26 @@ class WorkflowCommands(Provider):
 
     async def discover(self) -> Hits:
         for title, help_, command in await self._items():
-            yield DiscoveryHit(title, command, help=help_)
+            yield DiscoveryHit(Content(title), command, text=title, help=help_)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for title, help_, command in await self._items():
             score = matcher.match(title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), command, help=help_)
+                yield Hit(score, _plain_highlight(matcher, title), command, text=title, help=help_)
+
+
+def _plain_highlight(matcher: Matcher, title: str) -> Content:
+    """`matcher.highlight(title)` without reading `title` as markup (a workflow's name is
+    any text: ``[b]`` in it is two brackets and a letter)."""
+    content = Content(title)
+    score, offsets = matcher.fuzzy_search.match(matcher.query, title)
+    if score:
+        for offset in offsets:
+            if not title[offset].isspace():
+                content = content.stylize(matcher.match_style, offset, offset + 1)
+    return content
 
 
 class TuiflowApp(App):
@@ -131,7 +156,7 @@ class TuiflowApp(App):
     # ------------------------------------------------------------- lifecycle
     def on_mount(self) -> None:
         self.title = "tuiflow"
-        self.sub_title = self.home_label
+        self.sub_title = safe_text(self.home_label)
         if self._keymap:
             self.set_keymap(self._keymap)
         self.push_screen(OverviewScreen())
@@ -221,29 +246,33 @@ class TuiflowApp(App):
 
     # ---------------------------------------------------------------- actions
     def confirm_cancel(self, wf_id: str) -> None:
+        shown = safe_text(wf_id)
+
         def done(yes: bool | None) -> None:
             if yes:
                 self._request(
-                    lambda: Client(self.home, who="dashboard").cancel(wf_id), f"cancel requested for {wf_id}"
+                    lambda: Client(self.home, who="dashboard").cancel(wf_id), f"cancel requested for {shown}"
                 )
 
         self.push_screen(
             ConfirmScreen(
-                f"Cancel workflow {wf_id}?", "Queued tasks are cancelled; running ones are killed."
+                f"Cancel workflow {shown}?", "Queued tasks are cancelled; running ones are killed."
             ),
             done,
         )
 
     def confirm_retry(self, wf_id: str) -> None:
+        shown = safe_text(wf_id)
+
         def done(yes: bool | None) -> None:
             if yes:
                 self._request(
-                    lambda: Client(self.home, who="dashboard").retry(wf_id), f"retry requested for {wf_id}"
+                    lambda: Client(self.home, who="dashboard").retry(wf_id), f"retry requested for {shown}"
                 )
 
         self.push_screen(
             ConfirmScreen(
-                f"Retry the failed tasks of {wf_id}?",
+                f"Retry the failed tasks of {shown}?",
                 "Failed, upstream_failed and cancelled tasks run again.",
             ),
             done,
@@ -253,9 +282,9 @@ class TuiflowApp(App):
         try:
             action()
         except Exception as e:  # a refused request is shown, never a crash
-            self.notify(str(e), severity="error", timeout=8)
+            self.notify(safe_text(str(e)), severity="error", timeout=8, markup=False)
             return
-        self.notify(message, timeout=4)
+        self.notify(message, timeout=4, markup=False)
         self.action_refresh()
 
 

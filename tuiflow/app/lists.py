@@ -11,7 +11,7 @@ from rich.text import Text
 from textual.binding import Binding, BindingType
 from textual.message import Message
 
-from analyzer.fmt import fmt_seconds, state_style
+from analyzer.fmt import fmt_seconds, safe_text, state_style
 from tuiflow.app.data import WorkflowSnapshot, dag_rows, task_order, task_row
 from tuiflow.app.render import segment_bar
 from tuiflow.app.rows import RowsView
@@ -159,12 +159,13 @@ class TaskList(RowsView):
 
     def format_row(self, data: Any, width: int) -> Text:
         name, state, attempt, worker, queued, ran, detail = data
+        detail = safe_text(detail)
         line = self._line(
             GLYPH.get(state, "?"),
-            name,
-            state,
+            safe_text(name),
+            safe_text(state),
             str(attempt),
-            worker,
+            safe_text(worker),
             fmt_seconds(queued) if queued is not None else "",
             fmt_seconds(ran) if ran is not None else "",
             detail,
@@ -228,14 +229,15 @@ class DagView(RowsView):
             _, name, counts, total, open_, deps = data
             counts = dict(counts)
             text = Text(f"  {'▾' if open_ else '▸'} ", style="bold")
-            text.append(f"{name:<28}", style="bold")
+            text.append(f"{safe_text(name):<28}", style="bold")
             text.append_text(segment_bar(counts, total, 20))
             done = sum(v for k, v in counts.items() if k not in ("pending", "ready", "running"))
             text.append(f" {done}/{total}", style="grey70")
             if deps:
-                text.append(f"  ← {deps}", style="grey50")
+                text.append(f"  ← {safe_text(deps)}", style="grey50")
             return text
         _, name, state, deps, indent = data
+        name, state, deps = safe_text(name), safe_text(state), safe_text(deps)
         text = Text("      " if indent else "  ")
         text.append(f"{GLYPH.get(state, '?')} ", style=state_style(state))
         text.append(f"{name:<30}", style=state_style(state))
@@ -344,7 +346,7 @@ class Timeline(RowsView):
             x = data[1]
             label = x.task + (f" #{x.attempt}" if x.attempt else "")
             self._paint(cells, x, bar_width)
-        text = Text(_cell(label, self.label_width) + "  ")
+        text = Text(_cell(safe_text(label), self.label_width) + "  ")
         for ch, style in cells:
             text.append(ch, style=style or None)
         return text

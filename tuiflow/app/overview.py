@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -12,9 +13,9 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from analyzer.fmt import MISSING, fmt_age, fmt_rate, fmt_seconds, state_style
+from analyzer.fmt import MISSING, fmt_age, fmt_rate, fmt_seconds, safe_text, state_style
 from tuiflow.app.data import HomeReader, HomeSnapshot, QueueRow, WorkerRow, WorkflowRow
-from tuiflow.app.render import segment_bar, sparkline, state_text
+from tuiflow.app.render import segment_bar, sparkline, state_text, user_text
 from tuiflow.app.rows import RowsView
 from tuiflow.app.screen import LiveScreen
 
@@ -141,7 +142,7 @@ class WorkflowList(RowsView):
             elif col.key == "state":
                 cell = state_text(value)
             else:
-                cell = Text(value)
+                cell = user_text(value)  # the id and name come from the summary record
             cell.truncate(w, overflow="ellipsis", pad=True)
             text.append_text(cell)
             text.append(" ")
@@ -205,11 +206,11 @@ class OverviewScreen(LiveScreen):
 
     def apply(self, snap: HomeSnapshot) -> None:
         self.snapshot = snap
-        self.title = f"tuiflow · coordinator: {snap.coordinator or 'none'}"
+        self.title = safe_text(f"tuiflow · coordinator: {snap.coordinator or 'none'}")
         empty = self.query_one("#empty-home", Static)
         empty.display = snap.empty
         if snap.empty:
-            root = self.app.home_label  # type: ignore[attr-defined]
+            root = safe_text(shlex.quote(self.app.home_label))  # type: ignore[attr-defined]
             empty.update(
                 "No workflows here yet.\n\n"
                 "Run one now, in one process:\n\n"
@@ -226,7 +227,7 @@ class OverviewScreen(LiveScreen):
             store.dir(w.id) for w in snap.workflows if w.state in ("pending", "running")
         )
         for err in snap.errors:
-            self.notify(err, severity="error", timeout=8)
+            self.notify(safe_text(err), severity="error", timeout=8, markup=False)
 
     def _sync_tables(self, snap: HomeSnapshot) -> None:
         tables = {
@@ -267,10 +268,11 @@ class OverviewScreen(LiveScreen):
 
     @staticmethod
     def _worker_cells(w: WorkerRow) -> dict[str, Any]:
+        # str cells of a DataTable are markup: what a heartbeat says is drawn as Text
         return {
-            "worker": w.id,
-            "host": w.host,
-            "queues": ",".join(w.queues),
+            "worker": user_text(w.id),
+            "host": user_text(w.host),
+            "queues": user_text(",".join(w.queues)),
             "gpus": ",".join(map(str, w.gpus)) if w.gpus else MISSING,
             "running": f"{w.running}/{w.slots}" if w.slots else str(w.running),
             "heartbeat": Text(fmt_age(w.heartbeat_age), style=state_style("dead") if w.dead else ""),
@@ -280,7 +282,7 @@ class OverviewScreen(LiveScreen):
     @staticmethod
     def _queue_cells(q: QueueRow) -> dict[str, Any]:
         return {
-            "queue": q.name,
+            "queue": user_text(q.name),
             "ready": str(q.ready),
             "claimed": str(q.claimed),
             "delayed": str(q.delayed),

@@ -1,11 +1,15 @@
-"""Small Rich renderables the dashboard draws with (bars, sparklines, states). Figures are
-written by `analyzer.fmt`, the same as on the command line."""
+"""Small Rich renderables the dashboard draws with (bars, sparklines, states, user text).
+Figures are written by `analyzer.fmt`, the same as on the command line.
+
+User text (workflow and task names, errors, worker ids and hosts, queue names, log tails)
+is drawn as `user_text`: a `Text` (never markup) of `analyzer.fmt.safe_text` (no control
+character reaches the terminal, or the browser's terminal under `tuiflow serve`)."""
 
 from __future__ import annotations
 
 from rich.text import Text
 
-from analyzer.fmt import STATE_STYLE, state_style
+from analyzer.fmt import STATE_STYLE, safe_text, state_style
 
 _SPARK = "▁▂▃▄▅▆▇█"
 #: the order of a progress bar's segments, ended states first
@@ -69,7 +73,12 @@ def sparkline(values: tuple[int, ...] | list[int], width: int = 12) -> Text:
 
 
 def state_text(state: str) -> Text:
-    return Text(state, style=state_style(state))
+    return Text(safe_text(state), style=state_style(state))
+
+
+def user_text(value: object, style: str = "", *, multiline: bool = False) -> Text:
+    """User-supplied `value` as a `Text` that is safe to draw (see the module)."""
+    return Text(safe_text(value, multiline=multiline), style=style)
 
 
 def bar(fraction: float, width: int, style: str, empty: str = " ") -> Text:

@@ -17,6 +17,8 @@ from textual import work
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
+from analyzer.fmt import safe_text
+
 MIN_INTERVAL = 0.1
 
 
@@ -97,7 +99,8 @@ class LiveScreen(Screen):
             self.request_refresh()
 
     def show_error(self, error: Exception) -> None:
-        self.notify(f"{type(error).__name__}: {error}", severity="error", timeout=6)
+        # the message may quote a name or a file's text: not markup, no control characters
+        self.notify(safe_text(f"{type(error).__name__}: {error}"), severity="error", timeout=6, markup=False)
 
 
 def set_text(widget: Static, text: Text) -> None:

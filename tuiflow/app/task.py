@@ -17,11 +17,11 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 
-from analyzer.fmt import fmt_instant, fmt_seconds, state_style
+from analyzer.fmt import fmt_instant, fmt_seconds, safe_text, state_style
 from spool import layout
 from tuiflow.app.data import AttemptInfo, load_attempt
 from tuiflow.app.overview import sync_table
-from tuiflow.app.render import state_text
+from tuiflow.app.render import state_text, user_text
 from tuiflow.app.screen import LiveScreen, set_text
 from tuiflow.engine.client import TaskView, task_views
 
@@ -118,28 +118,30 @@ class TaskScreen(LiveScreen):
 
     def apply(self, data: TaskData) -> None:
         v = data.view
-        self.title = f"{self.task_name} · {self.wf_id}"
+        self.title = safe_text(f"{self.task_name} · {self.wf_id}")
         head = Text()
-        head.append(f"{self.task_name}  ", style="bold")
+        head.append(f"{safe_text(self.task_name)}  ", style="bold")
         head.append_text(state_text(v.state))
         head.append(f"  attempt {data.info.attempt} of {v.attempt + 1}", style="grey70")
         head.append(f"  queued {fmt_seconds(v.queued_for)}  ran {fmt_seconds(v.ran_for)}", style="grey70")
         if v.worker:
-            head.append(f"  on {v.worker}", style="grey70")
-        head.append(f"\n{os.path.relpath(data.info.dir, self.app.home.root)}", style="grey50")  # type: ignore[attr-defined]
+            head.append(f"  on {safe_text(v.worker)}", style="grey70")
+        where = os.path.relpath(data.info.dir, self.app.home.root)  # type: ignore[attr-defined]
+        head.append(f"\n{safe_text(where)}", style="grey50")
         set_text(self.query_one("#task-head", Static), head)
         self._logs(data.info)
         with self.app.batch_update():
+            # str cells of a DataTable are markup: what spans say is drawn as Text
             sync_table(
                 self.query_one("#attempt-table", DataTable),
                 {
                     str(a["attempt"]): (
                         str(a["attempt"]),
-                        a["worker"],
+                        user_text(a["worker"]),
                         fmt_instant(a["start"], date=False) if a["start"] else "",
                         fmt_seconds(a["ran"]),
-                        a["outcome"],
-                        a["error"],
+                        user_text(a["outcome"]),
+                        user_text(a["error"]),
                     )
                     for a in data.attempts
                 },
@@ -164,10 +166,10 @@ class TaskScreen(LiveScreen):
         if previous is not None and previous[0] == info.attempt and text.startswith(previous[1]):
             new = text[len(previous[1]) :]  # tail by offset: only what was appended
             if new:
-                log.write(new)
+                log.write(safe_text(new, multiline=True))
             return
         log.clear()
-        log.write(text or "(no output yet)\n")
+        log.write(safe_text(text, multiline=True) or "(no output yet)\n")
 
     def _spans(self, info: AttemptInfo) -> None:
         root = next((s for s in info.spans if s.get("name") == "task"), None)
@@ -178,11 +180,11 @@ class TaskScreen(LiveScreen):
             attrs = s.get("attributes", {})
             status = s.get("status", {}).get("status_code", "")
             rows[f"{k}"] = (
-                "  " * depth + str(s.get("name")),
-                attrs.get("tuiflow.kind", "root" if s.get("name") == "task" else ""),
+                user_text("  " * depth + str(s.get("name"))),
+                user_text(attrs.get("tuiflow.kind", "root" if s.get("name") == "task" else "")),
                 f"+{fmt_seconds(start - t0)}" if start is not None and t0 is not None else "",
                 fmt_seconds(end - start) if start is not None and end is not None else "",
-                Text(status, style=state_style("failed") if status == "ERROR" else ""),
+                user_text(status, state_style("failed") if status == "ERROR" else ""),
             )
         sync_table(
             self.query_one("#span-table", DataTable), rows, ("span", "kind", "at", "duration", "status")
@@ -199,7 +201,8 @@ class TaskScreen(LiveScreen):
         if len(raw) > 20_000:
             raw = raw[:20_000] + "\n… (truncated)"
         where = os.path.relpath(layout.attempt_file(info.dir, layout.OUTPUT_FILE), self.app.home.root)  # type: ignore[attr-defined]
-        return Group(Text(where, style="grey50"), Syntax(raw, "json", word_wrap=True))
+        # JSON escapes control characters in the output itself
+        return Group(user_text(where, "grey50"), Syntax(raw, "json", word_wrap=True))
 
     @staticmethod
     def _error(v: TaskView, info: AttemptInfo) -> Any:
@@ -207,13 +210,13 @@ class TaskScreen(LiveScreen):
             return Text("No error.", style="grey62")
         parts: list[Any] = []
         if v.reason:
-            parts.append(Text(v.reason, style="bold red"))
+            parts.append(user_text(v.reason, "bold red", multiline=True))
         if v.exit_code not in (None, 0):
             parts.append(Text(f"exit code {v.exit_code}", style="red"))
         if info.stderr:
             tail = "\n".join(info.stderr.splitlines()[-40:])
             parts.append(Text("\nstderr (last lines):", style="grey62"))
-            parts.append(Text(tail, style="red"))
+            parts.append(user_text(tail, "red", multiline=True))
         return Group(*parts) if parts else Pretty(None)
 
     # --------------------------------------------------------------- actions

@@ -12,10 +12,10 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane, Tree
 
-from analyzer.fmt import fmt_rate, fmt_seconds
+from analyzer.fmt import fmt_rate, fmt_seconds, safe_text
 from tuiflow.app.data import WorkflowSnapshot, dag_rows, load_workflow
 from tuiflow.app.lists import DagView, TaskList, Timeline
-from tuiflow.app.render import segment_bar, state_text
+from tuiflow.app.render import segment_bar, state_text, user_text
 from tuiflow.app.rows import RowsView
 from tuiflow.app.screen import LiveScreen, set_text
 
@@ -128,7 +128,7 @@ class WorkflowScreen(LiveScreen):
     def apply(self, data: WorkflowData) -> None:
         snap = data.snapshot
         self.snapshot = snap
-        self.title = f"{snap.name} · {snap.id}"
+        self.title = safe_text(f"{snap.name} · {snap.id}")
         set_text(self.query_one("#wf-head", Static), self._head(snap))
         set_text(self.query_one("#wf-groups", Static), self._groups(snap))
         tab = self.active_tab
@@ -142,8 +142,8 @@ class WorkflowScreen(LiveScreen):
 
     def _head(self, snap: WorkflowSnapshot) -> Text:
         text = Text()
-        text.append(f"{snap.id} ", style="bold")
-        text.append(f"{snap.name}  ", style="bold cyan")
+        text.append(f"{safe_text(snap.id)} ", style="bold")
+        text.append(f"{safe_text(snap.name)}  ", style="bold cyan")
         text.append_text(state_text(snap.state))
         text.append("  ")
         text.append_text(segment_bar(snap.counts, snap.total, 40))
@@ -164,7 +164,7 @@ class WorkflowScreen(LiveScreen):
             return text
         for g in shown[:8]:
             done = sum(v for k, v in g.counts.items() if k not in ("pending", "ready", "running"))
-            text.append(f"{g.prefix + '/':<18}", style="bold")
+            text.append(f"{safe_text(g.prefix) + '/':<18}", style="bold")
             text.append_text(segment_bar(g.counts, g.total, 30))
             text.append(f" {done}/{g.total}\n", style="grey70")
         if len(shown) > 8:
@@ -207,11 +207,11 @@ class WorkflowScreen(LiveScreen):
             )
 
         def add(parent: Any, node: Any, depth: int) -> None:
-            label = Text(node.data_id.split("/", 1)[-1], style="bold" if node.task in critical else "")
+            label = user_text(node.data_id.split("/", 1)[-1], "bold" if node.task in critical else "")
             if node.task in critical:
                 label.append("  ★ critical path", style="yellow")
             if node.mark:
-                label.append(f"  ({node.mark})", style="grey50")
+                label.append(f"  ({safe_text(node.mark)})", style="grey50")
             branch = parent.add(label, expand=depth < 3) if node.children else parent.add_leaf(label)
             for child in node.children:
                 add(branch, child, depth + 1)

@@ -24,8 +24,9 @@ from collections.abc import Iterator
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
+from tuiflow.cli.console import SafeConsole, user_text
 from tuiflow.errors import NotFound, TuiflowError
 
 EXIT_OK = 0
@@ -33,7 +34,7 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_NOT_FOUND = 3
 
-_stderr = Console(stderr=True)
+_stderr = SafeConsole(stderr=True)
 
 
 class BadOption(TuiflowError, ValueError):
@@ -67,8 +68,10 @@ def exit_code(error: BaseException) -> int:
 
 
 def say_error(message: str, console: Console | None = None) -> None:
-    """Print the one-line ``error: ...`` (not markup: the message is the user's text too)."""
-    (console or _stderr).print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    """Print the one-line ``error: ...`` (not markup, control characters made visible: the
+    message quotes the user's text too)."""
+    line = Text.assemble(("error:", "red"), " ", user_text(message, multiline=True))
+    (console or _stderr).print(line, highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> typer.Exit:

@@ -9,6 +9,7 @@ Errors end with a one-line message and an exit code, never a traceback: commands
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,14 +19,14 @@ from enum import StrEnum
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from analyzer.fmt import fmt_age, fmt_seconds, state_style
+from analyzer.fmt import fmt_age, fmt_seconds, safe_text, state_style
 from spool import Home, LeaseHeldError, layout
 from tuiflow import __version__
+from tuiflow.cli.console import SafeConsole, user_text
 from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK, BadOption, exit_code, user_errors
 from tuiflow.errors import NotFound
 from workers.wire import BUNDLE_HOLD, BUNDLE_MAX
@@ -51,8 +52,10 @@ app = typer.Typer(
     no_args_is_help=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Everything user-supplied is printed as `user_text` (a Text, never markup, control
+# characters made visible); the consoles make sure of the latter for anything else.
+out = SafeConsole()
+err = SafeConsole(stderr=True)
 
 HomeOpt = typer.Option(
     None, "--home", help="Home directory (default: $TUIFLOW_HOME or ./.tuiflow).", show_default=False
@@ -96,6 +99,14 @@ def _load(file: str, set_: list[str], json_out: bool) -> Any:
         raise typer.Exit(exit_code(e)) from None
 
 
+class _SafeFormatter(logging.Formatter):
+    """Log lines (the daemons', run-local's) quote task names, errors and worker ids: their
+    control characters are made visible too (`safe_text`), tracebacks keep their lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_text(super().format(record), multiline=True)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"tuiflow {__version__}")
@@ -112,11 +123,9 @@ def root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
 ) -> None:
     ctx.obj = {"home": home}
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
     if ctx.invoked_subcommand is None:
         from tuiflow.app import run_dashboard
 
@@ -133,7 +142,9 @@ def validate(
     if json_out:
         _emit_json({"valid": True, "name": d.name, "tasks": len(d), "groups": d.prefixes})
     else:
-        out.print(f"[green]ok[/] {file}: workflow {d.name!r}, {len(d)} tasks")
+        out.print(
+            Text.assemble(("ok", "green"), " ", user_text(f"{file}: workflow {d.name!r}, {len(d)} tasks"))
+        )
 
 
 @app.command()
@@ -160,7 +171,7 @@ def submit(
     if json_out:
         _emit_json({"id": wf_id})
     else:
-        out.print(wf_id)
+        out.print(user_text(wf_id))
 
 
 @app.command("ls")
@@ -178,7 +189,7 @@ def ls_(
         _emit_json(items)
         return
     if not items:
-        out.print("no workflows" + (f" in state {state}" if state else ""))
+        out.print(user_text("no workflows" + (f" in state {state}" if state else "")))
         return
     table = Table(box=None, header_style="bold")
     for col in ("ID", "NAME", "STATE", "DONE", "AGE"):
@@ -190,8 +201,8 @@ def ls_(
             counts.get(k, 0) for k in ("completed", "failed", "skipped", "upstream_failed", "cancelled")
         )
         table.add_row(
-            s["id"],
-            Text(s.get("name", "")),
+            user_text(s.get("id", "")),
+            user_text(s.get("name", "")),
             _state(s.get("state", "")),
             f"{done}/{total}",
             fmt_age(now - s.get("created_at", now)),
@@ -208,12 +219,14 @@ def status(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bo
     if json_out:
         _emit_json(st)
         return
-    head = Text.assemble((st["id"], "bold"), f" {st['name']}: ", _state(st["state"]))
+    head = Text.assemble(user_text(st["id"], "bold"), " ", user_text(st["name"]), ": ", _state(st["state"]))
     head.append(f"  {st['done']}/{st['total']} done")
     if st.get("wall_seconds"):
         head.append(f", {fmt_seconds(st['wall_seconds'])}")
     out.print(head)
-    out.print("  " + ", ".join(f"{n} {k}" for k, n in st["counts"].items() if n))
+    out.print(user_text("  " + ", ".join(f"{n} {k}" for k, n in st["counts"].items() if n)))
+    if st.get("error"):
+        out.print(Text.assemble("  ", ("error: ", "red"), user_text(st["error"])))
     coordinator = st.get("coordinator")
     if st["state"] in ("pending", "running") and not (coordinator and coordinator.get("holder")):
         out.print(
@@ -221,7 +234,7 @@ def status(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bo
         )
     _task_table([_row(t) for t in st["tasks"]][:200])
     if len(st["tasks"]) > 200:
-        out.print(f"... {len(st['tasks']) - 200} more (tuiflow tasks {st['id']} --prefix ...)")
+        out.print(user_text(f"... {len(st['tasks']) - 200} more (tuiflow tasks {st['id']} --prefix ...)"))
 
 
 @app.command()
@@ -249,13 +262,13 @@ def _row(t: dict[str, Any]) -> list[Text | str]:
     if reason:
         detail = (detail + " " if detail else "") + reason.splitlines()[0][:80]
     return [
-        Text(t["name"]),
+        user_text(t["name"]),
         _state(t["state"]),
         str(t["attempt"]),
-        Text(t.get("worker") or ""),
+        user_text(t.get("worker") or ""),
         _duration(t.get("queued_for")),
         _duration(t.get("ran_for")),
-        Text(detail),
+        user_text(detail),
     ]
 
 
@@ -277,7 +290,7 @@ def cancel(ctx: typer.Context, wf: str, home: str | None = HomeOpt, json_out: bo
     if json_out:
         _emit_json({"id": wf_id, "requested": "cancel"})
     else:
-        out.print(f"cancel requested for {wf_id}")
+        out.print(user_text(f"cancel requested for {wf_id}"))
 
 
 @app.command()
@@ -295,7 +308,7 @@ def retry(
     if json_out:
         _emit_json({"id": wf_id, "requested": "retry", "tasks": again})
     else:
-        out.print(f"retry requested for {wf_id}: {len(again)} task(s) will run again")
+        out.print(user_text(f"retry requested for {wf_id}: {len(again)} task(s) will run again"))
 
 
 @app.command()
@@ -328,8 +341,13 @@ def logs(
     home: str | None = HomeOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """Print a task attempt's stdout/stderr."""
-    from tuiflow.cli.follow import LOG_STREAMS, follow_logs
+    """Print a task attempt's stdout/stderr.
+
+    Piped or redirected, the output is written byte for byte as the task wrote it; on a
+    terminal, its control characters are shown (ESC as ␛), so that nothing in it can act on
+    the terminal. A task that has not run yet (or never will) is an error, exit 3;
+    `--follow` waits for a pending task to start."""
+    from tuiflow.cli.follow import LOG_STREAMS, check_ran, follow_logs
     from tuiflow.cli.tail import read_from
     from tuiflow.engine.client import Client
 
@@ -338,14 +356,89 @@ def logs(
     if stream not in (*LOG_STREAMS, "both"):
         raise BadOption("--stream must be stdout, stderr or both")
     names = list(LOG_STREAMS) if stream == "both" else [stream]
+    check_ran(client, wf, task, attempt, directory, names, waiting=follow_ and not json_out)
     if json_out:
         data = {}
         for n in names:
-            chunk = read_from(layout.attempt_file(directory, LOG_STREAMS[n]))
+            chunk = read_from(layout.attempt_file(directory, LOG_STREAMS[n]), home=client.home.root)
             data[n] = chunk.text if chunk.exists else None
         _emit_json({"dir": directory, **data})
         return
     raise typer.Exit(follow_logs(client, wf, task, directory, names, follow=follow_))
+
+
+class Sharing(StrEnum):
+    private = "private"
+    group = "group"
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    home: str | None = HomeOpt,
+    sharing: Sharing | None = typer.Option(
+        None,
+        help="private (the default): only you can read and write the home; group: your cluster "
+        "group too (setgid directories, files 0660). See docs/deployment.md.",
+    ),
+    group: str | None = typer.Option(
+        None, help="With --sharing group: the group that shares the home (default: your primary group)."
+    ),
+    max_log_bytes: int | None = typer.Option(
+        None, min=1, help="Bytes of stdout (and of stderr) kept per attempt: the head and the tail."
+    ),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Create a home with its settings (other commands create a private one on first use)."""
+    from spool.home import Settings, resolve_root
+
+    root = resolve_root(home or (ctx.obj.get("home") if ctx.obj else None))
+    if group is not None and sharing is not Sharing.group:
+        raise BadOption("--group needs --sharing group")
+    if os.path.exists(f"{root}/{layout.LAYOUT_FILE}"):
+        existing = Home.open(root, create=False).settings
+        if sharing is not None and existing.sharing != sharing.value:
+            raise BadOption(
+                f"home {root} already exists with sharing={existing.sharing}; the setting is fixed "
+                "when a home is created (make a new one, or see docs/deployment.md)"
+            )
+    else:
+        settings = Settings(sharing=(sharing or Sharing.private).value)
+        if max_log_bytes is not None:
+            settings = dataclasses.replace(settings, max_log_bytes=max_log_bytes)
+        if sharing is Sharing.group:
+            _make_group_root(root, group)
+        Home.open(root, create=True, settings=settings)
+    opened = Home.open(root, create=False)
+    if json_out:
+        _emit_json({"home": opened.root, "settings": opened.settings.to_json()})
+        return
+    s = opened.settings
+    out.print(
+        user_text(
+            f"home {opened.root}: sharing={s.sharing}, max_log_bytes={s.max_log_bytes}, "
+            f"durability={s.durability}"
+        )
+    )
+
+
+def _make_group_root(root: str, group: str | None) -> None:
+    """The root of a group home: owned by `group`, mode 2770 (setgid, so everything made
+    below belongs to the group whatever each user's primary group is)."""
+    import grp
+
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else os.getgid()
+    except KeyError:
+        raise BadOption(f"--group {group}: no such group") from None
+    try:
+        os.makedirs(root, exist_ok=True)
+        os.chown(root, -1, gid)
+        os.chmod(root, 0o2770)
+    except OSError as e:
+        from spool.errors import StorageError
+
+        raise StorageError.from_os("prepare the group home", root, e) from None
 
 
 @app.command()
@@ -357,42 +450,58 @@ def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = Json
     if json_out:
         _emit_json(report)
         raise typer.Exit(EXIT_OK if report["ok"] else EXIT_FAILED)
+    # every value below may come from another user's records: names, ids, hosts, reasons
     out.print(
-        f"home {report['home']} (layout v{report['layout_version']}, "
-        f"{report['settings']['durability']} durability, watch={report['settings']['watch']})"
+        user_text(
+            f"home {report['home']} (layout v{report['layout_version']}, "
+            f"{report['settings']['durability']} durability, watch={report['settings']['watch']}, "
+            f"sharing={report['settings']['sharing']}, max_log_bytes={report['settings']['max_log_bytes']})"
+        )
     )
     c = report["coordinator"]
     if c and c["holder"]:
         out.print(
-            f"coordinator: {c['holder']} (pid {c['pid']} on {c['host']}, generation {c['generation']}, "
-            f"renewed {fmt_age(c['age_seconds'])} ago)"
+            user_text(
+                f"coordinator: {c['holder']} (pid {c['pid']} on {c['host']}, generation {c['generation']}, "
+                f"renewed {fmt_age(c['age_seconds'])} ago)"
+            )
         )
     else:
         out.print("coordinator: [yellow]none[/]")
+    for note in report.get("notes", []):
+        out.print(user_text(f"note: {note}"), highlight=False, soft_wrap=True)
     for w in report["workers"]:
         mark = _state("dead" if w["dead"] else "alive")
         out.print(
             Text.assemble(
-                f"worker {w['id']}: ",
+                user_text(f"worker {w['id']}: "),
                 mark,
-                f", queues {', '.join(w['queues'])}, {len(w['running'])} running, "
-                f"heartbeat {fmt_age(w['heartbeat_age'])} ago",
+                user_text(
+                    f", queues {', '.join(w['queues'])}, {len(w['running'])} running, "
+                    f"heartbeat {fmt_age(w['heartbeat_age'])} ago"
+                ),
             )
         )
     for q in report["queues"]:
         out.print(
-            f"queue {q['name']}: {q['ready']} ready, {q['delayed']} delayed, {q['claimed']} claimed, {q['dead']} poison"
+            user_text(
+                f"queue {q['name']}: {q['ready']} ready, {q['delayed']} delayed, {q['claimed']} claimed, "
+                f"{q['dead']} poison"
+            )
         )
     for pz in report["poison"]:
-        out.print(f"  [red]poison[/] {pz['queue']}/{pz['message']}: {pz['reason']}")
-    for s in report["stuck"]:
         out.print(
-            f"  [yellow]stuck[/] {s['workflow']} {s['task']} {s['state']} for {fmt_seconds(s['for_seconds'])}"
+            Text.assemble(
+                "  ", ("poison", "red"), " ", user_text(f"{pz['queue']}/{pz['message']}: {pz['reason']}")
+            )
         )
+    for s in report["stuck"]:
+        line = f"{s['workflow']} {s['task']} {s['state']} for {fmt_seconds(s['for_seconds'])}"
+        out.print(Text.assemble("  ", ("stuck", "yellow"), " ", user_text(line)))
     if report["problems"]:
         out.print("[red]problems:[/]")
         for problem in report["problems"]:
-            out.print(f"  - {problem}", highlight=False, soft_wrap=True, markup=False)
+            out.print(user_text(f"  - {problem}"), highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
     out.print("[green]no problems found[/]")
 
@@ -411,13 +520,13 @@ def purge(
     client = Client(_home(home, ctx))
     if not yes and not json_out:
         what = "ALL workflows, including pending and running ones" if all_ else "finished workflows"
-        if not typer.confirm(f"delete {what} in {client.home.root}?"):
+        if not typer.confirm(f"delete {what} in {safe_text(client.home.root)}?"):
             raise typer.Exit(EXIT_FAILED)
     removed = client.purge(all_=all_)
     if json_out:
         _emit_json({"removed": removed})
     else:
-        out.print(f"removed {len(removed)} workflow(s)")
+        out.print(user_text(f"removed {len(removed)} workflow(s)"))
 
 
 # --------------------------------------------------------------------- daemons
@@ -520,20 +629,32 @@ def serve(
     host: str = typer.Option(
         "127.0.0.1",
         "--host",
-        help="Address to listen on. The default, 127.0.0.1, is reachable from this machine only; "
-        "anyone who can reach the page can cancel and retry workflows.",
+        help="Address to listen on. The default, 127.0.0.1, is reachable from this machine only and "
+        "asks for no token; any other address requires one.",
     ),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port."),
+    token: str | None = typer.Option(
+        None,
+        "--token",
+        help="The token the page asks for (at least 16 characters; default: $TUIFLOW_SERVE_TOKEN, else "
+        "one is generated and printed). A command line is visible to every user of the machine (ps): "
+        "prefer the variable.",
+        show_default=False,
+    ),
 ) -> None:
-    """Serve the dashboard to a web browser (textual-serve), on 127.0.0.1 by default."""
-    import shlex
+    """Serve the dashboard to a web browser (textual-serve), on 127.0.0.1 by default.
 
-    from textual_serve.server import Server
+    Whoever can open the page can cancel and retry workflows. On a loopback address (the
+    default) no token is asked for, and only pages of its own origin may drive it. Any other
+    `--host` requires a token: `--token`, else `$TUIFLOW_SERVE_TOKEN`, else one generated and
+    printed once. The page asks for it, or the URL carries it (`http://HOST:PORT/?token=...`);
+    the browser then keeps a session cookie until the server stops. Scripts may send
+    `Authorization: Bearer TOKEN`. It is plain HTTP: beyond a network you trust, use TLS (a
+    proxy) or an SSH tunnel to a loopback serve."""
+    from tuiflow.cli.serve import serve_dashboard
 
     h = _home(home, ctx, create=True)
-    command = f"{shlex.quote(sys.executable)} -m tuiflow --home {shlex.quote(h.root)}"
-    out.print(f"dashboard of {h.root} at http://{host}:{port}/  (Ctrl-C stops)")
-    Server(command, host=host, port=port, title=f"tuiflow · {h.root}").serve()
+    raise typer.Exit(serve_dashboard(h, host=host, port=port, token=token, console=out))
 
 
 # ------------------------------------------------------------------------ traces
@@ -707,7 +828,7 @@ def run_local_cmd(
 
 # ----------------------------------------------------------------------- utils
 def _state(state: str) -> Text:
-    return Text(state, style=state_style(state))
+    return user_text(state, state_style(state))
 
 
 def _duration(seconds: float | None) -> str:

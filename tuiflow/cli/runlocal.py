@@ -1,15 +1,24 @@
 """`tuiflow run-local`: submit a workflow, run it to the end here (`tuiflow.engine.local`),
 and show its progress: one bar overall and one per prefix group, a line per task that
-ends, and a summary table (or, with --json, the final status)."""
+ends, and a summary table (or, with --json, the final status).
+
+Ctrl-C (SIGINT) and SIGTERM (a scheduler's or `kill`'s stop) both cancel the workflow,
+wait for it to end (30 s at most; a second signal stops waiting), and print the summary.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import shlex
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -21,8 +30,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from analyzer.fmt import fmt_seconds, state_style
+from analyzer.fmt import fmt_seconds, safe_text, state_style
 from spool import Home, layout
+from tuiflow.cli.console import user_text
 from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK
 from tuiflow.engine.client import task_views
 from tuiflow.engine.local import LocalRun
@@ -61,7 +71,9 @@ class _Bars:
         ):
             for prefix in prefixes:
                 n = sum(1 for t in definition.tasks if t.name.startswith(prefix + "/"))
-                self.groups[prefix] = self.progress.add_task(f"  {prefix}/", total=n, detail="")
+                # the description is markup to Rich's TextColumn: the prefix is the user's text
+                label = f"  {escape(safe_text(prefix))}/"
+                self.groups[prefix] = self.progress.add_task(label, total=n, detail="")
 
     def update(self, run: RunState) -> None:
         done = sum(run.counts[c] for c in TERMINAL)
@@ -93,7 +105,10 @@ def _detail(counts: list[int]) -> str:
 
 
 def summary_table(run: RunState, wall: float, home: Home) -> Table:
-    title = Text(f"workflow {run.wf_id} ({run.definition.name}): ")
+    """The table printed when a run ends: counts, wall time, the slowest and the failed
+    tasks, where the files are, and how to see the trace (a command to paste: its home
+    is shell-quoted)."""
+    title = user_text(f"workflow {run.wf_id} ({run.definition.name}): ")
     title.append(run.state, style=state_style(run.state))
     table = Table(title=title, title_justify="left")
     table.add_column("")
@@ -104,18 +119,21 @@ def summary_table(run: RunState, wall: float, home: Home) -> Table:
     views = [v for v in task_views(run, time.time()) if v.ran_for is not None]
     views.sort(key=lambda v: v.ran_for or 0, reverse=True)
     if views:
-        table.add_row("slowest", Text("\n".join(f"{fmt_seconds(v.ran_for):>8}  {v.name}" for v in views[:5])))
+        table.add_row(
+            "slowest",
+            Text("\n".join(f"{fmt_seconds(v.ran_for):>8}  {safe_text(v.name)}" for v in views[:5])),
+        )
     failed = [
         (t.name, run.reason.get(i, "")) for i, t in enumerate(run.definition.tasks) if run.st[i] == FAILED
     ]
     if failed:
         table.add_row(
             Text("failed", style=state_style("failed")),
-            Text("\n".join(f"{n}: {r.splitlines()[0][:120] if r else ''}" for n, r in failed[:8])),
+            Text("\n".join(safe_text(f"{n}: {r.splitlines()[0][:120] if r else ''}") for n, r in failed[:8])),
         )
     tasks_dir = layout.tasks_dir(layout.workflow_dir(home.root, run.wf_id))
-    table.add_row("files", Text(f"{tasks_dir}/<task>/<attempt>/  (logs, outputs, spans)"))
-    table.add_row("traces", Text(f"tuiflow trace analyze {run.wf_id} --home {home.root}"))
+    table.add_row("files", user_text(f"{tasks_dir}/<task>/<attempt>/  (logs, outputs, spans)"))
+    table.add_row("traces", user_text(f"tuiflow trace analyze {run.wf_id} --home {shlex.quote(home.root)}"))
     return table
 
 
@@ -135,11 +153,23 @@ def run_local(
     wf_id = session.start()
     if not json_out:
         console.print(
-            f"[bold]tuiflow run-local[/] workflow [cyan]{wf_id}[/] ({definition.name}, "
-            f"{len(definition)} tasks) with {session.n_workers} worker(s) in {home.root}"
+            Text.assemble(
+                ("tuiflow run-local", "bold"),
+                " workflow ",
+                user_text(wf_id, "cyan"),
+                user_text(
+                    f" ({definition.name}, {len(definition)} tasks) with {session.n_workers} worker(s) "
+                    f"in {home.root}"
+                ),
+            )
         )
         if session.external_coordinator:
-            console.print(f"[yellow]using the running coordinator[/] ({session.external_coordinator})")
+            console.print(
+                Text.assemble(
+                    ("using the running coordinator", "yellow"),
+                    user_text(f" ({session.external_coordinator})"),
+                )
+            )
     bars = _Bars(definition)
 
     def tick() -> None:
@@ -148,18 +178,22 @@ def run_local(
             bars.update(run)
         for text, state in session.drain_lines():
             if not json_out:
-                live.console.print(text, style=state_style(state) or None, markup=False, highlight=False)
+                live.console.print(user_text(text, state_style(state)), highlight=False)
 
     live = Live(Group(bars.progress), console=console, transient=False, refresh_per_second=10)
+    received: list[str] = []
     try:
-        with live if not json_out else contextlib.nullcontext():
+        with _terminate_interrupts(received), live if not json_out else contextlib.nullcontext():
             session.wait(on_tick=tick)
     except KeyboardInterrupt:
         session.interrupted = True
-        console.print("[yellow]interrupted: cancelling the workflow[/]")
+        by = received[0] if received else "interrupted"
+        if not json_out and not console.is_terminal:
+            console.print()  # off a terminal, the last progress line has no newline yet
+        console.print(f"[yellow]{by}: cancelling the workflow[/]")
         session.cancel()
         deadline = time.monotonic() + 30
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt), _terminate_interrupts(received):
             while not session.finished() and time.monotonic() < deadline:
                 time.sleep(0.1)
     finally:
@@ -173,6 +207,28 @@ def run_local(
         console.print(summary_table(run, wall, home))
     code = EXIT_OK if run.state == "completed" else EXIT_FAILED
     return code, status
+
+
+@contextlib.contextmanager
+def _terminate_interrupts(received: list[str]) -> Iterator[None]:
+    """While inside, SIGTERM interrupts like Ctrl-C does (a KeyboardInterrupt in the main
+    thread), so that both take the one path that cancels the workflow and prints the
+    summary; `received` is told which signal it was. Python raises KeyboardInterrupt from
+    its own SIGINT handler the same way. Outside the main thread (where no handler can be
+    installed) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        received.append("terminated (SIGTERM)")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["run_local", "summary_table"]

@@ -26,20 +26,41 @@ class Chunk:
         return self.data.decode("utf-8", errors="replace")
 
 
-def read_from(path: str, offset: int = 0, *, max_bytes: int | None = None) -> Chunk:
+def read_from(path: str, offset: int = 0, *, max_bytes: int | None = None, home: str | None = None) -> Chunk:
     """The bytes of `path` from byte `offset` to its end; with `max_bytes`, at most the last
     `max_bytes` of them (a tail). A file that shrank (rewritten) is read from its start.
-    A file that does not exist gives an empty chunk; one that cannot be read, StorageError."""
+    A file that does not exist gives an empty chunk; one that cannot be read, StorageError.
+
+    Nothing is read through a link, nor from a FIFO (which would block), a device or a
+    file with a second hard link: a colleague may plant one in a shared home (issue 12).
+    With `home`, every directory from the home down is opened without following a link
+    (`workers.attemptdir.open_under`); without, the file itself (O_NOFOLLOW)."""
+    from workers.attemptdir import open_file, open_under
+    from workers.errors import UnsafePathError
+
     try:
-        with open(path, "rb") as f:
+        if home is not None:
+            fd = open_under(home, path, os.O_RDONLY)
+        else:
+            parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = open_file(parent, os.path.basename(path), path, os.O_RDONLY)
+            finally:
+                os.close(parent)
+    except FileNotFoundError:
+        return Chunk(b"", offset, False)
+    except UnsafePathError as e:
+        raise StorageError(str(e), path=e.path) from None
+    except OSError as e:
+        raise StorageError.from_os("read", path, e) from e
+    try:
+        with open(fd, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             start = offset if offset <= size else 0
             if max_bytes is not None:
                 start = max(start, size - max_bytes)
             f.seek(start)
             data = f.read()
-    except FileNotFoundError:
-        return Chunk(b"", offset, False)
     except OSError as e:
         raise StorageError.from_os("read", path, e) from e
     return Chunk(data, start + len(data), True)
