@@ -55,7 +55,7 @@ import time
 from types import TracebackType
 
 from spool import layout, perms
-from spool.fsops import retry_stale
+from spool.fsops import listdir, retry_stale
 from spool.names import check_component
 from workers.errors import UnsafePathError
 from workers.logcap import CappedLog
@@ -292,7 +292,7 @@ class AttemptDir:
                 # Listed by path, not by descriptor (listdir(fd) costs 3 more syscalls, dup
                 # fcntl and lseek, on every task that writes no output): the names only
                 # decide whether to wait, nothing is opened through them.
-                if wait_visible <= 0 or name not in os.listdir(self.path):
+                if wait_visible <= 0 or name not in listdir(self.path):
                     return None
                 if time.monotonic() >= deadline:
                     raise FileNotFoundError(
