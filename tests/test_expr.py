@@ -173,3 +173,44 @@ def test_shell_templates_quote_every_value():
 def test_bad_templates(text):
     with pytest.raises(ExpressionError):
         Template(text)
+
+
+def test_static_parts_are_checked_without_the_run():
+    # the bomb is refused although the rest of the condition needs the run's outputs
+    with pytest.raises(ExpressionError, match="larger than"):
+        Expression("inputs.A.ok and sum([[1]*3000]*3000, []) == []").check_static({"params": {}})
+    with pytest.raises(ExpressionError, match="longer than"):
+        Expression("'%999999999d' % 1").check_static({})
+    with pytest.raises(ExpressionError, match="longer than"):
+        Expression("inputs.A.n > len(params.s * 10**6)").check_static({"params": {"s": "ab"}})
+    # a missing key is the run's business (a condition reads it as false)
+    Expression("params.cfg.flag or inputs.A.ok").check_static({"params": {"cfg": {}}})
+    Expression("inputs.A.tags[item] == 'x'").check_static({})
+
+
+def test_a_value_that_cannot_be_made_text_is_an_expression_error():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ExpressionError, match="cannot be made text"):
+        Template("v={{ inputs.A.v }}").render({"inputs": {"A": {"v": deep}}})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "echo $[{{ item }} + 1]",
+        "echo `echo {{ item }}`",
+        'echo "${x:-{{ item }}}"',
+        "cat <<EOF\n{{ item }}\nEOF",
+        "echo hi # {{ item }}",
+    ],
+)
+def test_shell_places_where_no_value_can_be_quoted_are_refused(text):
+    with pytest.raises(ExpressionError, match="assign it to a variable first"):
+        Template(text).shell_places()
+
+
+def test_shell_places_of_quotable_holes():
+    t = Template("""echo {{ item }} '{{ item }}' "{{ item }}" "$(cat {{ item }})" """)
+    assert t.shell_places() == ("word", "single", "double", "word")

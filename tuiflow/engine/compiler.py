@@ -1,28 +1,39 @@
 """Workflow files and the builder's mappings, validated and compiled to a `Definition`.
 
 A workflow file (YAML or JSON) or the Python builder (`tuiflow.sdk.builder`) produces a raw
-mapping; `compile_workflow` validates it (types with pydantic, then names, dependencies,
-cycles, executors, conditions and templates) and expands ``foreach`` tasks. Every problem
-found is reported at once, each naming the file, the task, the field and, for YAML, the
-line.
+mapping; `compile_workflow` validates it (types with pydantic, then names, ranges, stored
+values, dependencies, cycles, executors, conditions and templates) and expands
+``foreach`` tasks. Every problem found is reported at once, each naming the file, the
+task, the field and, for YAML, the line.
+
+Everything a workflow gives is checked here, so that nothing it holds can fail later on
+the shared coordinator or in a worker: numbers are range-checked, stored values must fit
+the store (64-bit integers, finite numbers, string keys), expressions that need nothing
+from the run are evaluated (bounded, see `tuiflow.engine.expr`), shell templates must
+stand where their values can be quoted, and parsing itself is bounded (YAML aliases may
+not expand a file beyond `tuiflow.engine.reading.MAX_ALIAS_NODES`; a key given twice is an
+error).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
-import json
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from tuiflow.engine.expr import Expression, ExpressionError, has_template, strings_in
+from tuiflow.engine.expr import Expression, ExpressionError, clip, has_template, strings_in
+from tuiflow.engine.fileformat import TaskModel, WorkflowModel, described, int_text, model_problems
 from tuiflow.engine.model import (
     EXECUTORS,
+    MAX_STORED_INT,
+    MIN_STORED_INT,
     Definition,
     Issue,
     TaskDef,
@@ -30,166 +41,27 @@ from tuiflow.engine.model import (
     _expression,
     _template,
 )
+from tuiflow.engine.reading import LineMap, load_file
 
-TASK_NAME_RE = re.compile(r"[A-Za-z0-9_.=\-\[\]]+(/[A-Za-z0-9_.=\-\[\]]+)*\Z")
+_NAME_CHARS = r"[A-Za-z0-9_.=\-\[\]]"
+TASK_NAME_RE = re.compile(rf"{_NAME_CHARS}+(/{_NAME_CHARS}+)*\Z")
+#: workflow names: as task names, and spaces inside ("nightly eval/run 3")
+WORKFLOW_NAME_RE = re.compile(r"[A-Za-z0-9_.=\-\[\]]([A-Za-z0-9_.=\-\[\] /]*[A-Za-z0-9_.=\-\[\]])?\Z")
 MAX_TASK_NAME = 200
+MAX_WORKFLOW_NAME = 100
 MAX_FOREACH = 1_000_000
+#: how deep a stored value (params, kwargs, with, foreach items) may nest
+MAX_DATA_DEPTH = 100
+#: how many parts a stored value may have (a shared part counts every time it appears)
+MAX_DATA_NODES = 1_000_000
+#: the cycle of a dependency error shows this many names at each end
+CYCLE_ENDS = 5
 _CALL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*\Z")
 _QUEUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@+=-]{0,99}\Z")
-
-
-# ------------------------------------------------------------------- the file format
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=False)
-
-
-NonNegInt = Annotated[int, Field(ge=0)]
-PosFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-
-
-class Defaults(_Strict):
-    queue: str | None = None
-    num_retries: NonNegInt | None = None
-    timeout: PosFloat | None = None
-    retry_backoff: NonNegFloat | None = None
-    gpus: NonNegInt | None = None
-    env: dict[str, str | int | float | bool] | None = None
-    cwd: str | None = None
-    priority: int | None = None
-
-
-class TaskModel(_Strict):
-    name: str
-    depends_on: list[str] = []
-    dep_policy: Literal["all", "any"] = "all"
-    condition: str | None = None
-    run: str | list[str] | None = None
-    call: str | None = None
-    kwargs: dict[str, Any] = {}
-    executor: str | None = None
-    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
-    foreach: list[Any] | dict[str, Any] | str | None = None
-    queue: str | None = None
-    gpus: NonNegInt | None = None
-    env: dict[str, str | int | float | bool] | None = None
-    cwd: str | None = None
-    timeout: PosFloat | None = None
-    num_retries: NonNegInt | None = None
-    retry_backoff: NonNegFloat | None = None
-    priority: int | None = None
-
-
-class WorkflowModel(_Strict):
-    name: str
-    description: str | None = None
-    params: dict[str, Any] = {}
-    defaults: Defaults = Defaults()
-    tasks: list[dict[str, Any]] = Field(min_length=1)
-
-
-def json_schema() -> dict[str, Any]:
-    """JSON Schema of workflow files (for editors: `tuiflow schema`)."""
-    schema = WorkflowModel.model_json_schema(by_alias=True)
-    schema["properties"]["tasks"]["items"] = {"$ref": "#/$defs/TaskModel"}
-    schema.setdefault("$defs", {})["TaskModel"] = TaskModel.model_json_schema(by_alias=True)
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "tuiflow workflow"
-    return schema
-
-
-# ------------------------------------------------------------------- line numbers
-class LineMap:
-    """Where things are in a YAML file: the line of each task and of each of its fields."""
-
-    def __init__(self) -> None:
-        self.top: dict[str, int] = {}
-        self.tasks: list[int] = []
-        self.fields: list[dict[str, int]] = []
-
-    def task(self, i: int | None) -> int | None:
-        return self.tasks[i] if i is not None and i < len(self.tasks) else None
-
-    def field(self, i: int | None, name: str | None) -> int | None:
-        if i is None or i >= len(self.fields):
-            return self.top.get(name) if name else None
-        return self.fields[i].get(name or "", self.task(i)) if name else self.task(i)
-
-
-def _yaml_lines(node: yaml.Node) -> LineMap:
-    lines = LineMap()
-    if not isinstance(node, yaml.MappingNode):
-        return lines
-    for key, value in node.value:
-        lines.top[str(key.value)] = key.start_mark.line + 1
-        if key.value == "tasks" and isinstance(value, yaml.SequenceNode):
-            for item in value.value:
-                lines.tasks.append(item.start_mark.line + 1)
-                fields = {}
-                if isinstance(item, yaml.MappingNode):
-                    fields = {str(k.value): k.start_mark.line + 1 for k, _ in item.value}
-                lines.fields.append(fields)
-    return lines
-
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def load_file(path: str | os.PathLike[str]) -> tuple[Any, LineMap]:
-    """Parse a YAML or JSON workflow file into (raw data, line map)."""
-    source = os.fspath(path)
-    try:
-        with open(source, encoding="utf-8") as f:
-            text = f.read()
-    except FileNotFoundError:
-        raise WorkflowValidationError(source, [Issue("file not found")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise WorkflowValidationError(source, [Issue(f"cannot read: {e}")]) from None
-    return parse_text(text, source)
-
-
-def parse_text(text: str, source: str) -> tuple[Any, LineMap]:
-    if source.endswith(".json"):
-        try:
-            return json.loads(text), LineMap()
-        except json.JSONDecodeError as e:
-            raise WorkflowValidationError(
-                source, [Issue(f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno)]
-            ) from None
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark else None
-        problem = e.problem or e.context or "invalid YAML"
-        col = f" (column {mark.column + 1})" if mark else ""
-        raise WorkflowValidationError(source, [Issue(f"invalid YAML: {problem}{col}", line=line)]) from None
-    except yaml.YAMLError as e:
-        raise WorkflowValidationError(source, [Issue(f"invalid YAML: {e}")]) from None
-    finally:
-        loader.dispose()
-    return data, _yaml_lines(node) if node is not None else LineMap()
+_ENV_NAME_RE = re.compile(r"[^=\x00]+\Z")
 
 
 # ------------------------------------------------------------------------ compiling
-def parse_set_values(pairs: Iterable[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs; values are parsed as YAML scalars (3 -> int, true -> bool)."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise WorkflowValidationError(
-                "--set", [Issue(f"expects key=value, got {pair!r}", field="params")]
-            )
-        try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = value
-    return out
-
-
 def compile_workflow(
     raw: Any,
     *,
@@ -207,20 +79,21 @@ def compile_workflow(
     """
     lines = lines or LineMap()
     issues: list[Issue] = []
-    wf = _validate_top(raw, source, lines)
-    if not wf.name.strip() or len(wf.name) > 100:
-        issues.append(Issue("name must be 1-100 characters", field="name", line=lines.top.get("name")))
-    params = _params(wf, set_values, issues)
+    wf = _validate_top(raw, source, lines, issues)
+    if not any(i.field == "name" for i in issues):
+        _check_workflow_name(wf.name, lines, issues)
+    params = _params(wf, set_values, lines, issues)
     models = _task_models(wf, lines, issues)
     tasks, groups = _expand(models, wf.defaults, params, lines, issues)
     final = _check_references(tasks, groups, wf, params, lines, issues)
     if not issues:
         cycle = _find_cycle(final)
         if cycle:
-            shown = " -> ".join(cycle)
             issues.append(
                 Issue(
-                    f"dependency cycle: {shown} (each depends on the next)", task=cycle[0], field="depends_on"
+                    f"dependency cycle: {_show_cycle(cycle)} (each depends on the next)",
+                    task=cycle[0],
+                    field="depends_on",
                 )
             )
     if issues:
@@ -236,32 +109,67 @@ def compile_workflow(
     )
 
 
-def _validate_top(raw: Any, source: str, lines: LineMap) -> WorkflowModel:
-    """The workflow's top level, or WorkflowValidationError (nothing below can be checked)."""
+def _validate_top(raw: Any, source: str, lines: LineMap, issues: list[Issue]) -> WorkflowModel:
+    """The workflow's top level. A problem in a field other than `tasks` is added to
+    `issues` and the field left out, so the tasks are still checked; without valid tasks
+    nothing below can be: WorkflowValidationError at once."""
     if not isinstance(raw, dict):
         raise WorkflowValidationError(source, [Issue("a workflow must be a mapping with 'name' and 'tasks'")])
     try:
         return WorkflowModel.model_validate(raw)
     except ValidationError as e:
-        issues = []
-        for err in e.errors():
-            loc = err["loc"]
-            field = str(loc[0]) if loc else None
-            if len(loc) > 1 and field == "defaults":
-                field = f"defaults.{loc[1]}"
-            issues.append(Issue(err["msg"], field=field, line=lines.top.get(str(loc[0])) if loc else None))
+        problems = model_problems(e, WorkflowModel, raw)
+    for field, message in problems:
+        issues.append(Issue(message, field=field, line=lines.top_field(field)))
+    bad = {field.split(".", 1)[0].split("[", 1)[0] for field, _ in problems}
+    if "tasks" in bad:
+        raise WorkflowValidationError(source, issues)
+    kept = {k: v for k, v in raw.items() if k not in bad and k in WorkflowModel.model_fields}
+    kept.setdefault("name", "?")
+    try:
+        return WorkflowModel.model_validate(kept)
+    except ValidationError:  # pragma: no cover - every refused field was left out
         raise WorkflowValidationError(source, issues) from None
 
 
-def _params(wf: WorkflowModel, set_values: Mapping[str, Any] | None, issues: list[Issue]) -> dict[str, Any]:
+def _check_workflow_name(name: str, lines: LineMap, issues: list[Issue]) -> None:
+    """Names are printed by every listing and the dashboard: no control characters, no
+    path-like parts."""
+    if (
+        len(name) > MAX_WORKFLOW_NAME
+        or not WORKFLOW_NAME_RE.match(name)
+        or any(seg.strip() in (".", "..", "") for seg in name.split("/"))
+    ):
+        issues.append(
+            Issue(
+                f"invalid workflow name {clip(name, 60)!r}: use 1-{MAX_WORKFLOW_NAME} letters, digits, "
+                "spaces and _ . = - [ ], with '/' between parts (no '.' or '..' part)",
+                field="name",
+                line=lines.top.get("name"),
+            )
+        )
+
+
+def _params(
+    wf: WorkflowModel, set_values: Mapping[str, Any] | None, lines: LineMap, issues: list[Issue]
+) -> dict[str, Any]:
     """The declared params with the `--set` values applied (only declared ones may be set)."""
     params = dict(wf.params)
+    given = set()
     for key, value in (set_values or {}).items():
         if key not in params:
             known = ", ".join(sorted(params)) or "none declared"
-            issues.append(Issue(f"--set {key}: no such param (params: {known})", field="params"))
+            issues.append(Issue(f"--set {clip(key, 60)}: no such param (params: {known})", field="params"))
         else:
             params[key] = value
+            given.add(key)
+    for key, value in params.items():
+        if (problem := _data_problem(value)) is not None:
+            where, what = problem
+            origin = " (from --set)" if key in given else ""
+            issues.append(
+                Issue(f"{what}{origin}", field=f"params.{key}{where}", line=lines.top.get("params"))
+            )
     return params
 
 
@@ -277,13 +185,9 @@ def _task_models(wf: WorkflowModel, lines: LineMap, issues: list[Issue]) -> list
         try:
             models.append((i, TaskModel.model_validate(task_raw)))
         except ValidationError as e:
-            for err in e.errors():
-                loc = [str(x) for x in err["loc"]]
-                field = ".".join(loc) if loc else None
-                msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-                issues.append(
-                    Issue(msg, task=label, field=field, line=lines.field(i, loc[0] if loc else None))
-                )
+            for field, message in model_problems(e, TaskModel, task_raw):
+                line = lines.field(i, field.split(".", 1)[0].split("[", 1)[0])
+                issues.append(Issue(message, task=label, field=field, line=line))
     return models
 
 
@@ -308,8 +212,8 @@ def _expand(
         ):
             issue_at(
                 "name",
-                f"invalid task name {m.name!r}: use letters, digits and _ . = - [ ], with '/' between "
-                f"prefix groups (at most {MAX_TASK_NAME} characters)",
+                f"invalid task name {clip(m.name, 60)!r}: use letters, digits and _ . = - [ ], with '/' "
+                f"between prefix groups (at most {MAX_TASK_NAME} characters)",
             )
             continue
         if m.name in declared:
@@ -348,9 +252,10 @@ def _with_defaults(m: TaskModel, d: Any, issue_at: Callable[[str, str], None]) -
         spec["env"] = {k: str(v) if not isinstance(v, str) else v for k, v in env.items()}
     if (cwd := m.cwd if m.cwd is not None else d.cwd) is not None:
         spec["cwd"] = cwd
+    _check_text(spec, issue_at)
     queue = m.queue or d.queue or "default"
     if not _QUEUE_RE.match(queue):
-        issue_at("queue", f"invalid queue name {queue!r}")
+        issue_at("queue", f"invalid queue name {clip(queue, 60)!r}")
     return dict(
         spec=spec,
         depends_on=tuple(m.depends_on),
@@ -363,6 +268,79 @@ def _with_defaults(m: TaskModel, d: Any, issue_at: Callable[[str, str], None]) -
         num_retries=m.num_retries if m.num_retries is not None else (d.num_retries or 0),
         retry_backoff=m.retry_backoff if m.retry_backoff is not None else (d.retry_backoff or 0.0),
         priority=m.priority if m.priority is not None else (d.priority or 0),
+    )
+
+
+def _check_text(spec: dict[str, Any], issue_at: Callable[[str, str], None]) -> None:
+    """What becomes a process's command, environment and directory: text the operating
+    system takes (no NUL; an environment name without '='). Stored values must fit the
+    store (`_data_problem`)."""
+    for field in ("run", "cwd"):
+        if isinstance(spec.get(field), str) and "\x00" in spec[field]:
+            issue_at(field, "contains a NUL character")
+    if any("\x00" in a for a in spec.get("argv", ())):
+        issue_at("run", "an argument contains a NUL character")
+    for name, value in spec.get("env", {}).items():
+        if not _ENV_NAME_RE.match(name):
+            issue_at("env", f"invalid environment variable name {clip(name, 60)!r} (no '=' or NUL)")
+        elif "\x00" in value:
+            issue_at("env", f"{clip(name, 60)}: the value contains a NUL character")
+    for field in ("kwargs", "with"):
+        if field in spec and (problem := _data_problem(spec[field])) is not None:
+            issue_at(field + problem[0], problem[1])
+
+
+def _data_problem(value: Any) -> tuple[str, str] | None:
+    """(where, what) of the first part of a JSON-like value that the store (msgpack) and
+    the tasks (JSON) cannot hold as it is; None if it all fits. Iterative and bounded:
+    a value of shared parts (YAML aliases, the builder) is not walked without end."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    walked = 0
+    while stack:
+        v, where, depth = stack.pop()
+        walked += len(v) if isinstance(v, list | tuple | dict) else 1
+        if walked > MAX_DATA_NODES:
+            return "", f"holds more than {MAX_DATA_NODES:,} values"
+        if depth > MAX_DATA_DEPTH:
+            return where, f"nested deeper than {MAX_DATA_DEPTH} levels"
+        if _plain(v):
+            continue
+        if isinstance(v, int):
+            if not MIN_STORED_INT <= v <= MAX_STORED_INT:
+                return where, (
+                    f"the integer {int_text(v)} does not fit in 64 bits, the largest the store "
+                    "holds (quote it to pass it as a string)"
+                )
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                return where, f"{v!r} is not a finite number (JSON cannot hold it)"
+        elif isinstance(v, list | tuple):
+            # a path is made only for what needs a closer look (a foreach of 1,000,000 ints)
+            stack.extend(
+                (x, f"{where}[{i}]", depth + 1) for i, x in reversed(list(enumerate(v))) if not _plain(x)
+            )
+        elif isinstance(v, dict):
+            for k in v:
+                if not isinstance(k, str):
+                    return where, f"key {clip(repr(k), 40)} is not a string (quote it)"
+            stack.extend((x, f"{where}.{k}", depth + 1) for k, x in reversed(v.items()) if not _plain(x))
+        else:
+            return where, (
+                f"{described(v)} cannot be stored: use strings, numbers, true/false, lists or mappings "
+                "(quote it to make it a string)"
+            )
+    return None
+
+
+def _plain(v: Any) -> bool:
+    """A scalar every store holds as it is."""
+    t = type(v)
+    return (
+        t is str
+        or v is None
+        or t is bool
+        or (t is int and MIN_STORED_INT <= v <= MAX_STORED_INT)
+        or (t is float and math.isfinite(v))
     )
 
 
@@ -384,6 +362,7 @@ def _check_references(
         if g in names:
             issues.append(Issue(f"name clashes with the foreach group {g!r}", task=g))
     checked: set[int] = set()
+    evaluated: set[str] = set()  # expressions already evaluated with these params
     final: list[TaskDef] = []
     for i, expanded, m in tasks:
         deps = [member for dep in expanded.depends_on for member in groups.get(dep, [dep])]
@@ -397,8 +376,10 @@ def _check_references(
             if dep == m.name:
                 issue_at("depends_on", "a task cannot depend on itself")
             elif dep not in names and dep not in groups and dep not in raw_names:
-                issue_at("depends_on", f"unknown task {dep!r}{_suggest(dep, raw_names | set(groups))}")
-        _check_expressions(m, td, groups, params, issue_at)
+                issue_at(
+                    "depends_on", f"unknown task {clip(dep, 60)!r}{_suggest(dep, raw_names | set(groups))}"
+                )
+        _check_expressions(m, td, groups, params, issue_at, evaluated)
     return final
 
 
@@ -408,9 +389,12 @@ def _check_expressions(
     groups: dict[str, list[str]],
     params: dict[str, Any],
     issue_at: Callable[[str, str], None],
+    evaluated: set[str],
 ) -> None:
     """A task's condition and templates parse, and refer only to what they may: inputs of
-    direct dependencies, declared params, item/index in foreach tasks."""
+    direct dependencies, declared params, item/index in foreach tasks. A shell command's
+    holes stand where their values can be quoted; what needs nothing from the run is
+    evaluated now (`_evaluate_static`)."""
     allowed_inputs = set(m.depends_on)
     for dep in m.depends_on:
         allowed_inputs.update(groups.get(dep, []))
@@ -424,52 +408,91 @@ def _check_expressions(
         for text in strings_in(value):
             if has_template(text):
                 try:
-                    exprs.extend((field, e) for e in _template(text).exprs)
+                    template = _template(text)
+                    if td.executor == "shell" and field == "run" and isinstance(value, str):
+                        template.shell_places()
+                    exprs.extend((field, e) for e in template.exprs)
                 except ExpressionError as e:
                     issue_at(field, str(e))
     for field, expr in exprs:
         for ref in sorted(expr.input_refs - allowed_inputs):
             issue_at(
                 field,
-                f"refers to inputs[{ref!r}], which is not a direct dependency "
+                f"refers to inputs[{clip(ref, 60)!r}], which is not a direct dependency "
                 f"(depends_on: {', '.join(m.depends_on) or 'nothing'})",
             )
         if expr.dynamic_inputs and not m.depends_on:
             issue_at(field, "uses inputs[...] but the task has no dependencies")
         if ("item" in expr.names or "index" in expr.names) and m.foreach is None:
             issue_at(field, "uses item/index, which exist only in foreach tasks")
-        for ref in sorted(expr.param_refs - set(params)):
-            issue_at(field, f"refers to params.{ref}, which is not declared under params:")
+        undeclared = expr.param_refs - set(params)
+        for ref in sorted(undeclared):
+            issue_at(field, f"refers to params.{clip(ref, 60)}, which is not declared under params:")
+        if not undeclared and expr.source not in evaluated:
+            evaluated.add(expr.source)
+            _evaluate_static(expr, params, field, issue_at)
+
+
+def _evaluate_static(
+    expr: Expression, params: dict[str, Any], field: str, issue_at: Callable[[str, str], None]
+) -> None:
+    """Evaluate the parts of an expression that read nothing of the run (constants and
+    params), so that one that fails or exceeds the bounds (``sum([[1]*3000]*3000, [])``)
+    is refused here, not on the shared coordinator."""
+    try:
+        expr.check_static({"params": params})
+    except ExpressionError as e:
+        issue_at(field, f"cannot be evaluated: {e}")
 
 
 def _issue_at(issues: list[Issue], task: str, i: int, lines: LineMap, field: str, message: str) -> None:
-    issues.append(
-        Issue(message, task=task, field=field, line=lines.field(i, field.split(".", maxsplit=1)[0]))
-    )
+    name = field.split(".", maxsplit=1)[0].split("[", maxsplit=1)[0]
+    issues.append(Issue(message, task=task, field=field, line=lines.field(i, name)))
 
 
 def _foreach_items(spec: Any, params: dict[str, Any], issue_at: Any) -> list[Any] | None:
     """foreach: a list; {range: N | [start, stop] | [start, stop, step]}; or "{{ params.x }}"."""
-    if isinstance(spec, list):
-        return spec
     if isinstance(spec, dict):
-        if set(spec) != {"range"}:
-            issue_at("foreach", "a foreach mapping must be {range: N} or {range: [start, stop, step]}")
-            return None
-        bounds = spec["range"] if isinstance(spec["range"], list) else [spec["range"]]
-        if not (1 <= len(bounds) <= 3) or not all(
-            isinstance(b, int) and not isinstance(b, bool) for b in bounds
-        ):
-            issue_at("foreach", "range takes 1 to 3 integers")
-            return None
-        if len(bounds) == 3 and bounds[2] == 0:
-            issue_at("foreach", "range step must not be 0")
-            return None
-        r = range(*bounds)
-        if len(r) > MAX_FOREACH:
-            issue_at("foreach", f"foreach has {len(r)} items; the limit is {MAX_FOREACH}")
-            return None
-        return list(r)
+        items = _range_items(spec, issue_at)
+    elif isinstance(spec, list):
+        items = spec
+    else:
+        items = _template_items(spec, params, issue_at)
+    if items is None:
+        return None
+    if len(items) > MAX_FOREACH:
+        issue_at("foreach", f"foreach has {len(items):,} items; the limit is {MAX_FOREACH:,}")
+        return None
+    if (problem := _data_problem(items)) is not None:
+        issue_at("foreach" + problem[0], problem[1])
+        return None
+    return items
+
+
+def _range_items(spec: dict[str, Any], issue_at: Any) -> list[int] | None:
+    if set(spec) != {"range"}:
+        issue_at("foreach", "a foreach mapping must be {range: N} or {range: [start, stop, step]}")
+        return None
+    bounds = spec["range"] if isinstance(spec["range"], list) else [spec["range"]]
+    if not (1 <= len(bounds) <= 3) or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        issue_at("foreach", "range takes 1 to 3 whole numbers")
+        return None
+    if not all(-(2**63) <= b < 2**63 for b in bounds):
+        issue_at("foreach", "range bounds must fit in 64 bits")
+        return None
+    if len(bounds) == 3 and bounds[2] == 0:
+        issue_at("foreach", "range step must not be 0")
+        return None
+    r = range(*bounds)
+    # the item after the last one allowed exists: too many (len() of a range longer than
+    # the machine's sizes would raise OverflowError)
+    if r.start + MAX_FOREACH * r.step in r:
+        issue_at("foreach", f"range {spec['range']} has more than {MAX_FOREACH:,} items, the limit")
+        return None
+    return list(r)
+
+
+def _template_items(spec: str, params: dict[str, Any], issue_at: Any) -> list[Any] | None:
     try:
         template = _template(spec)
         if not template.single:
@@ -481,7 +504,7 @@ def _foreach_items(spec: Any, params: dict[str, Any], issue_at: Any) -> list[Any
         issue_at("foreach", str(e))
         return None
     if not isinstance(value, list):
-        issue_at("foreach", f"{spec!r} gives a {type(value).__name__}, not a list")
+        issue_at("foreach", f"{clip(spec, 60)!r} gives {described(value)}, not a list")
         return None
     return value
 
@@ -496,7 +519,7 @@ def _executor_and_spec(m: TaskModel, issue_at: Any) -> tuple[str | None, dict[st
         issue_at("run", "nothing to run: give run (a shell command), call (module:function) or executor")
         return None, {}
     if executor not in EXECUTORS:
-        issue_at("executor", f"unknown executor {executor!r} (known: {', '.join(EXECUTORS)})")
+        issue_at("executor", f"unknown executor {clip(executor, 60)!r} (known: {', '.join(EXECUTORS)})")
         return None, {}
     spec: dict[str, Any] = {}
     if executor == "shell":
@@ -516,7 +539,7 @@ def _executor_and_spec(m: TaskModel, issue_at: Any) -> tuple[str | None, dict[st
             issue_at("call", "the python executor needs call: 'module:function'")
             return None, {}
         if not _CALL_RE.match(m.call):
-            issue_at("call", f"call must look like 'package.module:function', not {m.call!r}")
+            issue_at("call", f"call must look like 'package.module:function', not {clip(m.call, 60)!r}")
         spec["call"] = m.call
         spec["kwargs"] = dict(m.kwargs)
     if m.with_:
@@ -542,10 +565,18 @@ def _template_fields(td: TaskDef) -> Iterable[tuple[str, Any]]:
 
 
 def _suggest(name: str, known: set[str]) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, sorted(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _show_cycle(cycle: list[str]) -> str:
+    """A cycle as "a -> b -> ... -> a", its middle left out when long: a cycle through
+    10,000 tasks stays one readable line."""
+    names = [clip(n, 60) for n in cycle]
+    if len(names) > 2 * CYCLE_ENDS + 1:
+        hidden = len(names) - 2 * CYCLE_ENDS
+        names = [*names[:CYCLE_ENDS], f"... ({hidden:,} more) ...", *names[-CYCLE_ENDS:]]
+    return " -> ".join(names)
 
 
 def _find_cycle(tasks: list[TaskDef]) -> list[str] | None:

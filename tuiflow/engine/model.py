@@ -13,12 +13,26 @@ import dataclasses
 import functools
 from typing import Any
 
-from tuiflow.engine.expr import Expression, Template, has_template, strings_in
+from tuiflow.engine.expr import Expression, Template, clip, has_template, strings_in
 from tuiflow.errors import TuiflowError
 
 DEFINITION_FORMAT = 1
 #: executors the workers know; `executor:` names one explicitly (`run` means shell, `call` python)
 EXECUTORS = ("shell", "python")
+
+# ------------------------------------------------------------------------------ limits
+# What the engine can run, checked by the compiler so that no value a workflow gives can
+# fail later on the shared coordinator or in a worker.
+#: the queue names each message by 32767 - priority in five digits (spool.queue's range)
+MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
+MAX_GPUS = 64
+MAX_RETRIES = 1000
+#: seconds: 30 days (a longer task should not rely on one attempt)
+MAX_TIMEOUT = 30 * 86400.0
+#: seconds: 1 day
+MAX_BACKOFF = 86400.0
+#: the integers the store (msgpack) can hold
+MIN_STORED_INT, MAX_STORED_INT = -(2**63), 2**64 - 1
 
 
 # ------------------------------------------------------------------------------ errors
@@ -30,11 +44,12 @@ class Issue:
     line: int | None = None
 
     def render(self, source: str) -> str:
+        # the task and field are the user's text (an unknown key may be long): clipped
         where = [source + (f":{self.line}" if self.line else "")]
         if self.task:
-            where.append(f"task {self.task!r}")
+            where.append(f"task {clip(self.task, 80)!r}")
         if self.field:
-            where.append(f"field {self.field!r}")
+            where.append(f"field {clip(self.field, 80)!r}")
         return f"{', '.join(where)}: {self.message}"
 
 
