@@ -74,7 +74,7 @@ def _emit_json(value: Any) -> None:
 
 def _set_values(pairs: list[str]) -> dict[str, Any]:
     """`--set key=value` options as a dict (BadOption for one without `=`)."""
-    from tuiflow.engine.compiler import parse_set_values
+    from tuiflow.engine.reading import parse_set_values
 
     try:
         return parse_set_values(pairs)
@@ -150,7 +150,7 @@ def validate(
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of workflow files (for editor completion and checks)."""
-    from tuiflow.engine.compiler import json_schema
+    from tuiflow.engine.fileformat import json_schema
 
     _emit_json(json_schema())
 
