@@ -557,6 +557,11 @@ def test_type_errors_say_what_was_expected_in_words_once(tmp_path, fields, field
     assert expect in issues[0].message
 
 
+def test_an_empty_list_of_tasks_is_called_empty(tmp_path):
+    issues = problems(tmp_path, "name: x\ntasks: []\n")
+    assert [i.field for i in issues] == ["tasks"] and "got an empty list" in issues[0].message, issues
+
+
 def test_a_cycle_through_ten_thousand_tasks_is_shown_shortened(tmp_path):
     n = 10_000
     tasks = [

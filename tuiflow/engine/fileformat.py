@@ -141,9 +141,9 @@ def described(value: Any) -> str:
     if isinstance(value, str):
         return f"the string {clip(value, 40)!r}"
     if isinstance(value, list | tuple):
-        return "a list"
+        return "a list" if value else "an empty list"
     if isinstance(value, dict):
-        return "a mapping"
+        return "a mapping" if value else "an empty mapping"
     return f"a {type(value).__name__} ({clip(str(value), 40)})"
 
 
