@@ -365,8 +365,12 @@ def _check_references(
     evaluated: set[str] = set()  # expressions already evaluated with these params
     final: list[TaskDef] = []
     for i, expanded, m in tasks:
-        deps = [member for dep in expanded.depends_on for member in groups.get(dep, [dep])]
-        td = dataclasses.replace(expanded, depends_on=tuple(dict.fromkeys(deps)))
+        td = expanded
+        if any(dep in groups for dep in expanded.depends_on):  # a group means all its members
+            deps = [member for dep in expanded.depends_on for member in groups.get(dep, [dep])]
+            td = dataclasses.replace(expanded, depends_on=tuple(dict.fromkeys(deps)))
+        elif len(set(expanded.depends_on)) != len(expanded.depends_on):
+            td = dataclasses.replace(expanded, depends_on=tuple(dict.fromkeys(expanded.depends_on)))
         final.append(td)
         if i in checked:
             continue
