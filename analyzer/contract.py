@@ -51,6 +51,8 @@ SETUP_SPAN = "executor setup"
 EXECUTE_SPAN = "execute"
 READY_SPAN = "write outputs"
 POSTPROCESS_SPAN = "post-process"
+MODEL_LOAD_SPAN = "model load"  # a model executor loading its model (only on a miss)
+PROMPT_SPAN = "build prompts"  # a model executor rendering prompts (chat templates)
 
 #: kind of each standard child span
 SPAN_KINDS: dict[str, SpanKind] = {
@@ -59,6 +61,8 @@ SPAN_KINDS: dict[str, SpanKind] = {
     EXECUTE_SPAN: SpanKind.COMPUTE,
     READY_SPAN: SpanKind.NETWORK,
     POSTPROCESS_SPAN: SpanKind.COMPUTE,
+    MODEL_LOAD_SPAN: SpanKind.NETWORK,  # reading weights: storage, not compute
+    PROMPT_SPAN: SpanKind.COMPUTE,
 }
 
 # --- attribute keys -------------------------------------------------------------------
@@ -82,6 +86,18 @@ ATTR_BYTES = "tuiflow.bytes"  # payload bytes moved by a network span
 ATTR_OUTCOME = "tuiflow.outcome"  # completed | failed | timeout | cancelled | lost | worker stopped
 ATTR_ERROR = "tuiflow.error"  # short reason on error spans
 ATTR_EXIT_CODE = "tuiflow.exit_code"
+ATTR_MODEL_LOAD_SECONDS = "tuiflow.model.load_seconds"  # on the generation span: 0.0 on a warm hit
+ATTR_WARM_HIT = "tuiflow.model.warm"  # bool: the model was already loaded in the slot's host
+# OpenTelemetry GenAI semantic conventions (gen_ai.*) on a model executor's generation span
+ATTR_GENAI_OPERATION = "gen_ai.operation.name"
+ATTR_GENAI_MODEL = "gen_ai.request.model"
+ATTR_GENAI_MAX_TOKENS = "gen_ai.request.max_tokens"
+ATTR_GENAI_TEMPERATURE = "gen_ai.request.temperature"
+ATTR_GENAI_TOP_P = "gen_ai.request.top_p"
+ATTR_GENAI_SEED = "gen_ai.request.seed"
+ATTR_GENAI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+ATTR_GENAI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+ATTR_GENAI_FINISH_REASONS = "gen_ai.response.finish_reasons"
 
 #: the "workflow context" every attempt's root span carries (no joins needed for analytics)
 WORKFLOW_CONTEXT_KEYS = (

@@ -782,3 +782,23 @@ def test_stop_markers_cancel_and_time_out_running_attempts(home):
         FailKind.TIMEOUT,
         FailKind.WORKER_STOPPED,
     )
+
+
+def test_a_model_host_keeps_its_models_by_key_least_recently_used_out_and_idle_ones_dropped():
+    from workers.models.residency import Residency
+
+    now = [0.0]
+    loaded: list[str] = []
+
+    def load(name):
+        return lambda: loaded.append(name) or f"model {name}"
+
+    r = Residency(max_models=2, ttl=60.0, clock=lambda: now[0])
+    assert r.get("a", load("a"))[0] == "model a" and r.get("a", load("a"))[1] == 0.0  # warm: no load
+    r.get("b", load("b"))
+    r.get("a", load("a"))  # a is now the most recently used
+    r.get("c", load("c"))  # so b goes
+    assert r.loaded() == ["a", "c"] and loaded == ["a", "b", "c"]
+    now[0] = 61.0
+    r.get("c", load("c"))  # a, idle past the TTL, is dropped first; c was too, and is loaded again
+    assert r.loaded() == ["c"] and loaded == ["a", "b", "c", "c"]

@@ -41,6 +41,7 @@ from tuiflow.engine.model import (
     _expression,
     _template,
 )
+from tuiflow.engine.modelspec import check_model_spec
 from tuiflow.engine.reading import LineMap, load_file
 
 _NAME_CHARS = r"[A-Za-z0-9_.=\-\[\]]"
@@ -546,6 +547,8 @@ def _executor_and_spec(m: TaskModel, issue_at: Any) -> tuple[str | None, dict[st
             issue_at("call", f"call must look like 'package.module:function', not {clip(m.call, 60)!r}")
         spec["call"] = m.call
         spec["kwargs"] = dict(m.kwargs)
+    else:  # a model executor: everything it needs is in `with`
+        check_model_spec(executor, m.with_, issue_at)
     if m.with_:
         spec["with"] = dict(m.with_)
     if m.kwargs and executor != "python":

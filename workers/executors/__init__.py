@@ -4,8 +4,13 @@ interface they implement is `workers.executors.interface`."""
 from workers.executors.interface import Executor, InlineExecutor, Outcome, Phase, TaskContext
 from workers.executors.python import PythonExecutor
 from workers.executors.shell import ShellExecutor, resolve_cwd
+from workers.executors.textgen import TextGenExecutor
 
-EXECUTORS: dict[str, type[Executor]] = {"shell": ShellExecutor, "python": PythonExecutor}
+EXECUTORS: dict[str, type[Executor]] = {
+    "shell": ShellExecutor,
+    "python": PythonExecutor,
+    "transformers": TextGenExecutor,
+}
 
 __all__ = [
     "EXECUTORS",
@@ -16,5 +21,6 @@ __all__ = [
     "PythonExecutor",
     "ShellExecutor",
     "TaskContext",
+    "TextGenExecutor",
     "resolve_cwd",
 ]

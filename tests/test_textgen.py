@@ -1,0 +1,141 @@
+"""The transformers executor on CPU, with a tiny Llama built in code (no model hub): real
+`tuiflow run-local` processes, the model loaded once per slot and kept warm, outputs equal
+to transformers' own greedy generation, GenAI attributes on the spans, failures local."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support.engine import cli, write_wf
+
+from spool import Home, layout
+from tuiflow.engine.client import Client
+
+pytest.importorskip("torch", reason="the model executors' tests need `pip install 'tuiflow[transformers]'`")
+pytest.importorskip(
+    "transformers", reason="the model executors' tests need `pip install 'tuiflow[transformers]'`"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    from support.tiny_models import tiny_llama as build
+
+    return build(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def _spans(home: Home, wf: str, task: str) -> list[dict]:
+    directory = Client(home).attempt_dir(wf, task)
+    lines = Path(layout.attempt_log(directory, layout.SPANS_FILE)).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _run(tmp_path: Path, text: str) -> tuple[Home, str, object]:
+    home = Home.open(tmp_path / "home")
+    r = cli("run-local", write_wf(tmp_path, text), "--workers", 1, "--json", home=home.root, timeout=300)
+    (summary,) = Client(home).store.summaries()
+    return home, summary["id"], r
+
+
+def _reference(model_dir: str, prompts: list[str], max_tokens: int) -> list[str]:
+    """transformers' own greedy generation, in this process, one prompt at a time."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    texts = []
+    for prompt in prompts:
+        batch = tok([prompt], return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(
+                **batch, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        ids = out[0, batch["input_ids"].shape[1] :].tolist()
+        if tok.eos_token_id in ids:
+            ids = ids[: ids.index(tok.eos_token_id)]
+        texts.append(tok.decode(ids, skip_special_tokens=True))
+    return texts
+
+
+def test_five_tasks_on_one_model_load_it_once_and_match_transformers(tmp_path, tiny_llama):
+    prompts = ["describe a scene", "suggest a style", "hello world", "the quick brown fox", "a quiet harbour"]
+    tasks = "\n".join(
+        f"  - name: gen{k}\n    executor: transformers\n    with: {{model: {json.dumps(tiny_llama)}, "
+        f"prompts: {json.dumps(p)}, max_tokens: 8, seed: 1}}"
+        for k, p in enumerate(prompts)
+    )
+    home, wf, r = _run(tmp_path, f"name: textgen\ntasks:\n{tasks}\n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    want = _reference(tiny_llama, prompts, 8)
+    loads = 0
+    for k, prompt in enumerate(prompts):
+        view = next(v for v in Client(home).tasks(wf) if v.name == f"gen{k}")
+        assert view.state == "completed", view
+        output = view.output
+        assert output["texts"] == [want[k]], (prompt, output)
+        assert output["finish_reasons"][0] in ("stop", "length")
+        assert output["output_tokens"][0] <= 8 and output["input_tokens"][0] > 0
+        spans = _spans(home, wf, f"gen{k}")
+        loads += sum(s["name"] == "model load" for s in spans)
+        generation = next(s for s in spans if s["name"] == "execute")
+        attrs = generation["attributes"]
+        assert attrs["gen_ai.request.model"] == tiny_llama
+        assert attrs["gen_ai.request.max_tokens"] == 8 and attrs["gen_ai.request.seed"] == 1
+        assert attrs["gen_ai.usage.output_tokens"] == output["output_tokens"][0]
+        assert attrs["tuiflow.model.warm"] is (k > 0)
+    assert loads == 1  # one worker, one slot: the model stayed loaded for the four others
+
+
+def test_chat_prompts_use_the_models_chat_template(tmp_path, tiny_llama):
+    chat = [{"role": "user", "content": "hi there"}]
+    text = (
+        "name: chat\ntasks:\n  - name: ask\n    executor: transformers\n"
+        f"    with: {{model: {json.dumps(tiny_llama)}, prompts: {json.dumps(chat)}, max_tokens: 4}}\n"
+    )
+    home, wf, r = _run(tmp_path, text)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (view,) = Client(home).tasks(wf)
+    rendered = "<|user|>hi there<|end|><|assistant|>"
+    assert view.output["texts"] == _reference(tiny_llama, [rendered], 4)
+    execute = next(s for s in _spans(home, wf, "ask") if s["name"] == "execute")
+    assert execute["attributes"]["gen_ai.operation.name"] == "chat"
+
+
+def test_a_model_that_does_not_exist_fails_its_task_and_the_next_one_runs(tmp_path, tiny_llama):
+    text = (
+        "name: bad\ntasks:\n"
+        f"  - {{name: missing, executor: transformers, with: {{model: {json.dumps(str(tmp_path / 'nope'))}, prompts: hi}}}}\n"
+        f"  - {{name: fine, executor: transformers, "
+        f"with: {{model: {json.dumps(tiny_llama)}, prompts: hi, max_tokens: 2}}}}\n"
+    )
+    home, wf, r = _run(tmp_path, text)
+    views = {v.name: v for v in Client(home).tasks(wf)}
+    assert views["missing"].state == "failed" and "nope" in (views["missing"].reason or ""), views["missing"]
+    assert views["fine"].state == "completed", views["fine"]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("with_", "field", "message"),
+    [
+        ("{prompts: hi}", "with.model", "needs with.model"),
+        ("{model: m}", "with.prompts", "needs with.prompts"),
+        ("{model: m, prompts: hi, max_tokens: 0}", "with.max_tokens", "expected a whole number from 1"),
+        ("{model: m, prompts: hi, temperature: -1}", "with.temperature", "from 0 to 100"),
+        ("{model: m, prompts: hi, dtype: float8}", "with.dtype", "expected one of auto"),
+        ("{model: m, prompts: hi, max_token: 3}", "with.max_token", "unknown field"),
+        ("{model: m, prompts: [[1, 2]]}", "with.prompts", "expected a string, a chat"),
+    ],
+)
+def test_what_the_executor_needs_is_checked_at_validation(tmp_path, with_, field, message):
+    path = write_wf(tmp_path, f"name: v\ntasks:\n  - {{name: t, executor: transformers, with: {with_}}}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "tuiflow", "validate", str(path)], capture_output=True, text=True
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert field in r.stderr and message in r.stderr, r.stderr

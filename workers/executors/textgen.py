@@ -1,0 +1,148 @@
+"""The transformers executor: text generation in the slot's model host, the model kept warm.
+
+Each slot has one model host (`workers.models.host`), a fresh interpreter started with the
+attempt's GPUs in ``CUDA_VISIBLE_DEVICES`` and kept for as long as tasks ask for the same
+GPUs: the models it loaded stay loaded (`workers.models.residency`), so the second task on
+a model pays no load. An attempt given other GPUs than the host was started with gets a
+new host (CUDA cannot move a process to other devices). The attempt runs on a slot thread
+(``inline = False``): the request goes down the host's pipe and the thread waits for the
+reply, the attempt's deadline and its stop checks; a timeout, a cancel or a host that died
+ends the host (SIGKILL of its process group), and the next task starts a fresh one.
+
+The reply's output is written as the attempt's ``output.json``; its phases (model load on
+a miss, prompt building, generation with the OpenTelemetry GenAI attributes) become spans.
+What the host printed (library warnings, a traceback) goes to the attempt's stderr log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+
+from spool import layout
+from workers.executors.interface import Executor, Outcome, Phase, TaskContext
+from workers.framing import read_frame, write_frame
+from workers.supervise import describe_exit, kill_group
+from workers.wire import FailKind
+
+#: seconds between checks of the deadline and the stop markers while a reply is awaited
+POLL = 0.1
+
+
+class TextGenExecutor(Executor):
+    name = "transformers"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.gpus: list[int] | None = None
+        self._wfd = self._rfd = -1
+        self._log: str | None = None  # the host's stderr, node-local
+
+    # ------------------------------------------------------------------ the host
+    def _start(self, gpus: list[int], base_env: dict[str, str]) -> None:
+        to_host_r, to_host_w = os.pipe()
+        from_host_r, from_host_w = os.pipe()
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(base_env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # fixed for the host's life
+        fd, self._log = tempfile.mkstemp(prefix="tuiflow-modelhost-", suffix=".log")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.models.host", str(to_host_r), str(from_host_w)],
+                pass_fds=(to_host_r, from_host_w),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,  # its own group: ending it ends whatever it started
+            )
+        finally:
+            os.close(fd)
+            os.close(to_host_r)
+            os.close(from_host_w)
+        self._wfd, self._rfd, self.gpus = to_host_w, from_host_r, list(gpus)
+
+    def _end(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc, 0)
+        for fd in (self._wfd, self._rfd):
+            if fd >= 0:
+                os.close(fd)
+        self.proc, self.gpus, self._wfd, self._rfd = None, None, -1, -1
+
+    def _host_output(self) -> bytes:
+        """What the host printed since it was last read (and forget it)."""
+        if self._log is None:
+            return b""
+        try:
+            with open(self._log, "r+b") as f:
+                data = f.read()
+                f.truncate(0)
+            return data
+        except FileNotFoundError:
+            return b""
+
+    # ---------------------------------------------------------------- attempts
+    def run(self, ctx: TaskContext) -> Outcome:
+        if self.proc is None or self.proc.poll() is not None or self.gpus != ctx.gpus:
+            self._end()
+            self._start(ctx.gpus, ctx.base_env)
+        t0 = time.time()
+        try:
+            write_frame(self._wfd, {"executor": self.name, "with": ctx.msg.spec.get("with", {})})
+        except OSError as e:
+            self._end()
+            return Outcome.failed(FailKind.ERROR, f"the model host is gone: {e.strerror}")
+        stop = self._await_reply(ctx)
+        self._copy_host_output(ctx)
+        if stop is not None:
+            self._end()
+            if stop is FailKind.TIMEOUT:
+                return Outcome.failed(stop, f"timed out after {ctx.msg.timeout:g} s; model host ended")
+            return Outcome.failed(stop, f"{stop}: model host ended")
+        reply = read_frame(self._rfd)
+        if reply is None:
+            code = self.proc.wait() if self.proc is not None else None
+            self._end()
+            return Outcome.failed(FailKind.ERROR, f"the model host died ({describe_exit(code)})")
+        if not reply["ok"]:
+            if reply.get("kind") == "oom":
+                self._end()  # a fresh host takes the next task with its memory whole
+            return Outcome.failed(FailKind.ERROR, reply["error"])
+        data = json.dumps(reply["output"]).encode()
+        assert ctx.files is not None
+        ctx.files.write(layout.OUTPUT_FILE, data)
+        ctx.output = data
+        phases = [Phase(name, start, end, dict(attrs)) for name, start, end, attrs in reply["phases"]]
+        return Outcome.completed(phases=phases or [Phase("execute", t0, time.time())])
+
+    def _await_reply(self, ctx: TaskContext) -> FailKind | None:
+        """Wait until the host's reply is readable; or why the attempt must stop first."""
+        while True:
+            if select.select([self._rfd], [], [], POLL)[0]:
+                return None
+            if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+                return FailKind.TIMEOUT
+            reason = ctx.should_stop()
+            if reason is not None:
+                return reason
+
+    def _copy_host_output(self, ctx: TaskContext) -> None:
+        data = self._host_output()
+        if data and ctx.files is not None:
+            with ctx.files.log(layout.STDERR_FILE) as log:
+                log.write(data)
+
+    def close(self) -> None:
+        self._end()
+        if self._log is not None:
+            try:
+                os.unlink(self._log)
+            except FileNotFoundError:
+                pass

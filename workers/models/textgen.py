@@ -1,0 +1,154 @@
+"""Text generation with transformers (`generate`), for laptops and CPUs where vLLM is absent.
+
+What a task's ``with`` holds (checked at validation, `tuiflow.engine.modelspec`)::
+
+    model         a local directory or a hub id           (required)
+    prompts       a string, a list of chat messages ([{role, content}, ...]), or a list of
+                  either; chat messages are rendered with the model's chat template
+    max_tokens    new tokens per prompt (default 64)
+    temperature   0 (the default) is greedy; above 0 samples
+    top_p         nucleus sampling (with temperature > 0)
+    seed          seeds sampling (torch.manual_seed) so a run can be repeated
+    stop          strings: the text is cut at the first one generated
+    dtype         auto (fp16/bf16 on CUDA, fp32 on CPU), float32, float16, bfloat16
+
+The output: ``texts``, ``finish_reasons`` ("stop": end of sequence or a stop string;
+"length": max_tokens reached), ``input_tokens``, ``output_tokens`` (per prompt) and
+``tokens_per_s`` (generated tokens over generation seconds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from analyzer import contract as c
+
+#: the dtypes a task may name
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEFAULT_MAX_TOKENS = 64
+
+
+class MissingDependency(Exception):
+    """A library the executor needs is not installed."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    tokenizer: Any
+    model: Any
+    device: str
+
+
+def key(spec: dict[str, Any]) -> tuple[str, ...]:
+    """What two tasks must share to share a loaded model."""
+    return ("transformers", str(spec["model"]), str(spec.get("dtype", "auto")))
+
+
+def _libraries() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise MissingDependency(
+            f"the transformers executor needs `pip install 'tuiflow[transformers]'` ({e.name} is missing)"
+        ) from None
+    return torch, transformers
+
+
+def load(spec: dict[str, Any]) -> LoadedModel:
+    """Load the tokenizer and the model of `spec` onto the host's device."""
+    torch, transformers = _libraries()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = spec.get("dtype", "auto")
+    if name == "auto":
+        dtype = (
+            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+            if device == "cuda"
+            else torch.float32
+        )
+    else:
+        dtype = getattr(torch, name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(spec["model"])
+    tokenizer.padding_side = "left"  # generation continues each prompt from its right end
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = transformers.AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype).to(device).eval()
+    return LoadedModel(tokenizer, model, device)
+
+
+def _prompt_texts(tokenizer: Any, prompts: Any) -> list[str]:
+    """Each prompt as text: a chat (a list of {role, content}) through the chat template."""
+    if isinstance(prompts, str) or _is_chat(prompts):
+        prompts = [prompts]
+    return [
+        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) if _is_chat(p) else p
+        for p in prompts
+    ]
+
+
+def _is_chat(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
+
+
+def generate(
+    loaded: LoadedModel, spec: dict[str, Any]
+) -> tuple[dict[str, Any], list[tuple[str, float, float, dict]]]:
+    """Generate for every prompt of `spec` in one batch: (output, timed phases)."""
+    torch, _ = _libraries()
+    tok, model = loaded.tokenizer, loaded.model
+    t0 = time.time()
+    texts = _prompt_texts(tok, spec["prompts"])
+    batch = tok(texts, return_tensors="pt", padding=True).to(loaded.device)
+    t1 = time.time()
+    max_tokens = int(spec.get("max_tokens", DEFAULT_MAX_TOKENS))
+    temperature = float(spec.get("temperature", 0.0))
+    sampling: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(spec.get("top_p", 1.0))}
+    if spec.get("seed") is not None:
+        torch.manual_seed(int(spec["seed"]))
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id, **sampling)
+    t2 = time.time()
+    result = _decode(
+        tok, out[:, batch["input_ids"].shape[1] :], batch["attention_mask"], spec.get("stop") or []
+    )
+    generated = sum(result["output_tokens"])
+    result["tokens_per_s"] = generated / (t2 - t1) if t2 > t1 else 0.0
+    attributes = {
+        c.ATTR_GENAI_OPERATION: "text_completion" if not _is_chat(spec["prompts"]) else "chat",
+        c.ATTR_GENAI_MODEL: str(spec["model"]),
+        c.ATTR_GENAI_MAX_TOKENS: max_tokens,
+        c.ATTR_GENAI_TEMPERATURE: temperature,
+        c.ATTR_GENAI_INPUT_TOKENS: sum(result["input_tokens"]),
+        c.ATTR_GENAI_OUTPUT_TOKENS: generated,
+        c.ATTR_GENAI_FINISH_REASONS: list(result["finish_reasons"]),
+    }
+    if "top_p" in spec:
+        attributes[c.ATTR_GENAI_TOP_P] = float(spec["top_p"])
+    if spec.get("seed") is not None:
+        attributes[c.ATTR_GENAI_SEED] = int(spec["seed"])
+    phases = [(c.PROMPT_SPAN, t0, t1, {}), (c.EXECUTE_SPAN, t1, t2, attributes)]
+    return result, phases
+
+
+def _decode(tok: Any, new: Any, attention: Any, stop: list[str]) -> dict[str, Any]:
+    texts, reasons, outputs = [], [], []
+    for row in new.tolist():
+        ended = tok.eos_token_id in row
+        ids = row[: row.index(tok.eos_token_id)] if ended else [t for t in row if t != tok.pad_token_id]
+        text = tok.decode(ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, ended = text[:cut], True
+        texts.append(text)
+        reasons.append("stop" if ended else "length")
+        outputs.append(len(ids))
+    return {
+        "texts": texts,
+        "finish_reasons": reasons,
+        "input_tokens": [int(n) for n in attention.sum(dim=1).tolist()],
+        "output_tokens": outputs,
+    }
