@@ -98,18 +98,27 @@ def check_encodable(value: Any, path: str) -> None:
         raise BadOutput(f"{path} holds a value tuiflow cannot pass on: {e}") from None
 
 
-def record(task: TaskMessage, files: AttemptDir, rel: str, raw: bytes) -> None:
-    """Append the asset row of output `raw` (at home-relative `rel`) and its lineage row."""
-    data_id = f"{task.wf}/{task.task}"
-    asset = {
+def record_asset(task: TaskMessage, files: AttemptDir, rel: str, raw: bytes) -> None:
+    """Append the asset row of file `raw` (at home-relative `rel`), made by the attempt."""
+    files.append(layout.ASSETS_FILE, (json.dumps(_asset(task, rel, raw)) + "\n").encode())
+
+
+def _asset(task: TaskMessage, rel: str, raw: bytes) -> dict[str, Any]:
+    return {
         "path": rel,
         "bytes": len(raw),
         "sha256": hashlib.sha256(raw).hexdigest(),
         "owner": task.owner,
         "task": task.task,
         "attempt": task.attempt,
-        "data_id": data_id,
+        "data_id": f"{task.wf}/{task.task}",
     }
+
+
+def record(task: TaskMessage, files: AttemptDir, rel: str, raw: bytes) -> None:
+    """Append the asset row of output `raw` (at home-relative `rel`) and its lineage row."""
+    data_id = f"{task.wf}/{task.task}"
+    asset = _asset(task, rel, raw)
     lineage = {
         "data_id": data_id,
         # the data it was made from: the dependencies that produced some

@@ -1,5 +1,5 @@
 """What a model executor's ``with`` may hold, checked at validation (the executors'
-documentation: `workers.models.textgen`). A value holding a ``{{ template }}`` is checked
+documentation: `workers.models.textgen`, `workers.models.imagegen`). A value holding a ``{{ template }}`` is checked
 when it is rendered, by the executor."""
 
 from __future__ import annotations
@@ -13,19 +13,36 @@ from tuiflow.engine.expr import clip, has_template
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 MAX_NEW_TOKENS = 1_000_000
 
-_TEXTGEN_FIELDS = ("model", "prompts", "max_tokens", "temperature", "top_p", "seed", "stop", "dtype")
+_FIELDS = {
+    "transformers": ("model", "prompts", "max_tokens", "temperature", "top_p", "seed", "stop", "dtype"),
+    "diffusers": (
+        "model", "prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
+        "num_images", "dtype", "scheduler",
+    ),
+}  # fmt: skip
+MAX_IMAGES = 64
+MAX_SIDE = 8192
 
 
 def check_model_spec(executor: str, spec: dict[str, Any], issue_at: Callable[[str, str], None]) -> None:
     """Add an issue (field ``with.<key>``) for each problem of a model executor's `spec`."""
+    known = _FIELDS[executor]
     for key in spec:
-        if key not in _TEXTGEN_FIELDS:
-            issue_at(
-                f"with.{key}",
-                f"unknown field of the {executor} executor (known: {', '.join(_TEXTGEN_FIELDS)})",
-            )
+        if key not in known:
+            issue_at(f"with.{key}", f"unknown field of the {executor} executor (known: {', '.join(known)})")
     if not isinstance(spec.get("model"), str) or not spec["model"].strip():
         issue_at("with.model", f"the {executor} executor needs with.model: a model directory or hub id")
+    _number(spec, "seed", int, 0, 2**63 - 1, issue_at)
+    dtype = spec.get("dtype", "auto")
+    if dtype not in DTYPES and not has_template(dtype):
+        issue_at("with.dtype", f"expected one of {', '.join(DTYPES)}, got {clip(repr(dtype), 40)}")
+    if executor == "transformers":
+        _check_textgen(spec, issue_at)
+    else:
+        _check_imagegen(spec, issue_at)
+
+
+def _check_textgen(spec: dict[str, Any], issue_at: Callable[[str, str], None]) -> None:
     prompts = spec.get("prompts")
     if prompts is None:
         issue_at(
@@ -39,16 +56,34 @@ def check_model_spec(executor: str, spec: dict[str, Any], issue_at: Callable[[st
     _number(spec, "max_tokens", int, 1, MAX_NEW_TOKENS, issue_at)
     _number(spec, "temperature", float, 0.0, 100.0, issue_at)
     _number(spec, "top_p", float, 0.0, 1.0, issue_at)
-    _number(spec, "seed", int, 0, 2**63 - 1, issue_at)
     stop = spec.get("stop")
     if stop is not None and not has_template(stop):
         if isinstance(stop, str):
             spec["stop"] = [stop]
         elif not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
             issue_at("with.stop", "expected a string or a list of non-empty strings")
-    dtype = spec.get("dtype", "auto")
-    if dtype not in DTYPES and not has_template(dtype):
-        issue_at("with.dtype", f"expected one of {', '.join(DTYPES)}, got {clip(repr(dtype), 40)}")
+
+
+def _check_imagegen(spec: dict[str, Any], issue_at: Callable[[str, str], None]) -> None:
+    for key in ("prompt", "negative_prompt"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            issue_at(f"with.{key}", f"expected a string, got {clip(repr(spec[key]), 40)}")
+    if spec.get("prompt") is None:
+        issue_at("with.prompt", "the diffusers executor needs with.prompt: the text of the image")
+    _number(spec, "steps", int, 1, 1000, issue_at)
+    _number(spec, "guidance", float, 0.0, 100.0, issue_at)
+    _number(spec, "num_images", int, 1, MAX_IMAGES, issue_at)
+    for side in ("width", "height"):
+        value = spec.get(side)
+        _number(spec, side, int, 8, MAX_SIDE, issue_at)
+        if isinstance(value, int) and value % 8:
+            issue_at(f"with.{side}", f"must be a multiple of 8 (the pipeline's latent grid), got {value}")
+    scheduler = spec.get("scheduler")
+    if scheduler is not None and not (isinstance(scheduler, str) and scheduler.isidentifier()):
+        issue_at(
+            "with.scheduler",
+            f"expected the name of a diffusers scheduler class, got {clip(repr(scheduler), 40)}",
+        )
 
 
 def _prompts_ok(value: Any) -> bool:

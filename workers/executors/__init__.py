@@ -2,18 +2,20 @@
 interface they implement is `workers.executors.interface`."""
 
 from workers.executors.interface import Executor, InlineExecutor, Outcome, Phase, TaskContext
+from workers.executors.models import DiffusersExecutor, TransformersExecutor
 from workers.executors.python import PythonExecutor
 from workers.executors.shell import ShellExecutor, resolve_cwd
-from workers.executors.textgen import TextGenExecutor
 
 EXECUTORS: dict[str, type[Executor]] = {
     "shell": ShellExecutor,
     "python": PythonExecutor,
-    "transformers": TextGenExecutor,
+    "transformers": TransformersExecutor,
+    "diffusers": DiffusersExecutor,
 }
 
 __all__ = [
     "EXECUTORS",
+    "DiffusersExecutor",
     "Executor",
     "InlineExecutor",
     "Outcome",
@@ -21,6 +23,6 @@ __all__ = [
     "PythonExecutor",
     "ShellExecutor",
     "TaskContext",
-    "TextGenExecutor",
+    "TransformersExecutor",
     "resolve_cwd",
 ]

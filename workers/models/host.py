@@ -2,13 +2,14 @@
 
     python -m workers.models.host READ_FD WRITE_FD
 
-The worker starts it (`workers.executors.textgen`) with the slot's GPUs fixed in
+The worker starts it (`workers.executors.models`) with the slot's GPUs fixed in
 ``CUDA_VISIBLE_DEVICES`` for its whole life: a fresh interpreter, never forked from a
 process that touched CUDA, so a model loaded on GPU 1 stays on GPU 1. It reads one
 request frame at a time (`workers.framing`) and answers each with one frame:
 
     request   {"executor": "transformers", "with": {...}}
-    reply     {"ok": true, "output": {...}, "phases": [[name, start, end, attrs], ...]}
+    reply     {"ok": true, "output": {...}, "phases": [[name, start, end, attrs], ...],
+               "files": {"images": [[name, bytes], ...]}}   # files the worker writes
               {"ok": false, "error": "...", "kind": "missing" | "oom" | "error"}
 
 A failure of one request (a bad model path, out of memory) is answered and the host
@@ -26,10 +27,10 @@ from typing import Any
 
 from analyzer import contract as c
 from workers.framing import read_frame, write_frame
-from workers.models import textgen
+from workers.models import imagegen, textgen
 from workers.models.residency import Residency
 
-BACKENDS = {"transformers": textgen}
+BACKENDS = {"transformers": textgen, "diffusers": imagegen}
 
 
 def serve(rfd: int, wfd: int, residency: Residency) -> None:
@@ -61,7 +62,8 @@ def answer(request: dict[str, Any], residency: Residency) -> dict[str, Any]:
         if c.ATTR_GENAI_MODEL in attrs:
             attrs[c.ATTR_MODEL_LOAD_SECONDS] = load_seconds
             attrs[c.ATTR_WARM_HIT] = not load_seconds
-    return {"ok": True, "output": output, "phases": [list(p) for p in phases]}
+    files = output.pop("files", {})  # the worker writes them into the attempt's directory
+    return {"ok": True, "output": output, "files": files, "phases": [list(p) for p in phases]}
 
 
 def main() -> None:

@@ -61,21 +61,22 @@ def load(spec: dict[str, Any]) -> LoadedModel:
     """Load the tokenizer and the model of `spec` onto the host's device."""
     torch, transformers = _libraries()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = spec.get("dtype", "auto")
-    if name == "auto":
-        dtype = (
-            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-            if device == "cuda"
-            else torch.float32
-        )
-    else:
-        dtype = getattr(torch, name)
+    dtype = torch_dtype(torch, spec.get("dtype", "auto"), device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(spec["model"])
     tokenizer.padding_side = "left"  # generation continues each prompt from its right end
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = transformers.AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype).to(device).eval()
     return LoadedModel(tokenizer, model, device)
+
+
+def torch_dtype(torch: Any, name: str, device: str) -> Any:
+    """The torch dtype a task names; "auto": bf16 (or fp16) on CUDA, fp32 on a CPU."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _prompt_texts(tokenizer: Any, prompts: Any) -> list[str]:

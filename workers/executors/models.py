@@ -1,4 +1,5 @@
-"""The transformers executor: text generation in the slot's model host, the model kept warm.
+"""The model executors (``transformers``: text generation, ``diffusers``: images): each runs
+its attempts in the slot's model host, the model kept warm.
 
 Each slot has one model host (`workers.models.host`), a fresh interpreter started with the
 attempt's GPUs in ``CUDA_VISIBLE_DEVICES`` and kept for as long as tasks ask for the same
@@ -9,9 +10,12 @@ new host (CUDA cannot move a process to other devices). The attempt runs on a sl
 reply, the attempt's deadline and its stop checks; a timeout, a cancel or a host that died
 ends the host (SIGKILL of its process group), and the next task starts a fresh one.
 
-The reply's output is written as the attempt's ``output.json``; its phases (model load on
-a miss, prompt building, generation with the OpenTelemetry GenAI attributes) become spans.
-What the host printed (library warnings, a traceback) goes to the attempt's stderr log.
+The reply's output is written as the attempt's ``output.json``; files the host made (the
+diffusers executor's PNGs) are written into the attempt's directory by the worker (the host
+opens nothing in the home), recorded as asset rows (path, bytes, sha256) and named in the
+output by path. The reply's phases (model load on a miss, prompt building, generation with
+the OpenTelemetry GenAI attributes) become spans. What the host printed (library warnings,
+a traceback) goes to the attempt's stderr log.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import ClassVar
 
 from spool import layout
+from workers import outputs
 from workers.executors.interface import Executor, Outcome, Phase, TaskContext
 from workers.framing import read_frame, write_frame
 from workers.supervise import describe_exit, kill_group
@@ -34,8 +40,11 @@ from workers.wire import FailKind
 POLL = 0.1
 
 
-class TextGenExecutor(Executor):
-    name = "transformers"
+class ModelExecutor(Executor):
+    """An executor whose attempts its slot's model host runs (see the module docstring);
+    the subclasses name the host's backend."""
+
+    name: ClassVar[str]
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -50,7 +59,8 @@ class TextGenExecutor(Executor):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(base_env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))  # fixed for the host's life
+        if gpus:  # fixed for the host's life; a worker that hands out no GPUs leaves them as they are
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         fd, self._log = tempfile.mkstemp(prefix="tuiflow-modelhost-", suffix=".log")
         try:
             self.proc = subprocess.Popen(
@@ -115,12 +125,27 @@ class TextGenExecutor(Executor):
             if reply.get("kind") == "oom":
                 self._end()  # a fresh host takes the next task with its memory whole
             return Outcome.failed(FailKind.ERROR, reply["error"])
-        data = json.dumps(reply["output"]).encode()
         assert ctx.files is not None
+        output = reply["output"]
+        for key, files in reply.get("files", {}).items():
+            output[key] = [self._keep(ctx, name, data) for name, data in files]
+        data = json.dumps(output).encode()
         ctx.files.write(layout.OUTPUT_FILE, data)
         ctx.output = data
         phases = [Phase(name, start, end, dict(attrs)) for name, start, end, attrs in reply["phases"]]
         return Outcome.completed(phases=phases or [Phase("execute", t0, time.time())])
+
+    @staticmethod
+    def _keep(ctx: TaskContext, name: str, data: bytes) -> str:
+        """Write a file the host made into the attempt's directory, record it as an asset,
+        and return its path."""
+        assert ctx.files is not None
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"the model host named a file {name!r}")  # never a path of its choosing
+        ctx.files.write(name, data)
+        path = ctx.files.file_path(name)
+        outputs.record_asset(ctx.msg, ctx.files, os.path.relpath(path, ctx.home_root), data)
+        return path
 
     def _await_reply(self, ctx: TaskContext) -> FailKind | None:
         """Wait until the host's reply is readable; or why the attempt must stop first."""
@@ -146,3 +171,15 @@ class TextGenExecutor(Executor):
                 os.unlink(self._log)
             except FileNotFoundError:
                 pass
+
+
+class TransformersExecutor(ModelExecutor):
+    """Text generation with transformers (`workers.models.textgen`)."""
+
+    name = "transformers"
+
+
+class DiffusersExecutor(ModelExecutor):
+    """Images with diffusers (`workers.models.imagegen`)."""
+
+    name = "diffusers"
