@@ -139,3 +139,29 @@ def test_what_the_executor_needs_is_checked_at_validation(tmp_path, with_, field
     )
     assert r.returncode == 2, r.stdout + r.stderr
     assert field in r.stderr and message in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(("per_slot", "loads"), [(1, 3), (2, 2)])
+def test_models_per_slot_bounds_what_a_host_keeps(tmp_path, tiny_llama, procs, per_slot, loads):
+    """A → B → A on one slot: kept both (the default 2), B evicts A (1) and A loads again."""
+    import shutil
+
+    from support.engine import start, wait_for
+
+    other = shutil.copytree(tiny_llama, tmp_path / "other-llama")
+    home = Home.open(tmp_path / "home")
+    steps = [("one", tiny_llama, None), ("two", str(other), "one"), ("three", tiny_llama, "two")]
+    tasks = "".join(
+        f"  - name: {name}\n    executor: transformers\n"
+        + (f"    depends_on: [{after}]\n" if after else "")
+        + f"    with: {{model: {json.dumps(model)}, prompts: hi, max_tokens: 2}}\n"
+        for name, model, after in steps
+    )
+    from tuiflow.engine.compiler import load_workflow
+
+    wf = Client(home).submit(load_workflow(write_wf(tmp_path, f"name: lru\ntasks:\n{tasks}")))
+    procs.append(start("coordinator", home=home.root, log=tmp_path / "c.log"))
+    procs.append(start("worker", "--models-per-slot", per_slot, home=home.root, log=tmp_path / "w.log"))
+    run = wait_for(lambda: (r := Client(home).run(wf)).terminal and r, timeout=120, what="the workflow")
+    assert run.state == "completed", (tmp_path / "w.log").read_text()[-3000:]
+    assert sum(s["name"] == "model load" for name, _, _ in steps for s in _spans(home, wf, name)) == loads

@@ -29,6 +29,7 @@ from tuiflow import __version__
 from tuiflow.cli.console import SafeConsole, user_text
 from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK, BadOption, exit_code, user_errors
 from tuiflow.errors import NotFound
+from workers.models.residency import MODEL_TTL_ENV, MODELS_PER_SLOT_ENV
 from workers.wire import BUNDLE_HOLD, BUNDLE_MAX
 
 
@@ -594,6 +595,15 @@ def worker(
         min=0.0,
         help="Seconds a task of a claimed bundle may run before the bundle's unstarted tasks go back to the queue.",
     ),
+    model_ttl: float | None = typer.Option(
+        None,
+        "--model-ttl",
+        min=0.0,
+        help="Seconds a model executor keeps an unused model loaded (default 600).",
+    ),
+    models_per_slot: int | None = typer.Option(
+        None, "--models-per-slot", min=1, help="Models a slot's model host keeps loaded at once (default 2)."
+    ),
     home: str | None = HomeOpt,
 ) -> None:
     """Run a worker daemon. SIGTERM drains; a second SIGTERM or SIGINT stops at once."""
@@ -607,6 +617,11 @@ def worker(
             gpu_ids = [int(g) for g in gpus.split(",") if g.strip()]
         except ValueError:
             raise BadOption(f"--gpus expects comma-separated integers, not {gpus!r}") from None
+    # the model hosts (`workers.models.host`) read these from the environment they inherit
+    if model_ttl is not None:
+        os.environ[MODEL_TTL_ENV] = repr(model_ttl)
+    if models_per_slot is not None:
+        os.environ[MODELS_PER_SLOT_ENV] = str(models_per_slot)
     w = Worker(
         h,
         queue,

@@ -33,6 +33,7 @@ from spool import layout
 from workers import outputs
 from workers.executors.interface import Executor, Outcome, Phase, TaskContext
 from workers.framing import read_frame, write_frame
+from workers.models.residency import MODEL_TTL_ENV, MODELS_PER_SLOT_ENV
 from workers.supervise import describe_exit, kill_group
 from workers.wire import FailKind
 
@@ -59,6 +60,9 @@ class ModelExecutor(Executor):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(base_env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        for name in (MODEL_TTL_ENV, MODELS_PER_SLOT_ENV):  # the worker's bounds (tasks' env has no TUIFLOW_*)
+            if name in os.environ:
+                env[name] = os.environ[name]
         if gpus:  # fixed for the host's life; a worker that hands out no GPUs leaves them as they are
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         fd, self._log = tempfile.mkstemp(prefix="tuiflow-modelhost-", suffix=".log")

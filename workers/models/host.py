@@ -28,7 +28,13 @@ from typing import Any
 from analyzer import contract as c
 from workers.framing import read_frame, write_frame
 from workers.models import imagegen, textgen
-from workers.models.residency import Residency
+from workers.models.residency import (
+    DEFAULT_MODELS_PER_SLOT,
+    DEFAULT_TTL,
+    MODEL_TTL_ENV,
+    MODELS_PER_SLOT_ENV,
+    Residency,
+)
 
 BACKENDS = {"transformers": textgen, "diffusers": imagegen}
 
@@ -68,8 +74,8 @@ def answer(request: dict[str, Any], residency: Residency) -> dict[str, Any]:
 
 def main() -> None:
     rfd, wfd = int(sys.argv[1]), int(sys.argv[2])
-    ttl = float(os.environ.get("TUIFLOW_MODEL_TTL", "600"))
-    max_models = int(os.environ.get("TUIFLOW_MODELS_PER_SLOT", "2"))
+    ttl = float(os.environ.get(MODEL_TTL_ENV, DEFAULT_TTL))
+    max_models = int(os.environ.get(MODELS_PER_SLOT_ENV, DEFAULT_MODELS_PER_SLOT))
     serve(rfd, wfd, Residency(max_models=max_models, ttl=ttl))
 
 

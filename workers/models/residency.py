@@ -14,11 +14,23 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+#: the environment variables a model host reads its bounds from (`tuiflow worker
+#: --model-ttl`, `--models-per-slot` set them for the hosts a worker starts)
+MODEL_TTL_ENV = "TUIFLOW_MODEL_TTL"
+MODELS_PER_SLOT_ENV = "TUIFLOW_MODELS_PER_SLOT"
+DEFAULT_TTL = 600.0
+DEFAULT_MODELS_PER_SLOT = 2
+
 
 class Residency:
     """Loaded models by key, in order of last use (see the module docstring)."""
 
-    def __init__(self, max_models: int = 2, ttl: float = 600.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_models: int = DEFAULT_MODELS_PER_SLOT,
+        ttl: float = DEFAULT_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.max_models = max_models
         self.ttl = ttl
         self.clock = clock
