@@ -165,3 +165,38 @@ def test_models_per_slot_bounds_what_a_host_keeps(tmp_path, tiny_llama, procs, p
     run = wait_for(lambda: (r := Client(home).run(wf)).terminal and r, timeout=120, what="the workflow")
     assert run.state == "completed", (tmp_path / "w.log").read_text()[-3000:]
     assert sum(s["name"] == "model load" for name, _, _ in steps for s in _spans(home, wf, name)) == loads
+
+
+@pytest.mark.parametrize(
+    ("worker_args", "gpus", "models", "loads"),
+    [
+        # two slots: each model stays in the slot that loaded it (A, A, B, B, A: two loads)
+        (["--slots", 2], 0, "AABBA", 2),
+        # two slots, two GPUs, one each: a slot gets its own GPU back, its host stays warm
+        (["--slots", 2, "--gpus", "0,1"], 1, "AAAA", 1),
+    ],
+)
+def test_a_task_goes_to_the_slot_that_holds_its_model(
+    tmp_path, tiny_llama, procs, worker_args, gpus, models, loads
+):
+    import shutil
+
+    from support.engine import start, wait_for
+
+    from tuiflow.engine.compiler import load_workflow
+
+    paths = {"A": tiny_llama, "B": str(shutil.copytree(tiny_llama, tmp_path / "b-llama"))}
+    home = Home.open(tmp_path / "home")
+    tasks = "".join(
+        f"  - name: t{k}\n    executor: transformers\n    gpus: {gpus}\n"
+        + (f"    depends_on: [t{k - 1}]\n" if k else "")
+        + f"    with: {{model: {json.dumps(paths[m])}, prompts: hi, max_tokens: 2}}\n"
+        for k, m in enumerate(models)
+    )
+    wf = Client(home).submit(load_workflow(write_wf(tmp_path, f"name: route\ntasks:\n{tasks}")))
+    procs.append(start("coordinator", home=home.root, log=tmp_path / "c.log"))
+    procs.append(start("worker", *worker_args, home=home.root, log=tmp_path / "w.log"))
+    run = wait_for(lambda: (r := Client(home).run(wf)).terminal and r, timeout=120, what="the workflow")
+    assert run.state == "completed", (tmp_path / "w.log").read_text()[-3000:]
+    found = sum(s["name"] == "model load" for k in range(len(models)) for s in _spans(home, wf, f"t{k}"))
+    assert found == loads

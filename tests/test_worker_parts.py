@@ -802,3 +802,20 @@ def test_a_model_host_keeps_its_models_by_key_least_recently_used_out_and_idle_o
     now[0] = 61.0
     r.get("c", load("c"))  # a, idle past the TTL, is dropped first; c was too, and is loaded again
     assert r.loaded() == ["c"] and loaded == ["a", "b", "c", "c"]
+
+
+def test_slots_prefer_the_one_holding_the_model_and_give_a_slot_its_own_gpus_back():
+    from workers.slots import SlotPool
+
+    pool = SlotPool(2, gpus=[0, 1])
+    assert pool.take(1) == (0, [0])
+    assert pool.take(1) == (1, [1])
+    pool.release(1, [1])
+    pool.release(0, [0])  # free slots now [1, 0], GPUs [0, 1]
+    assert pool.take(1, prefer=[0]) == (0, [0])  # its model and its own GPU
+    assert pool.take(1) == (1, [1])  # slot 1 gets GPU 1 back, not the first free one
+    pool.release(0, [0])
+    pool.release(1, [1])
+    no_gpus = SlotPool(3)
+    assert no_gpus.take(0, prefer=[2]) == (2, [])
+    assert no_gpus.take(0, prefer=[2]) == (0, [])  # the preferred slot is busy: any other

@@ -29,7 +29,7 @@ from typing import cast
 from workers.attempt import Attempt, AttemptSetup, home_unwritable, is_home_unwritable, refused, worker_error
 from workers.errors import UnsafePathError
 from workers.executors import EXECUTORS, Executor, InlineExecutor, Outcome
-from workers.wire import AttemptKey, FailKind
+from workers.wire import AttemptKey, FailKind, TaskMessage
 
 log = logging.getLogger("workers.worker")  # the daemon's log, whichever part speaks
 
@@ -81,6 +81,14 @@ class AttemptRunner:
                         ex.warm()
                 except OSError as e:  # the first task will try again, and report it
                     log.warning("worker %s: could not warm the %s executor: %s", self.name, name, e)
+
+    def slots_holding(self, task: TaskMessage) -> list[int]:
+        """The slots whose executor of `task`'s kind holds what it needs (its model)."""
+        return [
+            slot
+            for slot, executors in enumerate(self._executors)
+            if (ex := executors.get(task.executor)) is not None and ex.holds(task.spec)
+        ]
 
     def launch(self, a: Attempt) -> None:
         """Start attempt `a` in its slot (it runs until it shows up in `finished`)."""

@@ -38,6 +38,9 @@ class SlotPool:
         self.free_slots = list(range(slots))
         self.free_gpus = list(gpus) if gpus is not None else []
         self._gpu_rank = {g: i for i, g in enumerate(gpus or [])}
+        #: the GPUs each slot last ran with: its model host is bound to them, so it gets
+        #: them again when they are free (a host given other GPUs must start afresh)
+        self.bound: dict[int, tuple[int, ...]] = {}
         self.held: list[tuple[Claim, TaskMessage]] = []
         self.backlog: collections.deque[tuple[Claim, TaskMessage]] = collections.deque()
 
@@ -55,15 +58,33 @@ class SlotPool:
         """Whether a task needing `gpus` GPUs could ever run here."""
         return not gpus or self.gpus is None or gpus <= len(self.gpus)
 
-    def take(self, gpus: int) -> tuple[int, list[int]] | None:
+    def take(self, gpus: int, prefer: Sequence[int] = ()) -> tuple[int, list[int]] | None:
         """A free slot and `gpus` free GPUs (none when the worker does not hand out GPUs),
-        taken; None when there are not enough free now."""
+        taken; None when there are not enough free now.
+
+        Parameters:
+            prefer: slots to use first when free (those whose model host holds the task's
+                model); among them, and then among the others, a slot whose own GPUs are
+                free comes first."""
         if not self.free_slots or (self.gpus is not None and gpus > len(self.free_gpus)):
             return None
-        taken: list[int] = []
+        order = [s for s in prefer if s in self.free_slots]
+        order += [s for s in self.free_slots if s not in order]
+        slot, taken = order[0], []
         if self.gpus is not None and gpus:
-            taken, self.free_gpus = self.free_gpus[:gpus], self.free_gpus[gpus:]
-        return self.free_slots.pop(0), taken
+            # a preferred slot given other GPUs would start its host afresh (losing its
+            # model): a slot whose own GPUs are free goes first, preferred ones before
+            own = [s for s in order if self._own_gpus_free(s, gpus)]
+            slot = own[0] if own else order[0]
+            taken = list(self.bound[slot]) if own else self.free_gpus[:gpus]
+            self.free_gpus = [g for g in self.free_gpus if g not in taken]
+            self.bound[slot] = tuple(taken)
+        self.free_slots.remove(slot)
+        return slot, taken
+
+    def _own_gpus_free(self, slot: int, gpus: int) -> bool:
+        own = self.bound.get(slot)
+        return own is not None and len(own) == gpus and all(g in self.free_gpus for g in own)
 
     def release(self, slot: int, gpus: Sequence[int]) -> None:
         """Give back what `take` gave."""

@@ -376,7 +376,7 @@ class Worker:
 
     def _start(self, claim: Claim, task: wire.TaskMessage) -> bool:
         """Start `task` if a slot and its GPUs are free; False (nothing done) if not."""
-        place = self.slots.take(task.gpus)
+        place = self.slots.take(task.gpus, prefer=self.runner.slots_holding(task))
         if place is None:
             return False
         a = Attempt(task, claim, place[0], place[1], time.time())

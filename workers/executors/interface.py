@@ -141,6 +141,11 @@ class Executor(Protocol):
         raise OSError (logged; the first attempt tries again)."""
         return None
 
+    def holds(self, spec: dict[str, Any]) -> bool:
+        """Whether this slot's executor has what a task of `spec` needs loaded already (its
+        model): the worker then starts it in this slot rather than another free one."""
+        return False
+
     def close(self) -> None:
         """Release everything (processes, descriptors); the worker is stopping."""
         ...

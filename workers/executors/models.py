@@ -27,12 +27,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from spool import layout
 from workers import outputs
 from workers.executors.interface import Executor, Outcome, Phase, TaskContext
 from workers.framing import read_frame, write_frame
+from workers.models import imagegen, textgen
 from workers.models.residency import MODEL_TTL_ENV, MODELS_PER_SLOT_ENV
 from workers.supervise import describe_exit, kill_group
 from workers.wire import FailKind
@@ -46,12 +48,15 @@ class ModelExecutor(Executor):
     the subclasses name the host's backend."""
 
     name: ClassVar[str]
+    #: what two tasks must share to share a loaded model (the backend's `key`)
+    model_key: ClassVar[Callable[[dict[str, Any]], tuple[str, ...]]]
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
         self.gpus: list[int] | None = None
         self._wfd = self._rfd = -1
         self._log: str | None = None  # the host's stderr, node-local
+        self.models: set[tuple[str, ...]] = set()  # what the host said it holds
 
     # ------------------------------------------------------------------ the host
     def _start(self, gpus: list[int], base_env: dict[str, str]) -> None:
@@ -89,6 +94,7 @@ class ModelExecutor(Executor):
             if fd >= 0:
                 os.close(fd)
         self.proc, self.gpus, self._wfd, self._rfd = None, None, -1, -1
+        self.models = set()
 
     def _host_output(self) -> bytes:
         """What the host printed since it was last read (and forget it)."""
@@ -129,6 +135,7 @@ class ModelExecutor(Executor):
             if reply.get("kind") == "oom":
                 self._end()  # a fresh host takes the next task with its memory whole
             return Outcome.failed(FailKind.ERROR, reply["error"])
+        self.models = {tuple(k) for k in reply.get("models", ())}
         assert ctx.files is not None
         output = reply["output"]
         for key, files in reply.get("files", {}).items():
@@ -138,6 +145,12 @@ class ModelExecutor(Executor):
         ctx.output = data
         phases = [Phase(name, start, end, dict(attrs)) for name, start, end, attrs in reply["phases"]]
         return Outcome.completed(phases=phases or [Phase("execute", t0, time.time())])
+
+    def holds(self, spec: dict[str, Any]) -> bool:
+        try:
+            return type(self).model_key(spec.get("with", {})) in self.models
+        except (KeyError, TypeError):
+            return False
 
     @staticmethod
     def _keep(ctx: TaskContext, name: str, data: bytes) -> str:
@@ -181,9 +194,11 @@ class TransformersExecutor(ModelExecutor):
     """Text generation with transformers (`workers.models.textgen`)."""
 
     name = "transformers"
+    model_key = staticmethod(textgen.key)
 
 
 class DiffusersExecutor(ModelExecutor):
     """Images with diffusers (`workers.models.imagegen`)."""
 
     name = "diffusers"
+    model_key = staticmethod(imagegen.key)

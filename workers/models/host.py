@@ -9,7 +9,8 @@ request frame at a time (`workers.framing`) and answers each with one frame:
 
     request   {"executor": "transformers", "with": {...}}
     reply     {"ok": true, "output": {...}, "phases": [[name, start, end, attrs], ...],
-               "files": {"images": [[name, bytes], ...]}}   # files the worker writes
+               "files": {"images": [[name, bytes], ...]},   # files the worker writes
+               "models": [[key...], ...]}                   # the models it holds now
               {"ok": false, "error": "...", "kind": "missing" | "oom" | "error"}
 
 A failure of one request (a bad model path, out of memory) is answered and the host
@@ -69,7 +70,13 @@ def answer(request: dict[str, Any], residency: Residency) -> dict[str, Any]:
             attrs[c.ATTR_MODEL_LOAD_SECONDS] = load_seconds
             attrs[c.ATTR_WARM_HIT] = not load_seconds
     files = output.pop("files", {})  # the worker writes them into the attempt's directory
-    return {"ok": True, "output": output, "files": files, "phases": [list(p) for p in phases]}
+    return {
+        "ok": True,
+        "output": output,
+        "files": files,
+        "phases": [list(p) for p in phases],
+        "models": [list(k) for k in residency.loaded()],  # what the worker may route here
+    }
 
 
 def main() -> None:
