@@ -160,12 +160,12 @@ def test_templates_keep_types_or_make_text():
 
 
 def test_shell_templates_quote_every_value():
-    cmd = Template("python eval.py --model {{ inputs['train/rf'].model_path }} --n {{ item }}").render(
-        ENV, shell=True
-    )
+    cmd = Template(
+        "python eval.py --model {{ inputs['train/rf'].model_path }} --n {{ item }}"
+    ).render_command(ENV)
     assert shlex.split(cmd) == ["python", "eval.py", "--model", "models/rf; rm -rf /", "--n", "3"]
     hostile = {"inputs": {"A": {"v": "$(touch /tmp/pwned) `id` && echo 'x'"}}}
-    cmd = Template("echo {{ inputs.A.v }}").render(hostile, shell=True)
+    cmd = Template("echo {{ inputs.A.v }}").render_command(hostile)
     assert shlex.split(cmd) == ["echo", "$(touch /tmp/pwned) `id` && echo 'x'"]
 
 

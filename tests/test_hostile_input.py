@@ -174,7 +174,7 @@ def _run(shell: str, command: str, cwd: str) -> str:
 def test_an_upstream_output_is_never_run_by_the_shell(tmp_path, shell, template, shows):
     failures = []
     for value in HOSTILE_VALUES:
-        command = Template(template).render({"inputs": {"up": {"v": value}}}, shell=True)
+        command = Template(template).render_command({"inputs": {"up": {"v": value}}})
         out = _run(shell, command, str(tmp_path))
         # $( ) drops trailing newlines: the X after the value keeps them
         expected = shows.replace("{v}", value)
@@ -190,8 +190,8 @@ def test_an_upstream_output_is_never_run_by_the_shell(tmp_path, shell, template,
 @pytest.mark.parametrize("shell", SHELLS)
 def test_structured_outputs_are_quoted_as_their_json_text(tmp_path, shell):
     value = {"cmd": "$(touch pwned)", "list": ["`touch pwned`", "'", '"']}
-    command = Template("printf '%s' {{ inputs.up.v }} \"{{ inputs.up.v }}\"").render(
-        {"inputs": {"up": {"v": value}}}, shell=True
+    command = Template("printf '%s' {{ inputs.up.v }} \"{{ inputs.up.v }}\"").render_command(
+        {"inputs": {"up": {"v": value}}}
     )
     text = '{"cmd":"$(touch pwned)","list":["`touch pwned`","\'","\\""]}'
     assert _run(shell, command, str(tmp_path)) == text * 2

@@ -164,7 +164,7 @@ def _rendered_spec(run: RunState, idx: int) -> dict:
     env = run.env_for(idx)
     try:
         if "run" in spec:
-            spec["run"] = Template(spec["run"]).render(env, shell=True)
+            spec["run"] = Template(spec["run"]).render_command(env)
         if "argv" in spec:
             spec["argv"] = [to_text(Template(a).render(env)) if has_template(a) else a for a in spec["argv"]]
         for key in ("kwargs", "with"):

@@ -43,7 +43,7 @@ template that is exactly one hole keeps the value's type (``"{{ inputs.A.n }}"``
 int); otherwise each value is turned into text: strings as they are, numbers as JSON,
 true/false, null as an empty string, lists and dicts as JSON.
 
-In a shell command string (``render(..., shell=True)``) every value is quoted for the
+In a shell command string (`Template.render_command`) every value is quoted for the
 place it stands in, so an upstream output can never inject shell syntax: in a plain word
 it becomes one single-quoted word; inside '...' its quotes are escaped; inside "..." the
 double quotes are closed around a single-quoted copy (``"path "'v'""``), and the same
@@ -64,7 +64,7 @@ import itertools
 import json
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from tuiflow.engine import shellquote
@@ -800,14 +800,19 @@ class Template:
                 )
         return self._shell  # type: ignore[return-value]
 
-    def render(self, env: Mapping[str, Any], *, shell: bool = False) -> Any:
-        """The text (or, for a single hole outside a shell command, the value).
+    def render(self, env: Mapping[str, Any]) -> Any:
+        """The text (or, for a template that is one hole, the value with its type)."""
+        if self.single:
+            return self.exprs[0].evaluate(env, _Budget())
+        return self._text(env, None)
 
-        With `shell`, each value is quoted for where it stands (`shell_places`)."""
+    def render_command(self, env: Mapping[str, Any]) -> str:
+        """The text of a command for ``/bin/sh -c``: each value quoted for where it stands
+        (`shell_places`), so that it arrives as data whatever it holds."""
+        return self._text(env, iter(self.shell_places()))
+
+    def _text(self, env: Mapping[str, Any], places: Iterator[str] | None) -> str:
         budget = _Budget()
-        if self.single and not shell:
-            return self.exprs[0].evaluate(env, budget)
-        places = iter(self.shell_places()) if shell else None
         out = []
         for part in self.parts:
             if isinstance(part, str):
