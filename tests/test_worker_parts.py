@@ -819,3 +819,10 @@ def test_slots_prefer_the_one_holding_the_model_and_give_a_slot_its_own_gpus_bac
     no_gpus = SlotPool(3)
     assert no_gpus.take(0, prefer=[2]) == (2, [])
     assert no_gpus.take(0, prefer=[2]) == (0, [])  # the preferred slot is busy: any other
+
+
+def test_a_missing_model_library_says_what_to_install():
+    from workers.models.libraries import MissingDependency, require
+
+    with pytest.raises(MissingDependency, match=r"pip install 'tuiflow\[diffusers\]'.*no_such_library"):
+        require("diffusers", "json", "no_such_library")

@@ -29,6 +29,7 @@ from typing import Any
 from analyzer import contract as c
 from workers.framing import read_frame, write_frame
 from workers.models import imagegen, textgen
+from workers.models.libraries import MissingDependency
 from workers.models.residency import (
     DEFAULT_MODELS_PER_SLOT,
     DEFAULT_TTL,
@@ -57,7 +58,7 @@ def answer(request: dict[str, Any], residency: Residency) -> dict[str, Any]:
         t0 = time.time()
         model, load_seconds = residency.get(backend.key(spec), lambda: backend.load(spec))
         output, phases = backend.generate(model, spec)
-    except textgen.MissingDependency as e:
+    except MissingDependency as e:
         return {"ok": False, "kind": "missing", "error": str(e)}
     except Exception as e:  # the task's failure (a bad path, bad parameters, OOM), answered
         kind = "oom" if type(e).__name__ == "OutOfMemoryError" else "error"

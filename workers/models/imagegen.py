@@ -28,7 +28,8 @@ import warnings
 from typing import Any
 
 from analyzer import contract as c
-from workers.models.textgen import MissingDependency, torch_dtype
+from workers.models.libraries import require
+from workers.models.textgen import torch_dtype
 
 DEFAULT_STEPS = 30
 DEFAULT_GUIDANCE = 7.5
@@ -46,23 +47,15 @@ def key(spec: dict[str, Any]) -> tuple[str, ...]:
     return ("diffusers", str(spec["model"]), str(spec.get("dtype", "auto")), str(spec.get("scheduler") or ""))
 
 
-def _libraries() -> tuple[Any, Any]:
-    try:
-        import diffusers
-        import torch
-    except ImportError as e:
-        raise MissingDependency(
-            f"the diffusers executor needs `pip install 'tuiflow[diffusers]'` ({e.name} is missing)"
-        ) from None
-    return torch, diffusers
+def _libraries() -> list[Any]:
+    return require("diffusers", "torch", "diffusers")
 
 
 def load(spec: dict[str, Any]) -> LoadedPipeline:
     torch, diffusers = _libraries()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with (
-        warnings.catch_warnings()
-    ):  # diffusers 0.42 renames torch_dtype to dtype; older ones know only the first
+    # diffusers 0.42 renames torch_dtype to dtype (warning of the old name); older ones know only it
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(
             spec["model"], torch_dtype=torch_dtype(torch, spec.get("dtype", "auto"), device)

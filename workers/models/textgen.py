@@ -24,14 +24,11 @@ import time
 from typing import Any
 
 from analyzer import contract as c
+from workers.models.libraries import require
 
 #: the dtypes a task may name
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEFAULT_MAX_TOKENS = 64
-
-
-class MissingDependency(Exception):
-    """A library the executor needs is not installed."""
 
 
 @dataclasses.dataclass
@@ -46,15 +43,8 @@ def key(spec: dict[str, Any]) -> tuple[str, ...]:
     return ("transformers", str(spec["model"]), str(spec.get("dtype", "auto")))
 
 
-def _libraries() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        raise MissingDependency(
-            f"the transformers executor needs `pip install 'tuiflow[transformers]'` ({e.name} is missing)"
-        ) from None
-    return torch, transformers
+def _libraries() -> list[Any]:
+    return require("transformers", "torch", "transformers")
 
 
 def load(spec: dict[str, Any]) -> LoadedModel:
