@@ -81,6 +81,7 @@ ATTR_GPUS = "tuiflow.gpus"  # list[int]: devices assigned
 ATTR_EXECUTOR = "tuiflow.executor"
 ATTR_MODEL = "tuiflow.model"
 ATTR_BATCH_ID = "tuiflow.batch.id"  # merged execution: attempts that shared one GPU call
+ATTR_BATCH_SIZE = "tuiflow.batch.size"  # int: how many attempts shared that call
 ATTR_DATA_ID = "tuiflow.data.id"  # the data item this attempt produced
 ATTR_BYTES = "tuiflow.bytes"  # payload bytes moved by a network span
 ATTR_OUTCOME = "tuiflow.outcome"  # completed | failed | timeout | cancelled | lost | worker stopped
@@ -88,6 +89,13 @@ ATTR_ERROR = "tuiflow.error"  # short reason on error spans
 ATTR_EXIT_CODE = "tuiflow.exit_code"
 ATTR_MODEL_LOAD_SECONDS = "tuiflow.model.load_seconds"  # on the generation span: 0.0 on a warm hit
 ATTR_WARM_HIT = "tuiflow.model.warm"  # bool: the model was already loaded in the slot's host
+ATTR_IMAGES = "tuiflow.images"  # int: images a diffusers call made
+ATTR_STEPS = "tuiflow.steps"  # int: its denoising steps
+ATTR_ERROR_TYPE = "error.type"  # OTel: the class of a failure ("cuda_oom" for CUDA out of memory)
+# OpenTelemetry hardware conventions, sampled through NVML while a model call runs on CUDA
+# (absent without NVML): per GPU id, the mean utilisation (0..1) and the peak memory used (bytes)
+ATTR_GPU_UTILIZATION = "hw.gpu.utilization"  # list[float], in the order of tuiflow.gpus
+ATTR_GPU_MEMORY_USAGE = "hw.gpu.memory.usage"  # list[int], in the order of tuiflow.gpus
 # OpenTelemetry GenAI semantic conventions (gen_ai.*) on a model executor's generation span
 ATTR_GENAI_OPERATION = "gen_ai.operation.name"
 ATTR_GENAI_MODEL = "gen_ai.request.model"
@@ -98,6 +106,9 @@ ATTR_GENAI_SEED = "gen_ai.request.seed"
 ATTR_GENAI_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 ATTR_GENAI_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 ATTR_GENAI_FINISH_REASONS = "gen_ai.response.finish_reasons"
+# vLLM's request metrics (monotonic differences, seconds): first token after scheduling; per later token
+ATTR_GENAI_TTFT = "gen_ai.server.time_to_first_token"
+ATTR_GENAI_TPOT = "gen_ai.server.time_per_output_token"
 
 #: the "workflow context" every attempt's root span carries (no joins needed for analytics)
 WORKFLOW_CONTEXT_KEYS = (

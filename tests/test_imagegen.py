@@ -54,8 +54,13 @@ def _task(name: str, model: str, seed: int, prompt: str = "a quiet harbour", ext
 def test_images_are_pngs_in_the_attempt_recorded_as_assets_and_a_seed_repeats_its_image(tmp_path, tiny_sd):
     from PIL import Image
 
+    alone = ", merge: false"  # each its own call: merged images are checked below
     text = "name: images\ntasks:\n" + "".join(
-        [_task("a", tiny_sd, 5), _task("b", tiny_sd, 5), _task("c", tiny_sd, 6, extra=", num_images: 2")]
+        [
+            _task("a", tiny_sd, 5, extra=alone),
+            _task("b", tiny_sd, 5, extra=alone),
+            _task("c", tiny_sd, 6, extra=", num_images: 2" + alone),
+        ]
     )
     home, wf, r = _run(tmp_path, text)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -81,6 +86,58 @@ def test_images_are_pngs_in_the_attempt_recorded_as_assets_and_a_seed_repeats_it
     generation = next(s for s in _logs(home, wf, "b", layout.SPANS_FILE) if s["name"] == "execute")
     assert generation["attributes"]["gen_ai.operation.name"] == "image_generation"
     assert generation["attributes"]["tuiflow.model.warm"] is True
+
+
+def _pixels(data: bytes):
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)), dtype=np.int16)
+
+
+def test_merged_images_keep_their_seeds_and_match_the_images_made_alone(tmp_path, tiny_sd):
+    """Eight tasks of one pipeline and size: one call, one batch id, each its own PNGs and
+    seeds; the image of a seed is the one made alone, up to the batched kernels' rounding
+    (at most 2 levels of 255), and the same seed twice in the batch gives the same bytes."""
+    seeds = [10, 11, 12, 13, 14, 15, 16, 10]
+    text = "name: merged\ntasks:\n" + "".join(_task(f"m{k}", tiny_sd, s) for k, s in enumerate(seeds))
+    text += _task("alone", tiny_sd, 10, extra=", merge: false")
+    home, wf, r = _run(tmp_path, text)
+    assert r.returncode == 0, r.stderr[-3000:]
+    views = {v.name: v for v in Client(home).tasks(wf)}
+    roots = [
+        next(s for s in _logs(home, wf, f"m{k}", layout.SPANS_FILE) if s["name"] == "task") for k in range(8)
+    ]
+    assert len({root["attributes"]["tuiflow.batch.id"] for root in roots}) == 1
+    assert {root["attributes"]["tuiflow.batch.size"] for root in roots} == {8}
+    calls = [
+        s for k in range(8) for s in _logs(home, wf, f"m{k}", layout.SPANS_FILE) if s["name"] == "execute"
+    ]
+    assert len(calls) == 1 and calls[0]["attributes"]["tuiflow.images"] == 8
+    pngs = [Path(views[f"m{k}"].output["images"][0]).read_bytes() for k in range(8)]
+    assert [views[f"m{k}"].output["seeds"] for k in range(8)] == [[s] for s in seeds]
+    assert pngs[0] == pngs[7] and len(set(pngs)) == 7  # a seed repeats its image inside the batch
+    alone = Path(views["alone"].output["images"][0]).read_bytes()
+    assert abs(_pixels(pngs[0]) - _pixels(alone)).max() <= 2
+
+
+def test_image_to_image_starts_from_an_upstream_png_on_the_loaded_weights(tmp_path, tiny_sd):
+    text = (
+        "name: i2i\ntasks:\n"
+        + _task("base", tiny_sd, 3)
+        + _task("refine", tiny_sd, 4, extra=", image: '{{ inputs.base.images[0] }}', strength: 0.5").replace(
+            "    executor: diffusers\n", "    executor: diffusers\n    depends_on: [base]\n"
+        )
+    )
+    home, wf, r = _run(tmp_path, text)
+    assert r.returncode == 0, r.stderr[-3000:]
+    views = {v.name: v for v in Client(home).tasks(wf)}
+    base, refined = (Path(views[n].output["images"][0]).read_bytes() for n in ("base", "refine"))
+    assert _pixels(refined).shape == (64, 64, 3) and base != refined
+    loads = sum(
+        s["name"] == "model load" for n in ("base", "refine") for s in _logs(home, wf, n, layout.SPANS_FILE)
+    )
+    assert loads == 1  # the image-to-image pipeline shares the loaded weights
 
 
 DESCRIBE = """echo '{"scene": "boats at dawn"}' > "$TUIFLOW_OUTPUT\""""

@@ -66,7 +66,7 @@ def test_five_tasks_on_one_model_load_it_once_and_match_transformers(tmp_path, t
     prompts = ["describe a scene", "suggest a style", "hello world", "the quick brown fox", "a quiet harbour"]
     tasks = "\n".join(
         f"  - name: gen{k}\n    executor: transformers\n    with: {{model: {json.dumps(tiny_llama)}, "
-        f"prompts: {json.dumps(p)}, max_tokens: 8, seed: 1}}"
+        f"prompts: {json.dumps(p)}, max_tokens: 8, seed: 1, merge: false}}"
         for k, p in enumerate(prompts)
     )
     home, wf, r = _run(tmp_path, f"name: textgen\ntasks:\n{tasks}\n")
@@ -88,7 +88,60 @@ def test_five_tasks_on_one_model_load_it_once_and_match_transformers(tmp_path, t
         assert attrs["gen_ai.request.max_tokens"] == 8 and attrs["gen_ai.request.seed"] == 1
         assert attrs["gen_ai.usage.output_tokens"] == output["output_tokens"][0]
         assert attrs["tuiflow.model.warm"] is (k > 0)
+        root = next(s for s in spans if s["parent_id"] is None or s["name"] == "task")
+        assert "tuiflow.batch.id" not in root["attributes"]  # merge: false runs each alone
     assert loads == 1  # one worker, one slot: the model stayed loaded for the four others
+
+
+def test_eight_tasks_of_one_model_run_as_one_merged_call(tmp_path, tiny_llama):
+    prompts = [f"{p} {k}" for k, p in enumerate(["describe a scene", "suggest a style"] * 4)]
+    tasks = "\n".join(
+        f"  - name: gen{k}\n    executor: transformers\n    with: {{model: {json.dumps(tiny_llama)}, "
+        f"prompts: {json.dumps(p)}, max_tokens: 6}}"
+        for k, p in enumerate(prompts)
+    )
+    home, wf, r = _run(tmp_path, f"name: merged\ntasks:\n{tasks}\n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    want = _reference(tiny_llama, prompts, 6)
+    views = {v.name: v for v in Client(home).tasks(wf)}
+    batch_ids, sizes, generations, loads = set(), set(), 0, 0
+    for k in range(8):
+        assert views[f"gen{k}"].state == "completed", views[f"gen{k}"]
+        assert views[f"gen{k}"].output["texts"] == [want[k]]  # its own output, as if alone
+        spans = _spans(home, wf, f"gen{k}")
+        root = next(s for s in spans if s["name"] == "task")
+        batch_ids.add(root["attributes"]["tuiflow.batch.id"])
+        sizes.add(root["attributes"]["tuiflow.batch.size"])
+        assert root["attributes"]["gen_ai.usage.output_tokens"] == views[f"gen{k}"].output["output_tokens"][0]
+        generations += sum(s["name"] == "execute" for s in spans)
+        loads += sum(s["name"] == "model load" for s in spans)
+        assert any(s["name"] == "write outputs" for s in spans)  # each its own output
+    assert len(batch_ids) == 1 and sizes == {8}
+    assert generations == 1 and loads == 1  # one call for the eight, written once
+
+
+def test_merge_max_bounds_a_batch(tmp_path, tiny_llama, procs):
+    """A worker started with --merge-max 3 runs 7 tasks of one model as calls of 3, 3 and 1."""
+    from support.engine import start, wait_for
+
+    from tuiflow.engine.compiler import load_workflow
+
+    home = Home.open(tmp_path / "home")
+    tasks = "".join(
+        f"  - {{name: gen{k}, executor: transformers, with: {{model: {json.dumps(tiny_llama)}, "
+        f"prompts: 'hello {k}', max_tokens: 2}}}}\n"
+        for k in range(7)
+    )
+    wf = Client(home).submit(load_workflow(write_wf(tmp_path, f"name: m\ntasks:\n{tasks}")))
+    procs.append(start("coordinator", home=home.root, log=tmp_path / "c.log"))
+    procs.append(start("worker", "--merge-max", 3, home=home.root, log=tmp_path / "w.log"))
+    run = wait_for(lambda: (r := Client(home).run(wf)).terminal and r, timeout=120, what="the workflow")
+    assert run.state == "completed", (tmp_path / "w.log").read_text()[-3000:]
+    sizes: dict[str, int] = {}
+    for k in range(7):
+        attrs = next(s for s in _spans(home, wf, f"gen{k}") if s["name"] == "task")["attributes"]
+        sizes[attrs.get("tuiflow.batch.id", f"alone{k}")] = attrs.get("tuiflow.batch.size", 1)
+    assert sorted(sizes.values()) == [1, 3, 3]
 
 
 def test_chat_prompts_use_the_models_chat_template(tmp_path, tiny_llama):
@@ -200,3 +253,77 @@ def test_a_task_goes_to_the_slot_that_holds_its_model(
     assert run.state == "completed", (tmp_path / "w.log").read_text()[-3000:]
     found = sum(s["name"] == "model load" for k in range(len(models)) for s in _spans(home, wf, f"t{k}"))
     assert found == loads
+
+
+_INJECT_OOM = '''
+"""Test-only: CUDA running out of memory on a model call of more than OOM_ABOVE tasks, or
+on any call with a "huge" prompt (a task that does not fit even alone)."""
+import os
+
+import workers.models.textgen as textgen
+
+_generate_batch = textgen.generate_batch
+
+
+def generate_batch(loaded, specs):
+    if len(specs) > int(os.environ["OOM_ABOVE"]) or any("huge" in str(s["prompts"]) for s in specs):
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+    return _generate_batch(loaded, specs)
+
+
+textgen.generate_batch = generate_batch
+'''
+
+
+def test_out_of_memory_halves_a_batch_and_fails_only_the_task_that_does_not_fit(
+    tmp_path, tiny_llama, procs, monkeypatch
+):
+    """A batch of 8 on a card that holds 2 at a time: halves are tried (8 -> 4 -> 2), the
+    task that does not fit even alone fails with error.type cuda_oom, the other 7 complete
+    with their own outputs, and the slot's host starts afresh for the next task."""
+    from support.engine import start, wait_for
+
+    from tuiflow.engine.compiler import load_workflow
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_INJECT_OOM)
+    monkeypatch.setenv("PYTHONPATH", str(inject))
+    monkeypatch.setenv("OOM_ABOVE", "2")
+    home = Home.open(tmp_path / "home")
+    prompts = [f"hello {k}" for k in range(7)]
+    prompts.insert(5, "a huge prompt")
+    tasks = "".join(
+        f"  - {{name: t{k}, executor: transformers, with: {{model: {json.dumps(tiny_llama)}, "
+        f"prompts: {json.dumps(p)}, max_tokens: 3}}}}\n"
+        for k, p in enumerate(prompts)
+    )
+    wf = Client(home).submit(load_workflow(write_wf(tmp_path, f"name: oom\ntasks:\n{tasks}")))
+    procs.append(start("coordinator", home=home.root, log=tmp_path / "c.log"))
+    procs.append(start("worker", home=home.root, log=tmp_path / "w.log"))
+    run = wait_for(lambda: (r := Client(home).run(wf)).terminal and r, timeout=120, what="the workflow")
+    views = {v.name: v for v in Client(home).tasks(wf)}
+    want = _reference(tiny_llama, prompts, 3)
+    for k, prompt in enumerate(prompts):
+        if prompt == "a huge prompt":
+            assert views[f"t{k}"].state == "failed" and "out of memory" in views[f"t{k}"].reason
+            root = next(s for s in _spans(home, wf, f"t{k}") if s["name"] == "task")
+            assert root["attributes"]["error.type"] == "cuda_oom"
+        else:
+            assert views[f"t{k}"].state == "completed", views[f"t{k}"]
+            assert views[f"t{k}"].output["texts"] == [want[k]]
+    assert run.state == "failed"
+    calls = sum(s["name"] == "execute" for k in range(8) for s in _spans(home, wf, f"t{k}"))
+    assert calls == 4  # three pairs and the huge task's partner alone
+
+    after = Client(home).submit(
+        load_workflow(
+            write_wf(tmp_path, tasks.split("\n")[0].join(["name: next\ntasks:\n", "\n"]), "next.yaml")
+        )
+    )
+    wait_for(lambda: Client(home).run(after).terminal, timeout=60, what="the next workflow")
+    (view,) = Client(home).tasks(after)
+    assert view.state == "completed", view
+    assert any(s["name"] == "model load" for s in _spans(home, after, "t0"))  # a fresh host

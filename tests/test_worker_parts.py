@@ -32,7 +32,7 @@ from workers.outbox import FLUSH_DELAY, FLUSH_MAX, STARTED_DELAY, Outbox
 from workers.runner import AttemptRunner
 from workers.slots import SlotPool
 from workers.tracing import Telemetry
-from workers.wire import AttemptKey, Bundle, Event, EventKind, FailKind, TaskMessage
+from workers.wire import AttemptKey, Bundle, Event, EventKind, FailKind, TaskMessage, decode_task_payload
 from workers.worker import Worker
 
 FAST = Settings(heartbeat_interval=0.2, dead_after=1.5, lease_ttl=2.0, poll_interval=0.05)
@@ -247,7 +247,7 @@ def test_bundled_tasks_start_only_in_free_slots(home):
     pool = SlotPool(1)
     claim = Claim(None, home.queue("default"), 3)
     pool.add_bundle(claim, [task(0), task(1), task(2)])
-    first = pool.next_bundled()
+    (first,) = pool.next_bundled()
     assert first[1].idx == 0
     pool.take(0)
     assert pool.next_bundled() is None  # no free slot: it waits
@@ -271,6 +271,39 @@ def test_give_back_puts_each_bundled_task_alone_in_its_bundles_place(home):
         (task(2).message_id, 3, bundle_msg.put_ns),
     ]
     assert TaskMessage.from_wire(back[0].payload) == task(1)
+
+
+def _by_model(task: TaskMessage) -> str | None:
+    return task.spec.get("model")
+
+
+def test_bundled_tasks_of_one_merge_key_in_a_row_start_together_up_to_most(home):
+    pool = SlotPool(2)
+    tasks = [task(k, model=m) for k, m in enumerate("AAAAB")] + [task(5)]
+    pool.add_bundle(Claim(None, home.queue("default"), 6), tasks)
+    assert [t.idx for _, t in pool.next_bundled(3, _by_model)] == [0, 1, 2]
+    assert [t.idx for _, t in pool.next_bundled(3, _by_model)] == [3]  # B is another key
+    assert [t.idx for _, t in pool.next_bundled(3, _by_model)] == [4]
+    assert [t.idx for _, t in pool.next_bundled(3, _by_model)] == [5]  # no key: alone
+    pool.add_bundle(Claim(None, home.queue("default"), 2), tasks[:2])
+    assert [t.idx for _, t in pool.next_bundled(1, _by_model)] == [0]  # most 1: never merged
+
+
+def test_give_back_keeps_tasks_of_one_merge_key_together(home):
+    q = home.queue("default")
+    tasks = [task(k, model=m) for k, m in enumerate("AAAB")]
+    put(q, *tasks, priority=2)
+    [bundle_msg] = q.claim("w", 1)
+    claim = Claim(bundle_msg, q, 4)
+    pool = SlotPool(1, owner="w")
+    pool.add_bundle(claim, tasks)
+    settled = []
+    assert pool.give_back("testing", settled.append, _by_model) == 4
+    assert settled == [claim] * 4
+    back = sorted(home.queue("default").claim("other", 10), key=lambda m: m.id)
+    decoded = [decode_task_payload(m.payload) for m in back]
+    assert [[t.idx for t in d.members] if isinstance(d, Bundle) else d.idx for d in decoded] == [[0, 1, 2], 3]
+    assert all(m.priority == 2 and m.put_ns == bundle_msg.put_ns for m in back)
 
 
 def test_give_back_stops_at_the_first_task_it_cannot_put(home):

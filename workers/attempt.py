@@ -31,6 +31,7 @@ from workers.attemptdir import DEFAULT_MAX_LOG_BYTES, AttemptDir, HomeDirs
 from workers.claims import Claim
 from workers.errors import UnsafePathError
 from workers.executors import Executor, Outcome, TaskContext, resolve_cwd
+from workers.models.merging import MODEL_EXECUTORS
 from workers.tracing import AttemptTrace, Telemetry, span_context_from_traceparent
 from workers.wire import AttemptKey, Event, EventKind, FailKind, TaskMessage
 
@@ -61,6 +62,10 @@ class Attempt:
     #: the slot thread's work on it, if any (a hard stop waits for it)
     future: concurrent.futures.Future | None = None
     output: outputs.Output = outputs.NO_OUTPUT
+    #: the merged batch it runs in (`AttemptRunner.launch_batch`): its id and size
+    batch: tuple[str, int] | None = None
+    #: whether ending it frees its slot and GPUs (in a batch, only its first member does)
+    holds_slot: bool = True
     key: AttemptKey = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -178,7 +183,7 @@ class AttemptSetup:
 
     def _attributes(self, a: Attempt) -> dict[str, Any]:
         task = a.task
-        return {
+        attributes = {
             c.ATTR_WORKFLOW_ID: task.wf,
             c.ATTR_WORKFLOW_NAME: task.wf_name,
             c.ATTR_RUN_ID: task.wf,
@@ -193,6 +198,12 @@ class AttemptSetup:
             c.ATTR_EXECUTOR: task.executor,
             c.ATTR_DATA_ID: f"{task.wf}/{task.task}",
         }
+        if a.batch is not None:
+            attributes[c.ATTR_BATCH_ID], attributes[c.ATTR_BATCH_SIZE] = a.batch
+        model = (task.spec.get("with") or {}).get("model") if task.executor in MODEL_EXECUTORS else None
+        if model is not None:
+            attributes[c.ATTR_MODEL] = str(model)
+        return attributes
 
     def _environment(
         self, a: Attempt, files: AttemptDir, output_path: str, span: AttemptTrace
@@ -235,7 +246,7 @@ class AttemptSetup:
         if span is None:  # it failed before it had one
             return outcome
         for phase in outcome.phases:
-            span.phase(phase.name, phase.start, phase.end, **phase.attributes)
+            span.phase(phase.name, phase.start, phase.end, phase.events, **phase.attributes)
         if outcome.ok:
             t0 = time.time()
             try:
@@ -252,6 +263,8 @@ class AttemptSetup:
         try:
             if span is None:
                 return
+            for key, value in outcome.attributes.items():
+                span.set_attribute(key, value)
             span.set_attribute(c.ATTR_OUTCOME, outcome.label)
             if outcome.exit_code is not None:
                 span.set_attribute(c.ATTR_EXIT_CODE, outcome.exit_code)

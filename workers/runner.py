@@ -28,7 +28,7 @@ from typing import cast
 
 from workers.attempt import Attempt, AttemptSetup, home_unwritable, is_home_unwritable, refused, worker_error
 from workers.errors import UnsafePathError
-from workers.executors import EXECUTORS, Executor, InlineExecutor, Outcome
+from workers.executors import EXECUTORS, Executor, InlineExecutor, Outcome, TaskContext
 from workers.wire import AttemptKey, FailKind, TaskMessage
 
 log = logging.getLogger("workers.worker")  # the daemon's log, whichever part speaks
@@ -90,6 +90,16 @@ class AttemptRunner:
             if (ex := executors.get(task.executor)) is not None and ex.holds(task.spec)
         ]
 
+    def residency(self) -> dict[str, list[list[str]]]:
+        """What each slot's model hosts hold, by slot (for the heartbeat: doctor and the
+        dashboard show it); slots that hold nothing are left out."""
+        held: dict[str, list[list[str]]] = {}
+        for slot, executors in enumerate(self._executors):
+            keys = [list(k) for ex in executors.values() for k in sorted(ex.loaded())]
+            if keys:
+                held[str(slot)] = keys
+        return held
+
     def launch(self, a: Attempt) -> None:
         """Start attempt `a` in its slot (it runs until it shows up in `finished`)."""
         self.running[a.key] = a
@@ -98,6 +108,43 @@ class AttemptRunner:
             self._step(a, False, self._begin, a)
         else:
             a.future = self.pool.submit(self._step, a, True, self._begin, a)
+
+    def launch_batch(self, batch: list[Attempt]) -> None:
+        """Start the attempts of a merged batch (one slot, one executor, tasks of one merge
+        key) as one call of their executor, on a slot thread."""
+        if len(batch) == 1:
+            return self.launch(batch[0])
+        ex = self.executor(batch[0].slot, batch[0].task.executor)
+        for a in batch:
+            self.running[a.key] = a
+            a.executor = ex
+        future = self.pool.submit(self._run_batch, batch)
+        for a in batch:
+            a.future = future
+
+    def _run_batch(self, batch: list[Attempt]) -> None:
+        """Prepare each attempt (one that cannot start ends alone), run the rest as one
+        call, conclude each; they show up in `finished` together (the slot is free then)."""
+        ended: list[tuple[Attempt, Outcome]] = []
+        ready: list[Attempt] = []
+        for a in batch:
+            try:
+                outcome = self.setup.prepare(a)
+            except Exception as e:
+                outcome = self._error_outcome(a, e)
+            if outcome is None:
+                ready.append(a)
+            else:
+                ended.append((a, self._conclude(a, outcome)))
+        if ready:
+            ex = cast(Executor, ready[0].executor)
+            try:
+                outcomes = ex.run_batch([cast(TaskContext, a.ctx) for a in ready])
+            except Exception as e:  # a bug here must still end the attempts, reported
+                outcomes = [self._error_outcome(a, e) for a in ready]
+            ended += [(a, self._conclude(a, o)) for a, o in zip(ready, outcomes, strict=True)]
+        self._finished.extend(ended)
+        self.wake()
 
     def _begin(self, a: Attempt) -> Outcome | None:
         outcome = self.setup.prepare(a)
@@ -117,15 +164,29 @@ class AttemptRunner:
                 a.fd = cast(InlineExecutor, a.executor).fileno()
                 self.inline[a.fd] = a
                 return
-            outcome = self.setup.conclude(a, outcome)
-        except UnsafePathError as e:  # a link or a planted file in the attempt's directory
-            outcome = refused(a, e)
-        except Exception as e:  # a bug here must still end the attempt, reported
-            outcome = home_unwritable(a, e) if is_home_unwritable(e) else worker_error(a, e)
-        self.setup.end_span(a, outcome)
-        self._finished.append((a, outcome))
+        except Exception as e:
+            outcome = self._error_outcome(a, e)
+        self._finished.append((a, self._conclude(a, outcome)))
         if on_thread:
             self.wake()
+
+    def _conclude(self, a: Attempt, outcome: Outcome) -> Outcome:
+        """Conclude `a` (`AttemptSetup.conclude`) and write its spans; its final outcome."""
+        try:
+            outcome = self.setup.conclude(a, outcome)
+        except Exception as e:
+            outcome = self._error_outcome(a, e)
+        self.setup.end_span(a, outcome)
+        return outcome
+
+    @staticmethod
+    def _error_outcome(a: Attempt, e: Exception) -> Outcome:
+        """The outcome of an attempt that an exception on the way ended."""
+        if isinstance(e, UnsafePathError):  # a link or a planted file in the attempt's directory
+            return refused(a, e)
+        if is_home_unwritable(e):
+            return home_unwritable(a, e)
+        return worker_error(a, e)  # a bug here must still end the attempt, reported
 
     def supervise(self, readable: Sequence[int] | None = None) -> None:
         """Finish inline attempts that ended; stop those past their deadline or told to stop.

@@ -8,21 +8,22 @@
   stable device order.
 * Held: claimed task messages that found no free slot or not enough free GPUs, in claim
   order. While any is held, nothing new is claimed.
-* Backlog: the unstarted tasks of claimed bundles. They need no GPUs (the coordinator never
-  bundles GPU tasks), only a slot. They go back to the queue, each as a message of its own,
-  when a task of theirs runs long or the worker stops (`give_back`), so that other workers'
-  slots can take them.
+* Backlog: the unstarted tasks of claimed bundles, started in bundle order as slots (and
+  GPUs) free up; tasks in a row that share a merge key start together as one merged batch
+  (`next_bundled`). They go back to the queue, each as a message of its own, when a task
+  of theirs runs long or the worker stops (`give_back`), so that other workers' slots can
+  take them.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from spool import SpoolError
 from workers.claims import Claim
-from workers.wire import TaskMessage
+from workers.wire import Bundle, TaskMessage
 
 log = logging.getLogger("workers.worker")  # the daemon's log, whichever part speaks
 
@@ -117,25 +118,46 @@ class SlotPool:
         """The tasks of a claimed bundle, to start one per free slot (`next_bundled`)."""
         self.backlog.extend((claim, task) for task in tasks)
 
-    def next_bundled(self) -> tuple[Claim, TaskMessage] | None:
-        """The backlog's first task, taken off it, if a slot is free for it; else None."""
-        if self.free_slots and self.backlog:
-            return self.backlog.popleft()
-        return None
+    def next_bundled(
+        self, most: int = 1, merge_key: Callable[[TaskMessage], Hashable | None] = lambda task: None
+    ) -> list[tuple[Claim, TaskMessage]] | None:
+        """The backlog's first task, and up to `most` - 1 tasks right behind it with the
+        same (not None) `merge_key`, taken off it, if a slot is free; else None."""
+        if not (self.free_slots and self.backlog):
+            return None
+        taken = [self.backlog.popleft()]
+        key = merge_key(taken[0][1]) if most > 1 else None
+        while key is not None and len(taken) < most and self.backlog and merge_key(self.backlog[0][1]) == key:
+            taken.append(self.backlog.popleft())
+        return taken
 
-    def give_back(self, why: str, settle: Callable[[Claim], None]) -> int:
-        """Put the backlog's tasks back in their queues, each alone, keeping its bundle's
-        priority and place; `settle` is told of each (its bundle is acked once the tasks
-        that started here end). Stops at the first that cannot be put (tried again later).
-        Returns how many went back."""
+    def give_back(
+        self,
+        why: str,
+        settle: Callable[[Claim], None],
+        merge_key: Callable[[TaskMessage], Hashable | None] = lambda task: None,
+    ) -> int:
+        """Put the backlog's tasks back in their queues, keeping their bundle's priority and
+        place: each alone, except tasks in a row of one `merge_key` (of one claimed bundle),
+        which go back together so that whoever takes them can still merge them. `settle` is
+        told of each (its bundle is acked once the tasks that started here end). Stops at
+        the first that cannot be put (tried again later). Returns how many went back."""
         n = 0
         while self.backlog:
-            claim, task = self.backlog[0]
+            claim, first = self.backlog[0]
+            group = [first]
+            key = merge_key(first)
+            while key is not None and len(group) < len(self.backlog):
+                other_claim, task = self.backlog[len(group)]
+                if other_claim is not claim or merge_key(task) != key:
+                    break
+                group.append(task)
+            payload = Bundle(tuple(group)) if len(group) > 1 else first
             try:
                 claim.q.put(
-                    task.to_wire(),
+                    payload.to_wire(),
                     priority=claim.msg.priority,
-                    msg_id=task.message_id,
+                    msg_id=payload.message_id,
                     order_ns=claim.msg.put_ns,  # it keeps its bundle's place in the queue
                 )
             except SpoolError as e:
@@ -143,9 +165,10 @@ class SlotPool:
                     "worker %s: could not give back a bundled task (will try again): %s", self.owner, e
                 )
                 break
-            self.backlog.popleft()
-            settle(claim)
-            n += 1
+            for _ in group:
+                self.backlog.popleft()
+                settle(claim)
+            n += len(group)
         if n:
             log.info("worker %s gave back %d bundled task(s): %s", self.owner, n, why)
         return n

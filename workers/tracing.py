@@ -28,13 +28,13 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
@@ -346,6 +346,8 @@ class AttemptTrace:
         self.span_id = random.getrandbits(64) or 1
         self.trace_state = parent.trace_state if parent is not None else None
         self.phases: list[tuple[str, int, float, float, dict[str, Any]]] = []
+        #: span events of the phases that have some, by the phase's span id
+        self.events: dict[int, tuple[Event, ...]] = {}
         self.status = _UNSET
 
     @property
@@ -358,11 +360,22 @@ class AttemptTrace:
     def set_error(self, message: str) -> None:
         self.status = Status(StatusCode.ERROR, message[:500])
 
-    def phase(self, name: str, start: float, end: float, **attrs: Any) -> None:
-        """A finished child span (epoch seconds) with its kind (see SPAN_KINDS)."""
+    def phase(
+        self,
+        name: str,
+        start: float,
+        end: float,
+        events: Sequence[tuple[str, float, dict[str, Any]]] = (),
+        **attrs: Any,
+    ) -> None:
+        """A finished child span (epoch seconds) with its kind (see SPAN_KINDS) and its
+        events (name, epoch seconds, attributes)."""
         kind = SPAN_KINDS.get(name)
         attributes = {ATTR_KIND: str(kind) if kind else str(attrs.pop("kind", "compute")), **attrs}
-        self.phases.append((name, random.getrandbits(64) or 1, start, max(end, start), attributes))
+        span_id = random.getrandbits(64) or 1
+        self.phases.append((name, span_id, start, max(end, start), attributes))
+        if events:
+            self.events[span_id] = tuple(Event(n, a or None, ns(at)) for n, at, a in events)
 
     def end(self, end: float) -> None:
         """Write every span of the attempt (and hand them to the other exporters)."""
@@ -406,7 +419,7 @@ class AttemptTrace:
         lines = [
             f'{{"name": {_dumps_str(name)}{head[1:]}{span_id:016x}{mid}{child_of_root}'
             f'{iso_time(ns(start))}", "end_time": "{iso_time(ns(stop))}{unset}'
-            f"{_attributes_json(attributes)}{tail}"
+            f"{_attributes_json(attributes)}{self._events_tail(span_id, tail)}"
             for name, span_id, start, stop, attributes in self.phases
         ]
         parent = f'"0x{self.parent.span_id:016x}"' if self.parent is not None else "null"
@@ -420,6 +433,12 @@ class AttemptTrace:
         )
         return "".join(lines)
 
+    def _events_tail(self, span_id: int, tail: str) -> str:
+        events = self.events.get(span_id)
+        if not events:
+            return tail
+        return tail.replace('"events": []', f'"events": {_dumps(ReadableSpan._format_events(events))}', 1)
+
     def readable_spans(self, end: float) -> list[ReadableSpan]:
         """The attempt's spans as the SDK's ReadableSpans (phases first, root last)."""
         flags = TraceFlags(TraceFlags.SAMPLED)
@@ -432,6 +451,7 @@ class AttemptTrace:
                 attrs,
                 start,
                 stop,
+                events=self.events.get(span_id, ()),
             )
             for name, span_id, start, stop, attrs in self.phases
         ]
@@ -503,6 +523,7 @@ class Telemetry:
         start: float,
         end: float,
         status: Status | None = None,
+        events: Sequence[Event] = (),
     ) -> ReadableSpan:
         return ReadableSpan(
             name,
@@ -510,6 +531,7 @@ class Telemetry:
             parent=parent,
             resource=self.resource,
             attributes=attributes,
+            events=events,
             start_time=ns(start),
             end_time=ns(max(end, start)),
             status=status or _UNSET,

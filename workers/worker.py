@@ -44,6 +44,7 @@ from workers.claims import Claim, WorkerQueues
 from workers.errors import WireError, WorkerConfigError
 from workers.executors import EXECUTORS
 from workers.markers import MARKER_CHECK_INTERVAL, StopMarkers
+from workers.models.merging import DEFAULT_MERGE_MAX, merge_key
 from workers.outbox import Outbox
 from workers.runner import AttemptRunner
 from workers.slots import SlotPool
@@ -51,6 +52,10 @@ from workers.tracing import Telemetry
 from workers.wakeups import Wakeups
 
 log = logging.getLogger("workers.worker")
+
+
+def _merge_key(task: wire.TaskMessage) -> tuple | None:
+    return merge_key(task.executor, task.spec, task.gpus)
 
 
 def new_worker_id() -> str:
@@ -74,6 +79,8 @@ class Worker:
             wake pipe its coordinator pokes after pushing tasks; see `spool.watch.poke`).
         bundle_hold: once a task of a claimed bundle has run this many seconds, the
             bundle's unstarted tasks go back to the queue for other slots.
+        merge_max: most tasks of one merge key (`workers.models.merging`) run as one call
+            of their model executor (1: each alone).
 
     Raises:
         WorkerConfigError: no slots, or an executor to warm that does not exist.
@@ -95,9 +102,12 @@ class Worker:
         warm: Sequence[str] = (),
         wake_fd: int | None = None,
         bundle_hold: float = wire.BUNDLE_HOLD,
+        merge_max: int = DEFAULT_MERGE_MAX,
     ):
         if slots < 1:
             raise WorkerConfigError("slots must be at least 1")
+        if merge_max < 1:
+            raise WorkerConfigError("merge_max must be at least 1")
         unknown = [name for name in warm if name not in EXECUTORS]
         if unknown:
             raise WorkerConfigError(
@@ -111,6 +121,7 @@ class Worker:
         self.slots = SlotPool(slots, gpus, owner=self.id)
         self.burst = burst
         self.bundle_hold = bundle_hold
+        self.merge_max = merge_max
         self.parent_pid = parent_pid
         self.heartbeat = HeartbeatWriter(home.workers_dir, self.id)
         self.markers = StopMarkers(home.root)
@@ -202,7 +213,7 @@ class Worker:
                 # tasks given back, running attempts stopped (each waited for up to
                 # kill_grace + 15 s) and reported.
                 slots.release_held()
-                slots.give_back("the worker is stopping", self.outbox.settle)
+                slots.give_back("the worker is stopping", self.outbox.settle, _merge_key)
                 runner.stop_all(wait=runner.setup.kill_grace + 15)
                 self._report_finished()
                 return
@@ -244,9 +255,9 @@ class Worker:
                 and (slots.held or not slots.free)
                 and self.runner.longest_run(time.time()) > self.bundle_hold
             ):
-                slots.give_back("a task of its bundle runs long", self.outbox.settle)
+                slots.give_back("a task of its bundle runs long", self.outbox.settle, _merge_key)
         if self._drain and slots.backlog:
-            slots.give_back("the worker is draining", self.outbox.settle)
+            slots.give_back("the worker is draining", self.outbox.settle, _merge_key)
         return True
 
     def _sleep(self, now: float) -> None:
@@ -302,6 +313,7 @@ class Worker:
             "state": self.state,
             "started_at": self.started_at,
             "tasks_done": self.tasks_done,
+            "models": self.runner.residency(),
         }
         try:
             self.heartbeat.beat(info)
@@ -339,6 +351,10 @@ class Worker:
             if not live:
                 q.ack(msg)
                 return 0
+            if not all(self.slots.fits(task.gpus) for task in live):
+                log.error("a bundle needs more GPUs than this worker has: giving it back")
+                q.release(msg)
+                return 0
             self.slots.add_bundle(Claim(msg, q, len(live)), live)
             return self._start_bundled()
         task = decoded
@@ -361,34 +377,52 @@ class Worker:
         return 1
 
     def _start_bundled(self) -> int:
-        """Start bundled tasks while slots are free (dropping those of cancelled workflows)."""
+        """Start bundled tasks while slots are free (dropping those of cancelled workflows);
+        consecutive ones of one merge key start as one merged batch of up to `merge_max`."""
         started = 0
-        while (item := self.slots.next_bundled()) is not None:
-            claim, task = item
-            if self.markers.cancelled(task.wf):
-                self.outbox.settle(claim)
-            elif self._start(claim, task):  # bundled tasks need no GPUs: a free slot is enough
-                started += 1
-            else:
-                self.slots.backlog.appendleft(item)
+        while (items := self.slots.next_bundled(self.merge_max, _merge_key)) is not None:
+            live = []
+            for claim, task in items:
+                if self.markers.cancelled(task.wf):
+                    self.outbox.settle(claim)
+                else:
+                    live.append((claim, task))
+            if not live:
+                continue
+            if not self._start_batch(live):
+                self.slots.backlog.extendleft(reversed(live))
                 break
+            started += len(live)
         return started
 
     def _start(self, claim: Claim, task: wire.TaskMessage) -> bool:
         """Start `task` if a slot and its GPUs are free; False (nothing done) if not."""
-        place = self.slots.take(task.gpus, prefer=self.runner.slots_holding(task))
+        return self._start_batch([(claim, task)])
+
+    def _start_batch(self, items: list[tuple[Claim, wire.TaskMessage]]) -> bool:
+        """Start the tasks (one, or several of one merge key) in one slot with the first's
+        GPUs, as one call of their executor; False (nothing done) if no slot is free."""
+        first = items[0][1]
+        place = self.slots.take(first.gpus, prefer=self.runner.slots_holding(first))
         if place is None:
             return False
-        a = Attempt(task, claim, place[0], place[1], time.time())
-        self.outbox.add(a.started())
-        self.runner.launch(a)
+        now = time.time()
+        batch = (secrets.token_hex(8), len(items)) if len(items) > 1 else None
+        attempts = [
+            Attempt(task, claim, place[0], place[1], now, batch=batch, holds_slot=k == 0)
+            for k, (claim, task) in enumerate(items)
+        ]
+        for a in attempts:
+            self.outbox.add(a.started())
+        self.runner.launch_batch(attempts)
         return True
 
     # -------------------------------------------------------------- settling
     def _report_finished(self) -> None:
         """Free the slots and GPUs of attempts that ended, and queue their final events."""
         for a, outcome in self.runner.finished():
-            self.slots.release(a.slot, a.gpus)
+            if a.holds_slot:  # a batch's slot is freed once, by its first member
+                self.slots.release(a.slot, a.gpus)
             self.tasks_done += 1
             self.outbox.add(a.ended(outcome, time.time()), settles=a.claim)
 

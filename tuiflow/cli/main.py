@@ -29,7 +29,8 @@ from tuiflow import __version__
 from tuiflow.cli.console import SafeConsole, user_text
 from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK, BadOption, exit_code, user_errors
 from tuiflow.errors import NotFound
-from workers.models.residency import MODEL_TTL_ENV, MODELS_PER_SLOT_ENV
+from workers.models.merging import DEFAULT_MERGE_MAX
+from workers.models.residency import GPU_MEMORY_BUDGET_ENV, MODEL_TTL_ENV, MODELS_PER_SLOT_ENV, parse_bytes
 from workers.wire import BUNDLE_HOLD, BUNDLE_MAX
 
 
@@ -604,6 +605,18 @@ def worker(
     models_per_slot: int | None = typer.Option(
         None, "--models-per-slot", min=1, help="Models a slot's model host keeps loaded at once (default 2)."
     ),
+    gpu_memory_budget: str | None = typer.Option(
+        None,
+        "--gpu-memory-budget",
+        help="Memory a slot's model host keeps models in, e.g. 20GiB: past it, the least recently "
+        "used models are dropped (default: no bound but --models-per-slot).",
+    ),
+    merge_max: int = typer.Option(
+        DEFAULT_MERGE_MAX,
+        "--merge-max",
+        min=1,
+        help="Most model tasks of one model and settings run as one merged call (1: each alone).",
+    ),
     home: str | None = HomeOpt,
 ) -> None:
     """Run a worker daemon. SIGTERM drains; a second SIGTERM or SIGINT stops at once."""
@@ -622,6 +635,11 @@ def worker(
         os.environ[MODEL_TTL_ENV] = repr(model_ttl)
     if models_per_slot is not None:
         os.environ[MODELS_PER_SLOT_ENV] = str(models_per_slot)
+    if gpu_memory_budget is not None:
+        try:
+            os.environ[GPU_MEMORY_BUDGET_ENV] = str(parse_bytes(gpu_memory_budget))
+        except ValueError as e:
+            raise BadOption(f"--gpu-memory-budget: {e}") from None
     w = Worker(
         h,
         queue,
@@ -632,6 +650,7 @@ def worker(
         parent_pid=parent_pid,
         warm=warm,
         bundle_hold=bundle_hold,
+        merge_max=merge_max,
     )
     install_stop_handlers(lambda hard: w.stop(drain=not hard))
     w.run()

@@ -5,8 +5,10 @@ Many tasks that became ready at once in one queue (a fan-out) travel in bundles:
 message of up to `bundle_max` task messages, so that a thousand short tasks cost a few
 dozen message files rather than a thousand. Bundles are only made where they leave at
 least `wire.BUNDLE_SPREAD` messages, so up to that many slots start at once; a worker hands
-back what is left of a bundle when a task of it runs long (`workers.slots`). Delayed
-retries and GPU tasks always travel alone.
+back what is left of a bundle when a task of it runs long (`workers.slots`). Model tasks
+(`workers.models.merging`) that share a merge key travel together, whatever their number,
+so that a worker can run them as merged batches. Delayed retries and other GPU tasks
+always travel alone.
 
 An attempt that cannot be queued (a template that fails, a message over the size limit)
 fails as `setup`, with a closed error span, and does not spend a retry. A file system that
@@ -22,6 +24,7 @@ from tuiflow.engine.expr import ExpressionError, MissingValue, Template, has_tem
 from tuiflow.engine.runstate import Action, Dispatch, RunState
 from tuiflow.engine.spans import CoordinatorSpans, workflow_traceparent
 from workers import wire
+from workers.models.merging import MODEL_EXECUTORS, merge_key
 from workers.wire import Bundle, FailKind, TaskMessage
 
 
@@ -53,15 +56,43 @@ class Dispatcher:
         `now`: the coordinator's wall clock (the messages' `ready_at`)."""
         failed: list[Action] = []
         groups: dict[tuple[str, int], list[Dispatch]] = {}
+        models: dict[tuple[str, int], list[Dispatch]] = {}
         for action in dispatches:
             t = run.definition.tasks[action.idx]
-            if action.delay > 0 or t.gpus:
+            if action.delay > 0:
                 failed.extend(self._queue_tasks(wf_id, run, [action], 1, now, action.delay))
+            elif t.executor in MODEL_EXECUTORS:
+                models.setdefault((t.queue, t.priority), []).append(action)
+            elif t.gpus:
+                failed.extend(self._queue_tasks(wf_id, run, [action], 1, now))
             else:
                 groups.setdefault((t.queue, t.priority), []).append(action)
         for actions in groups.values():
             size = wire.bundle_size(len(actions), self.bundle_max)
             failed.extend(self._queue_tasks(wf_id, run, actions, size, now))
+        for actions in models.values():
+            failed.extend(self._queue_mergeable(wf_id, run, actions, now))
+        return failed
+
+    def _queue_mergeable(
+        self, wf_id: str, run: RunState, actions: list[Dispatch], now: float
+    ) -> list[Action]:
+        """Queue model tasks of one queue and priority: those of one merge key travel
+        together, up to `bundle_max` to a message, for a worker to run as merged batches."""
+        t = run.definition.tasks[actions[0].idx]
+        failed: list[Action] = []
+        by_key: dict[tuple | None, list[TaskMessage]] = {}
+        for action in actions:  # rendered first: the key depends on the rendered `with`
+            try:
+                msg = self.message(wf_id, run, action.idx, action.attempt, now)
+            except (ExpressionError, ValueError, TypeError) as e:
+                failed.extend(self.not_queued(wf_id, run, action.idx, action.attempt, now, e))
+                continue
+            by_key.setdefault(merge_key(msg.executor, msg.spec, msg.gpus), []).append(msg)
+        for key, messages in by_key.items():
+            size = self.bundle_max if key is not None else 1
+            for at in range(0, len(messages), size):
+                failed.extend(self._put(wf_id, run, t.queue, t.priority, messages[at : at + size], now))
         return failed
 
     def _queue_tasks(

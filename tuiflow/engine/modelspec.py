@@ -14,10 +14,10 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 MAX_NEW_TOKENS = 1_000_000
 
 _FIELDS = {
-    "transformers": ("model", "prompts", "max_tokens", "temperature", "top_p", "seed", "stop", "dtype"),
+    "transformers": ("model", "prompts", "max_tokens", "temperature", "top_p", "seed", "stop", "dtype", "merge"),
     "diffusers": (
         "model", "prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
-        "num_images", "dtype", "scheduler",
+        "num_images", "dtype", "scheduler", "image", "strength", "merge",
     ),
 }  # fmt: skip
 MAX_IMAGES = 64
@@ -33,6 +33,8 @@ def check_model_spec(executor: str, spec: dict[str, Any], issue_at: Callable[[st
     if not isinstance(spec.get("model"), str) or not spec["model"].strip():
         issue_at("with.model", f"the {executor} executor needs with.model: a model directory or hub id")
     _number(spec, "seed", int, 0, 2**63 - 1, issue_at)
+    if "merge" in spec and not isinstance(spec["merge"], bool):
+        issue_at("with.merge", f"expected true or false, got {clip(repr(spec['merge']), 40)}")
     dtype = spec.get("dtype", "auto")
     if dtype not in DTYPES and not has_template(dtype):
         issue_at("with.dtype", f"expected one of {', '.join(DTYPES)}, got {clip(repr(dtype), 40)}")
@@ -73,6 +75,12 @@ def _check_imagegen(spec: dict[str, Any], issue_at: Callable[[str, str], None]) 
     _number(spec, "steps", int, 1, 1000, issue_at)
     _number(spec, "guidance", float, 0.0, 100.0, issue_at)
     _number(spec, "num_images", int, 1, MAX_IMAGES, issue_at)
+    _number(spec, "strength", float, 0.0, 1.0, issue_at)
+    image = spec.get("image")
+    if image is not None and not (isinstance(image, str) and image.strip()):
+        issue_at("with.image", f"expected the path of an image, got {clip(repr(image), 40)}")
+    elif image is None and "strength" in spec:
+        issue_at("with.strength", "applies to image-to-image only: set with.image too")
     for side in ("width", "height"):
         value = spec.get(side)
         _number(spec, side, int, 8, MAX_SIDE, issue_at)

@@ -77,22 +77,31 @@ class Phase:
     start: float
     end: float
     attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: moments inside it, as span events: (name, epoch seconds, attributes)
+    events: list[tuple[str, float, dict[str, Any]]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(slots=True)
 class Outcome:
     """How an attempt ended: completed (`failure` None) or failed, and why (`FailKind`),
-    with a message a person can act on (`error`), the exit code where there is one, and the
-    executor's timed phases."""
+    with a message a person can act on (`error`), the exit code where there is one, the
+    executor's timed phases, and attributes it adds to the attempt's root span."""
 
     failure: FailKind | None = None
     error: str | None = None
     exit_code: int | None = None
     phases: list[Phase] = dataclasses.field(default_factory=list)
+    attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def completed(cls, *, exit_code: int | None = None, phases: list[Phase] | None = None) -> Outcome:
-        return cls(None, None, exit_code, phases or [])
+    def completed(
+        cls,
+        *,
+        exit_code: int | None = None,
+        phases: list[Phase] | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> Outcome:
+        return cls(None, None, exit_code, phases or [], attributes or {})
 
     @classmethod
     def failed(
@@ -102,8 +111,9 @@ class Outcome:
         *,
         exit_code: int | None = None,
         phases: list[Phase] | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> Outcome:
-        return cls(kind, error, exit_code, phases or [])
+        return cls(kind, error, exit_code, phases or [], attributes or {})
 
     @property
     def ok(self) -> bool:
@@ -141,10 +151,20 @@ class Executor(Protocol):
         raise OSError (logged; the first attempt tries again)."""
         return None
 
+    def run_batch(self, ctxs: list[TaskContext]) -> list[Outcome]:
+        """Run several attempts as one call (a merged batch: the worker hands an executor
+        only tasks of one merge key, `workers.models.merging`), their outcomes in order.
+        Executors that cannot merge run them one after the other."""
+        return [self.run(ctx) for ctx in ctxs]
+
     def holds(self, spec: dict[str, Any]) -> bool:
         """Whether this slot's executor has what a task of `spec` needs loaded already (its
         model): the worker then starts it in this slot rather than another free one."""
         return False
+
+    def loaded(self) -> list[tuple[str, ...]]:
+        """The models this slot's executor holds loaded now (their residency keys)."""
+        return []
 
     def close(self) -> None:
         """Release everything (processes, descriptors); the worker is stopping."""

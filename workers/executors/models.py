@@ -28,19 +28,23 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
+from analyzer import contract as c
 from spool import layout
 from workers import outputs
 from workers.executors.interface import Executor, Outcome, Phase, TaskContext
 from workers.framing import read_frame, write_frame
+from workers.gpustats import GpuSampler
 from workers.models import imagegen, textgen
-from workers.models.residency import MODEL_TTL_ENV, MODELS_PER_SLOT_ENV
+from workers.models.residency import GPU_MEMORY_BUDGET_ENV, MODEL_TTL_ENV, MODELS_PER_SLOT_ENV
 from workers.supervise import describe_exit, kill_group
 from workers.wire import FailKind
 
 #: seconds between checks of the deadline and the stop markers while a reply is awaited
 POLL = 0.1
+#: ``error.type`` of a task that ran out of GPU memory even alone
+CUDA_OOM = "cuda_oom"
 
 
 class ModelExecutor(Executor):
@@ -50,6 +54,9 @@ class ModelExecutor(Executor):
     name: ClassVar[str]
     #: what two tasks must share to share a loaded model (the backend's `key`)
     model_key: ClassVar[Callable[[dict[str, Any]], tuple[str, ...]]]
+    #: True: a host holds one model, and another model gets a fresh host (vLLM cannot give
+    #: its GPU memory back in-process)
+    one_model_per_host: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -65,7 +72,11 @@ class ModelExecutor(Executor):
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(base_env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        for name in (MODEL_TTL_ENV, MODELS_PER_SLOT_ENV):  # the worker's bounds (tasks' env has no TUIFLOW_*)
+        for name in (
+            MODEL_TTL_ENV,
+            MODELS_PER_SLOT_ENV,
+            GPU_MEMORY_BUDGET_ENV,
+        ):  # the worker's bounds (tasks' env has no TUIFLOW_*)
             if name in os.environ:
                 env[name] = os.environ[name]
         if gpus:  # fixed for the host's life; a worker that hands out no GPUs leaves them as they are
@@ -108,49 +119,94 @@ class ModelExecutor(Executor):
         except FileNotFoundError:
             return b""
 
-    # ---------------------------------------------------------------- attempts
-    def run(self, ctx: TaskContext) -> Outcome:
-        if self.proc is None or self.proc.poll() is not None or self.gpus != ctx.gpus:
+    def _ensure_host(self, ctx: TaskContext) -> None:
+        """A live host bound to `ctx`'s GPUs (and, for a backend that holds one model per
+        process, to its model): the one there is, or a fresh one."""
+        stale = self.proc is None or self.proc.poll() is not None or self.gpus != ctx.gpus
+        if not stale and self.one_model_per_host and self.models and not self.holds(ctx.msg.spec):
+            stale = True  # its engine cannot give its memory back in-process: a fresh host
+        if stale:
             self._end()
             self._start(ctx.gpus, ctx.base_env)
+
+    # ---------------------------------------------------------------- attempts
+    def run(self, ctx: TaskContext) -> Outcome:
+        return self.run_batch([ctx])[0]
+
+    def run_batch(self, ctxs: list[TaskContext]) -> list[Outcome]:
+        """Run the attempts as one call of the host (one task: a batch of one). The shared
+        phases (model load, prompts, generation) go to the first attempt's spans."""
+        lead = ctxs[0]
+        self._ensure_host(lead)
         t0 = time.time()
         try:
-            write_frame(self._wfd, {"executor": self.name, "with": ctx.msg.spec.get("with", {})})
+            write_frame(
+                self._wfd, {"executor": self.name, "batch": [c.msg.spec.get("with", {}) for c in ctxs]}
+            )
         except OSError as e:
             self._end()
-            return Outcome.failed(FailKind.ERROR, f"the model host is gone: {e.strerror}")
-        stop = self._await_reply(ctx)
-        self._copy_host_output(ctx)
+            return [Outcome.failed(FailKind.ERROR, f"the model host is gone: {e.strerror}") for _ in ctxs]
+        sampler = GpuSampler(lead.gpus)  # NVML, where there is one
+        sampler.start()
+        try:
+            stop = self._await_reply(ctxs)
+        finally:
+            telemetry = sampler.stop()
+        self._copy_host_output(ctxs)
         if stop is not None:
             self._end()
             if stop is FailKind.TIMEOUT:
-                return Outcome.failed(stop, f"timed out after {ctx.msg.timeout:g} s; model host ended")
-            return Outcome.failed(stop, f"{stop}: model host ended")
+                return [Outcome.failed(stop, "timed out; model host ended") for _ in ctxs]
+            return [Outcome.failed(ctx.should_stop() or stop, f"{stop}: model host ended") for ctx in ctxs]
         reply = read_frame(self._rfd)
         if reply is None:
             code = self.proc.wait() if self.proc is not None else None
             self._end()
-            return Outcome.failed(FailKind.ERROR, f"the model host died ({describe_exit(code)})")
-        if not reply["ok"]:
-            if reply.get("kind") == "oom":
-                self._end()  # a fresh host takes the next task with its memory whole
-            return Outcome.failed(FailKind.ERROR, reply["error"])
-        self.models = {tuple(k) for k in reply.get("models", ())}
+            died = f"the model host died ({describe_exit(code)})"
+            return [Outcome.failed(FailKind.ERROR, died) for _ in ctxs]
+        if reply["ok"]:
+            self.models = {tuple(k) for k in reply.get("models", ())}
+            outcomes = [
+                self._conclude(ctx, result) for ctx, result in zip(ctxs, reply["results"], strict=True)
+            ]
+            phases = [
+                Phase(n, start, end, dict(a), [tuple(e) for e in ev])
+                for n, start, end, a, ev in reply["phases"]
+            ]
+            for phase in phases:
+                if phase.name == c.EXECUTE_SPAN:
+                    phase.attributes.update(telemetry)
+            outcomes[0].phases = phases or [Phase(c.EXECUTE_SPAN, t0, time.time())]
+        else:  # the batch as a whole (its model would not load)
+            outcomes = [_failed(reply) for _ in ctxs]
+        if any(o.attributes.get(c.ATTR_ERROR_TYPE) == CUDA_OOM for o in outcomes):
+            self._end()  # a fresh host takes the next task with the card's memory whole
+        return outcomes
+
+    def _conclude(self, ctx: TaskContext, result: dict[str, Any]) -> Outcome:
+        """One task's outcome from its result: its output and files written, or its failure."""
+        reason = ctx.should_stop()
+        if reason is not None:  # cancelled while the rest of its batch ran
+            return Outcome.failed(reason, f"{reason} while its batch ran")
+        if not result["ok"]:
+            return _failed(result)
         assert ctx.files is not None
-        output = reply["output"]
-        for key, files in reply.get("files", {}).items():
+        output = result["output"]
+        for key, files in result.get("files", {}).items():
             output[key] = [self._keep(ctx, name, data) for name, data in files]
         data = json.dumps(output).encode()
         ctx.files.write(layout.OUTPUT_FILE, data)
         ctx.output = data
-        phases = [Phase(name, start, end, dict(attrs)) for name, start, end, attrs in reply["phases"]]
-        return Outcome.completed(phases=phases or [Phase("execute", t0, time.time())])
+        return Outcome.completed(attributes=_usage(output))
 
     def holds(self, spec: dict[str, Any]) -> bool:
         try:
             return type(self).model_key(spec.get("with", {})) in self.models
         except (KeyError, TypeError):
             return False
+
+    def loaded(self) -> list[tuple[str, ...]]:
+        return sorted(self.models) if self.proc is not None else []
 
     @staticmethod
     def _keep(ctx: TaskContext, name: str, data: bytes) -> str:
@@ -164,22 +220,28 @@ class ModelExecutor(Executor):
         outputs.record_asset(ctx.msg, ctx.files, os.path.relpath(path, ctx.home_root), data)
         return path
 
-    def _await_reply(self, ctx: TaskContext) -> FailKind | None:
-        """Wait until the host's reply is readable; or why the attempt must stop first."""
+    def _await_reply(self, ctxs: list[TaskContext]) -> FailKind | None:
+        """Wait until the host's reply is readable; or why the attempts must stop first: the
+        last of their deadlines passed, or every one of them must stop (one cancelled
+        task of a batch does not stop the others: it fails once the call is over)."""
+        deadlines = [ctx.deadline for ctx in ctxs]
+        deadline = None if None in deadlines else max(cast(list[float], deadlines))
         while True:
             if select.select([self._rfd], [], [], POLL)[0]:
                 return None
-            if ctx.deadline is not None and time.monotonic() >= ctx.deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 return FailKind.TIMEOUT
-            reason = ctx.should_stop()
-            if reason is not None:
-                return reason
+            reasons = [ctx.should_stop() for ctx in ctxs]
+            if all(reasons):
+                return reasons[0]
 
-    def _copy_host_output(self, ctx: TaskContext) -> None:
+    def _copy_host_output(self, ctxs: list[TaskContext]) -> None:
+        """What the host printed, into each attempt's stderr log."""
         data = self._host_output()
-        if data and ctx.files is not None:
-            with ctx.files.log(layout.STDERR_FILE) as log:
-                log.write(data)
+        for ctx in ctxs if data else ():
+            if ctx.files is not None:
+                with ctx.files.log(layout.STDERR_FILE) as log:
+                    log.write(data)
 
     def close(self) -> None:
         self._end()
@@ -188,6 +250,29 @@ class ModelExecutor(Executor):
                 os.unlink(self._log)
             except FileNotFoundError:
                 pass
+
+
+def _failed(result: dict[str, Any]) -> Outcome:
+    """The outcome of a task the host could not run; out of memory (even alone) carries
+    ``error.type`` cuda_oom."""
+    if result.get("kind") == "oom":
+        return Outcome.failed(
+            FailKind.ERROR,
+            f"CUDA out of memory, even alone: {result['error']}",
+            attributes={c.ATTR_ERROR_TYPE: CUDA_OOM},
+        )
+    return Outcome.failed(FailKind.ERROR, result["error"])
+
+
+def _usage(output: dict[str, Any]) -> dict[str, Any]:
+    """What one task's output says of its share of a call, for its root span."""
+    usage: dict[str, Any] = {}
+    if "output_tokens" in output:
+        usage[c.ATTR_GENAI_INPUT_TOKENS] = sum(output["input_tokens"])
+        usage[c.ATTR_GENAI_OUTPUT_TOKENS] = sum(output["output_tokens"])
+    if "seeds" in output:
+        usage[c.ATTR_IMAGES] = len(output["seeds"])
+    return usage
 
 
 class TransformersExecutor(ModelExecutor):

@@ -13,8 +13,11 @@ What a task's ``with`` holds (checked at validation, `tuiflow.engine.modelspec`)
     dtype         auto (fp16/bf16 on CUDA, fp32 on CPU), float32, float16, bfloat16
 
 The output: ``texts``, ``finish_reasons`` ("stop": end of sequence or a stop string;
-"length": max_tokens reached), ``input_tokens``, ``output_tokens`` (per prompt) and
-``tokens_per_s`` (generated tokens over generation seconds).
+"length": max_tokens reached), ``input_tokens``, ``output_tokens``, ``token_ids`` (per
+prompt) and ``tokens_per_s`` (generated tokens over generation seconds).
+
+Tasks of one model run as one merged call (`generate_batch`): their prompts are padded on
+the left into one batch, so greedy ids are those each prompt gets alone.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from analyzer import contract as c
 from workers.models.libraries import require
+from workers.models.residency import module_bytes
 
 #: the dtypes a task may name
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -36,6 +40,9 @@ class LoadedModel:
     tokenizer: Any
     model: Any
     device: str
+
+    def footprint(self) -> int:
+        return module_bytes(self.model)
 
 
 def key(spec: dict[str, Any]) -> tuple[str, ...]:
@@ -83,51 +90,98 @@ def _is_chat(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
 
 
-def generate(
-    loaded: LoadedModel, spec: dict[str, Any]
-) -> tuple[dict[str, Any], list[tuple[str, float, float, dict]]]:
-    """Generate for every prompt of `spec` in one batch: (output, timed phases)."""
-    torch, _ = _libraries()
-    tok, model = loaded.tokenizer, loaded.model
-    t0 = time.time()
-    texts = _prompt_texts(tok, spec["prompts"])
-    batch = tok(texts, return_tensors="pt", padding=True).to(loaded.device)
-    t1 = time.time()
-    max_tokens = int(spec.get("max_tokens", DEFAULT_MAX_TOKENS))
-    temperature = float(spec.get("temperature", 0.0))
-    sampling: dict[str, Any] = {"do_sample": False}
-    if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(spec.get("top_p", 1.0))}
-    if spec.get("seed") is not None:
-        torch.manual_seed(int(spec["seed"]))
-    with torch.inference_mode():
-        out = model.generate(**batch, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id, **sampling)
-    t2 = time.time()
-    result = _decode(
-        tok, out[:, batch["input_ids"].shape[1] :], batch["attention_mask"], spec.get("stop") or []
+def merge_key(spec: dict[str, Any]) -> tuple[str, ...]:
+    """What tasks must share to run in one merged call: the model (`key`); prompts with
+    other sampling settings than their batch's first are generated in a call of their own
+    inside the batch (`generate_batch`)."""
+    return key(spec)
+
+
+def _sampling(spec: dict[str, Any]) -> tuple[int, float, float, int | None]:
+    """What one `generate` call applies to all its prompts: max tokens, temperature,
+    top_p and seed (transformers has no per-prompt setting for them)."""
+    seed = spec.get("seed")
+    return (
+        int(spec.get("max_tokens", DEFAULT_MAX_TOKENS)),
+        float(spec.get("temperature", 0.0)),
+        float(spec.get("top_p", 1.0)),
+        int(seed) if seed is not None else None,
     )
-    generated = sum(result["output_tokens"])
-    result["tokens_per_s"] = generated / (t2 - t1) if t2 > t1 else 0.0
+
+
+def generate_batch(
+    loaded: LoadedModel, specs: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[tuple]]:
+    """Generate for every prompt of every spec: (each spec's output, the shared timed
+    phases). Specs that sample alike share one `generate` call (one generation phase);
+    others get one call each, in order."""
+    torch, _ = _libraries()
+    tok = loaded.tokenizer
+    t0 = time.time()
+    texts = [_prompt_texts(tok, spec["prompts"]) for spec in specs]
+    phases: list[tuple] = [(c.PROMPT_SPAN, t0, time.time(), {})]
+    calls: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        sampling = _sampling(spec)
+        # greedy prompts merge whatever their seeds; a sampled one gets a call of its own,
+        # so that its seed gives what it gives alone
+        calls.setdefault(sampling if sampling[1] == 0 else (*sampling, i), []).append(i)
+    outputs: list[dict[str, Any]] = [{} for _ in specs]
+    for sampling, members in calls.items():
+        prompts = [text for i in members for text in texts[i]]
+        t1 = time.time()
+        stops = [specs[i].get("stop") or [] for i in members for _ in texts[i]]
+        result = _generate(torch, loaded, prompts, sampling, stops)
+        t2 = time.time()
+        at = 0
+        for i, n in ((i, len(texts[i])) for i in members):
+            outputs[i] = {name: values[at : at + n] for name, values in result.items()}
+            outputs[i]["tokens_per_s"] = sum(outputs[i]["output_tokens"]) / (t2 - t1) if t2 > t1 else 0.0
+            at += n
+        phases.append((c.EXECUTE_SPAN, t1, t2, _attributes(specs[members[0]], sampling, result)))
+    return outputs, phases
+
+
+def _generate(
+    torch: Any, loaded: LoadedModel, prompts: list[str], sampling: tuple, stops: list[list[str]]
+) -> dict[str, list]:
+    tok, model = loaded.tokenizer, loaded.model
+    max_tokens, temperature, top_p, seed = sampling[:4]
+    batch = tok(prompts, return_tensors="pt", padding=True).to(loaded.device)
+    options: dict[str, Any] = {"do_sample": False}
+    if temperature > 0:
+        options = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id, **options)
+    return _decode(tok, out[:, batch["input_ids"].shape[1] :], batch["attention_mask"], stops)
+
+
+def _attributes(spec: dict[str, Any], sampling: tuple, result: dict[str, list]) -> dict[str, Any]:
+    """The OpenTelemetry GenAI attributes of one generation call."""
+    max_tokens, temperature, _, seed = sampling[:4]
     attributes = {
         c.ATTR_GENAI_OPERATION: "text_completion" if not _is_chat(spec["prompts"]) else "chat",
         c.ATTR_GENAI_MODEL: str(spec["model"]),
         c.ATTR_GENAI_MAX_TOKENS: max_tokens,
         c.ATTR_GENAI_TEMPERATURE: temperature,
         c.ATTR_GENAI_INPUT_TOKENS: sum(result["input_tokens"]),
-        c.ATTR_GENAI_OUTPUT_TOKENS: generated,
+        c.ATTR_GENAI_OUTPUT_TOKENS: sum(result["output_tokens"]),
         c.ATTR_GENAI_FINISH_REASONS: list(result["finish_reasons"]),
     }
     if "top_p" in spec:
         attributes[c.ATTR_GENAI_TOP_P] = float(spec["top_p"])
-    if spec.get("seed") is not None:
-        attributes[c.ATTR_GENAI_SEED] = int(spec["seed"])
-    phases = [(c.PROMPT_SPAN, t0, t1, {}), (c.EXECUTE_SPAN, t1, t2, attributes)]
-    return result, phases
+    if seed is not None:
+        attributes[c.ATTR_GENAI_SEED] = seed
+    return attributes
 
 
-def _decode(tok: Any, new: Any, attention: Any, stop: list[str]) -> dict[str, Any]:
-    texts, reasons, outputs = [], [], []
-    for row in new.tolist():
+def _decode(tok: Any, new: Any, attention: Any, stops: list[list[str]]) -> dict[str, list]:
+    """Per prompt: text, finish reason, token counts and the generated ids (`stops`: each
+    prompt's stop strings)."""
+    texts, reasons, outputs, ids_out = [], [], [], []
+    for row, stop in zip(new.tolist(), stops, strict=True):
         ended = tok.eos_token_id in row
         ids = row[: row.index(tok.eos_token_id)] if ended else [t for t in row if t != tok.pad_token_id]
         text = tok.decode(ids, skip_special_tokens=True)
@@ -137,9 +191,11 @@ def _decode(tok: Any, new: Any, attention: Any, stop: list[str]) -> dict[str, An
         texts.append(text)
         reasons.append("stop" if ended else "length")
         outputs.append(len(ids))
+        ids_out.append(ids)
     return {
         "texts": texts,
         "finish_reasons": reasons,
         "input_tokens": [int(n) for n in attention.sum(dim=1).tolist()],
         "output_tokens": outputs,
+        "token_ids": ids_out,
     }
