@@ -837,6 +837,41 @@ def test_a_model_host_keeps_its_models_by_key_least_recently_used_out_and_idle_o
     assert r.loaded() == ["c"] and loaded == ["a", "b", "c", "c"]
 
 
+def test_a_memory_budget_drops_the_least_recently_used_models_until_a_new_one_fits():
+    from workers.models.residency import Residency
+
+    class Model:
+        def __init__(self, size: int):
+            self.size = size
+
+        def footprint(self) -> int:
+            return self.size
+
+    r = Residency(max_models=10, ttl=60.0, budget=10)
+    for key, size in (("a", 4), ("b", 4), ("c", 4)):  # c does not fit beside a and b: a goes
+        r.get(key, lambda size=size: Model(size))
+    assert r.loaded() == ["b", "c"] and r.held_bytes() == 8
+    r.get("big", lambda: Model(12))  # larger than the budget alone: it stays, alone
+    assert r.loaded() == ["big"]
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("20GiB", 20 * 2**30), ("512MB", 512 * 10**6), ("1000", 1000), ("1.5G", 1_500_000_000)]
+)
+def test_sizes_read_as_a_person_writes_them(text, size):
+    from workers.models.residency import parse_bytes
+
+    assert parse_bytes(text) == size
+
+
+@pytest.mark.parametrize("text", ["lots", "20XB", "-1G", ""])
+def test_a_size_that_is_not_one_is_refused_saying_how_to_write_it(text):
+    from workers.models.residency import parse_bytes
+
+    with pytest.raises(ValueError, match="such as 20GiB"):
+        parse_bytes(text)
+
+
 def test_slots_prefer_the_one_holding_the_model_and_give_a_slot_its_own_gpus_back():
     from workers.slots import SlotPool
 
