@@ -190,3 +190,10 @@ def test_the_example_runs_end_to_end_on_tiny_local_models(tmp_path, tiny_sd):
     assert {v.state for v in views.values()} == {"completed"} and len(views) == 12
     assert len(views["image"].output["images"]) == 1
     assert [views[f"variation[{k}]"].output["seeds"] for k in range(8)] == [[100 + k] for k in range(8)]
+    batches = {
+        next(
+            s for s in _logs(home, summary["id"], f"variation[{k}]", layout.SPANS_FILE) if s["name"] == "task"
+        )["attributes"].get("tuiflow.batch.id")
+        for k in range(8)
+    }
+    assert len(batches) == 1 and None not in batches  # the eight variations: one merged call

@@ -122,8 +122,9 @@ def generate_batch(
         "guidance_scale": float(first.get("guidance", DEFAULT_GUIDANCE)),
         # one CPU generator per image: the same seed gives the same image on any device
         "generator": [torch.Generator("cpu").manual_seed(seed) for _, seed in per_image],
-        **{k: int(first[k]) for k in ("width", "height") if first.get(k) is not None},
     }
+    if not first.get("image"):  # image-to-image: the starting image's size
+        call.update({k: int(first[k]) for k in ("width", "height") if first.get(k) is not None})
     if any(spec.get("negative_prompt") for spec in specs):
         call["negative_prompt"] = [str(spec.get("negative_prompt") or "") for spec, _ in per_image]
     t0 = time.time()
