@@ -18,7 +18,7 @@ from tuiflow.errors import TuiflowError
 
 DEFINITION_FORMAT = 1
 #: executors the workers know; `executor:` names one explicitly (`run` means shell, `call` python)
-EXECUTORS = ("shell", "python", "transformers", "diffusers")
+EXECUTORS = ("shell", "python", "transformers", "diffusers", "vllm")
 
 # ------------------------------------------------------------------------------ limits
 # What the engine can run, checked by the compiler so that no value a workflow gives can

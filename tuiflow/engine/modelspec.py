@@ -1,5 +1,5 @@
 """What a model executor's ``with`` may hold, checked at validation (the executors'
-documentation: `workers.models.textgen`, `workers.models.imagegen`). A value holding a ``{{ template }}`` is checked
+documentation: `workers.models.textgen`, `workers.models.vllmgen`, `workers.models.imagegen`). A value holding a ``{{ template }}`` is checked
 when it is rendered, by the executor."""
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ MAX_NEW_TOKENS = 1_000_000
 
 _FIELDS = {
     "transformers": ("model", "prompts", "max_tokens", "temperature", "top_p", "seed", "stop", "dtype", "merge"),
+    "vllm": (
+        "model", "prompts", "max_tokens", "temperature", "top_p", "seed", "stop", "dtype", "merge",
+        "max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager",
+    ),
     "diffusers": (
         "model", "prompt", "negative_prompt", "steps", "guidance", "seed", "width", "height",
         "num_images", "dtype", "scheduler", "image", "strength", "merge",
@@ -38,10 +42,12 @@ def check_model_spec(executor: str, spec: dict[str, Any], issue_at: Callable[[st
     dtype = spec.get("dtype", "auto")
     if dtype not in DTYPES and not has_template(dtype):
         issue_at("with.dtype", f"expected one of {', '.join(DTYPES)}, got {clip(repr(dtype), 40)}")
-    if executor == "transformers":
-        _check_textgen(spec, issue_at)
-    else:
+    if executor == "diffusers":
         _check_imagegen(spec, issue_at)
+    else:
+        _check_textgen(spec, issue_at)
+    if executor == "vllm":
+        _check_engine_args(spec, issue_at)
 
 
 def _check_textgen(spec: dict[str, Any], issue_at: Callable[[str, str], None]) -> None:
@@ -64,6 +70,18 @@ def _check_textgen(spec: dict[str, Any], issue_at: Callable[[str, str], None]) -
             spec["stop"] = [stop]
         elif not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
             issue_at("with.stop", "expected a string or a list of non-empty strings")
+
+
+def _check_engine_args(spec: dict[str, Any], issue_at: Callable[[str, str], None]) -> None:
+    _number(spec, "max_model_len", int, 1, 10_000_000, issue_at)
+    _number(spec, "gpu_memory_utilization", float, 0.01, 1.0, issue_at)
+    _number(spec, "tensor_parallel_size", int, 1, 1024, issue_at)
+    if (
+        "enforce_eager" in spec
+        and not isinstance(spec["enforce_eager"], bool)
+        and not has_template(spec["enforce_eager"])
+    ):
+        issue_at("with.enforce_eager", f"expected true or false, got {clip(repr(spec['enforce_eager']), 40)}")
 
 
 def _check_imagegen(spec: dict[str, Any], issue_at: Callable[[str, str], None]) -> None:

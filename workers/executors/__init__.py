@@ -2,7 +2,7 @@
 interface they implement is `workers.executors.interface`."""
 
 from workers.executors.interface import Executor, InlineExecutor, Outcome, Phase, TaskContext
-from workers.executors.models import DiffusersExecutor, TransformersExecutor
+from workers.executors.models import DiffusersExecutor, TransformersExecutor, VllmExecutor
 from workers.executors.python import PythonExecutor
 from workers.executors.shell import ShellExecutor, resolve_cwd
 
@@ -11,6 +11,7 @@ EXECUTORS: dict[str, type[Executor]] = {
     "python": PythonExecutor,
     "transformers": TransformersExecutor,
     "diffusers": DiffusersExecutor,
+    "vllm": VllmExecutor,
 }
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "ShellExecutor",
     "TaskContext",
     "TransformersExecutor",
+    "VllmExecutor",
     "resolve_cwd",
 ]

@@ -21,6 +21,7 @@ a traceback) goes to the attempt's stderr log.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import subprocess
@@ -32,14 +33,15 @@ from typing import Any, ClassVar, cast
 
 from analyzer import contract as c
 from spool import layout
-from workers import outputs
+from workers import gpustats, outputs
 from workers.executors.interface import Executor, Outcome, Phase, TaskContext
 from workers.framing import read_frame, write_frame
-from workers.gpustats import GpuSampler
-from workers.models import imagegen, textgen
+from workers.models import imagegen, textgen, vllmgen
 from workers.models.residency import GPU_MEMORY_BUDGET_ENV, MODEL_TTL_ENV, MODELS_PER_SLOT_ENV
 from workers.supervise import describe_exit, kill_group
 from workers.wire import FailKind
+
+log = logging.getLogger("workers.worker")  # the daemon's log, whichever part speaks
 
 #: seconds between checks of the deadline and the stop markers while a reply is awaited
 POLL = 0.1
@@ -64,6 +66,8 @@ class ModelExecutor(Executor):
         self._wfd = self._rfd = -1
         self._log: str | None = None  # the host's stderr, node-local
         self.models: set[tuple[str, ...]] = set()  # what the host said it holds
+        self._baseline: list[int] | None = None  # NVML's memory used before the host started
+        self._baseline_gpus: list[int] = []
 
     # ------------------------------------------------------------------ the host
     def _start(self, gpus: list[int], base_env: dict[str, str]) -> None:
@@ -81,6 +85,8 @@ class ModelExecutor(Executor):
                 env[name] = os.environ[name]
         if gpus:  # fixed for the host's life; a worker that hands out no GPUs leaves them as they are
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+        if gpus:  # what its GPUs use before it: its memory must come back to this when it ends
+            self._baseline, self._baseline_gpus = gpustats.memory_used(gpus), list(gpus)
         fd, self._log = tempfile.mkstemp(prefix="tuiflow-modelhost-", suffix=".log")
         try:
             self.proc = subprocess.Popen(
@@ -97,6 +103,20 @@ class ModelExecutor(Executor):
             os.close(to_host_r)
             os.close(from_host_w)
         self._wfd, self._rfd, self.gpus = to_host_w, from_host_r, list(gpus)
+
+    def _confirm_memory_freed(self) -> None:
+        """After a host ended, wait (briefly) until NVML sees its GPUs' memory back at what
+        they used before it started; say so in the log if it does not come back."""
+        baseline, self._baseline = self._baseline, None
+        if baseline is None or not self._baseline_gpus:
+            return
+        if gpustats.wait_memory_freed(self._baseline_gpus, baseline) is False:
+            log.warning(
+                "GPU memory of %s did not come back after the model host ended (now %s bytes, was %s)",
+                self._baseline_gpus,
+                gpustats.memory_used(self._baseline_gpus),
+                baseline,
+            )
 
     def _end(self) -> None:
         if self.proc is not None:
@@ -127,6 +147,7 @@ class ModelExecutor(Executor):
             stale = True  # its engine cannot give its memory back in-process: a fresh host
         if stale:
             self._end()
+            self._confirm_memory_freed()
             self._start(ctx.gpus, ctx.base_env)
 
     # ---------------------------------------------------------------- attempts
@@ -146,7 +167,7 @@ class ModelExecutor(Executor):
         except OSError as e:
             self._end()
             return [Outcome.failed(FailKind.ERROR, f"the model host is gone: {e.strerror}") for _ in ctxs]
-        sampler = GpuSampler(lead.gpus)  # NVML, where there is one
+        sampler = gpustats.GpuSampler(lead.gpus)  # NVML, where there is one
         sampler.start()
         try:
             stop = self._await_reply(ctxs)
@@ -280,6 +301,16 @@ class TransformersExecutor(ModelExecutor):
 
     name = "transformers"
     model_key = staticmethod(textgen.key)
+
+
+class VllmExecutor(ModelExecutor):
+    """Text generation with vLLM's offline engine (`workers.models.vllmgen`), one engine per
+    host: a task of another model ends the host and starts a fresh one, whose memory NVML
+    is asked to confirm came back where it can."""
+
+    name = "vllm"
+    model_key = staticmethod(vllmgen.key)
+    one_model_per_host = True
 
 
 class DiffusersExecutor(ModelExecutor):

@@ -37,7 +37,7 @@ from typing import Any
 
 from analyzer import contract as c
 from workers.framing import read_frame, write_frame
-from workers.models import imagegen, textgen
+from workers.models import imagegen, textgen, vllmgen
 from workers.models.libraries import MissingDependency
 from workers.models.residency import (
     DEFAULT_MODELS_PER_SLOT,
@@ -48,7 +48,7 @@ from workers.models.residency import (
     Residency,
 )
 
-BACKENDS = {"transformers": textgen, "diffusers": imagegen}
+BACKENDS = {"transformers": textgen, "diffusers": imagegen, "vllm": vllmgen}
 
 
 def serve(rfd: int, wfd: int, residency: Residency) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workers.models import imagegen, textgen
+from workers.models import imagegen, textgen, vllmgen
 
 #: the model executors and their backends' merge keys
 MERGE_KEYS: dict[str, Callable[[dict[str, Any]], tuple[str, ...]]] = {
     "transformers": textgen.merge_key,
     "diffusers": imagegen.merge_key,
+    "vllm": vllmgen.merge_key,
 }
 MODEL_EXECUTORS = frozenset(MERGE_KEYS)
 #: most tasks a worker runs as one call, unless ``--merge-max`` says otherwise
