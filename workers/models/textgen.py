@@ -76,12 +76,15 @@ def torch_dtype(torch: Any, name: str, device: str) -> Any:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _prompt_texts(tokenizer: Any, prompts: Any) -> list[str]:
-    """Each prompt as text: a chat (a list of {role, content}) through the chat template."""
+def _prompt_texts(tokenizer: Any, prompts: Any) -> list[tuple[str, bool]]:
+    """Each prompt as text, and whether it is a rendered chat (a list of {role, content}
+    through the chat template, which already holds the special tokens the model expects)."""
     if isinstance(prompts, str) or _is_chat(prompts):
         prompts = [prompts]
     return [
-        tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) if _is_chat(p) else p
+        (tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False), True)
+        if _is_chat(p)
+        else (p, False)
         for p in prompts
     ]
 
@@ -143,11 +146,13 @@ def generate_batch(
 
 
 def _generate(
-    torch: Any, loaded: LoadedModel, prompts: list[str], sampling: tuple, stops: list[list[str]]
+    torch: Any, loaded: LoadedModel, prompts: list[tuple[str, bool]], sampling: tuple, stops: list[list[str]]
 ) -> dict[str, list]:
     tok, model = loaded.tokenizer, loaded.model
     max_tokens, temperature, top_p, seed = sampling[:4]
-    batch = tok(prompts, return_tensors="pt", padding=True).to(loaded.device)
+    # a rendered chat gets no second BOS: the same token ids vLLM's LLM.chat feeds the model
+    encoded = [tok(text, add_special_tokens=not chat) for text, chat in prompts]
+    batch = tok.pad(encoded, padding=True, return_tensors="pt").to(loaded.device)
     options: dict[str, Any] = {"do_sample": False}
     if temperature > 0:
         options = {"do_sample": True, "temperature": temperature, "top_p": top_p}
