@@ -54,56 +54,17 @@ class AttemptRunner:
         self.inline: dict[int, Attempt] = {}
         # appended to by slot threads and the loop, taken from by the loop (deque: atomic)
         self._finished: collections.deque[tuple[Attempt, Outcome]] = collections.deque()
-        self._executors: list[dict[str, Executor]] = [{} for _ in range(slots)]
+        #: each slot's executors (a warm python process, a model host, ...)
+        self.executors = SlotExecutors(slots, name)
         # One thread per slot, reused: an attempt's supervision waits on its process, not the loop.
         self.pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=slots, thread_name_prefix=f"{name}-slot"
         )
 
-    def executor(self, slot: int, name: str) -> Executor | None:
-        """Slot `slot`'s executor called `name` (made at first use); None if none is."""
-        ex = self._executors[slot].get(name)
-        if ex is None:
-            cls = EXECUTORS.get(name)
-            if cls is None:
-                return None
-            ex = self._executors[slot][name] = cls()
-        return ex
-
-    def warm(self, names: Sequence[str]) -> None:
-        """Start each slot's executors of these names now, so the first task does not pay
-        for an interpreter start and its imports (they start side by side, in the background)."""
-        for slot in range(len(self._executors)):
-            for name in names:
-                ex = self.executor(slot, name)
-                try:
-                    if ex is not None:
-                        ex.warm()
-                except OSError as e:  # the first task will try again, and report it
-                    log.warning("worker %s: could not warm the %s executor: %s", self.name, name, e)
-
-    def slots_holding(self, task: TaskMessage) -> list[int]:
-        """The slots whose executor of `task`'s kind holds what it needs (its model)."""
-        return [
-            slot
-            for slot, executors in enumerate(self._executors)
-            if (ex := executors.get(task.executor)) is not None and ex.holds(task.spec)
-        ]
-
-    def residency(self) -> dict[str, list[list[str]]]:
-        """What each slot's model hosts hold, by slot (for the heartbeat: doctor and the
-        dashboard show it); slots that hold nothing are left out."""
-        held: dict[str, list[list[str]]] = {}
-        for slot, executors in enumerate(self._executors):
-            keys = [list(k) for ex in executors.values() for k in sorted(ex.loaded())]
-            if keys:
-                held[str(slot)] = keys
-        return held
-
     def launch(self, a: Attempt) -> None:
         """Start attempt `a` in its slot (it runs until it shows up in `finished`)."""
         self.running[a.key] = a
-        a.executor = ex = self.executor(a.slot, a.task.executor)
+        a.executor = ex = self.executors.get(a.slot, a.task.executor)
         if ex is not None and ex.inline:
             self._step(a, False, self._begin, a)
         else:
@@ -114,7 +75,7 @@ class AttemptRunner:
         key) as one call of their executor, on a slot thread."""
         if len(batch) == 1:
             return self.launch(batch[0])
-        ex = self.executor(batch[0].slot, batch[0].task.executor)
+        ex = self.executors.get(batch[0].slot, batch[0].task.executor)
         for a in batch:
             self.running[a.key] = a
             a.executor = ex
@@ -131,7 +92,7 @@ class AttemptRunner:
             try:
                 outcome = self.setup.prepare(a)
             except Exception as e:
-                outcome = self._error_outcome(a, e)
+                outcome = outcome_of_error(a, e)
             if outcome is None:
                 ready.append(a)
             else:
@@ -141,7 +102,7 @@ class AttemptRunner:
             try:
                 outcomes = ex.run_batch([cast(TaskContext, a.ctx) for a in ready])
             except Exception as e:  # a bug here must still end the attempts, reported
-                outcomes = [self._error_outcome(a, e) for a in ready]
+                outcomes = [outcome_of_error(a, e) for a in ready]
             ended += [(a, self._conclude(a, o)) for a, o in zip(ready, outcomes, strict=True)]
         self._finished.extend(ended)
         self.wake()
@@ -165,7 +126,7 @@ class AttemptRunner:
                 self.inline[a.fd] = a
                 return
         except Exception as e:
-            outcome = self._error_outcome(a, e)
+            outcome = outcome_of_error(a, e)
         self._finished.append((a, self._conclude(a, outcome)))
         if on_thread:
             self.wake()
@@ -175,18 +136,9 @@ class AttemptRunner:
         try:
             outcome = self.setup.conclude(a, outcome)
         except Exception as e:
-            outcome = self._error_outcome(a, e)
+            outcome = outcome_of_error(a, e)
         self.setup.end_span(a, outcome)
         return outcome
-
-    @staticmethod
-    def _error_outcome(a: Attempt, e: Exception) -> Outcome:
-        """The outcome of an attempt that an exception on the way ended."""
-        if isinstance(e, UnsafePathError):  # a link or a planted file in the attempt's directory
-            return refused(a, e)
-        if is_home_unwritable(e):
-            return home_unwritable(a, e)
-        return worker_error(a, e)  # a bug here must still end the attempt, reported
 
     def supervise(self, readable: Sequence[int] | None = None) -> None:
         """Finish inline attempts that ended; stop those past their deadline or told to stop.
@@ -243,8 +195,69 @@ class AttemptRunner:
 
     def close(self) -> None:
         """Close every executor, then wait for the slot threads."""
-        for executors in self._executors:
-            for ex in executors.values():
-                ex.close()
+        self.executors.close()
         self.pool.shutdown(wait=True)
         self.setup.close()
+
+
+class SlotExecutors:
+    """Each slot's executors, one of each name, made at first use and kept for the worker's
+    life (a warm python process, a model host and the models it holds)."""
+
+    def __init__(self, slots: int, owner: str = "worker"):
+        self.owner = owner
+        self._by_slot: list[dict[str, Executor]] = [{} for _ in range(slots)]
+
+    def get(self, slot: int, name: str) -> Executor | None:
+        """Slot `slot`'s executor called `name` (made at first use); None if none is."""
+        ex = self._by_slot[slot].get(name)
+        if ex is None:
+            cls = EXECUTORS.get(name)
+            if cls is None:
+                return None
+            ex = self._by_slot[slot][name] = cls()
+        return ex
+
+    def warm(self, names: Sequence[str]) -> None:
+        """Start each slot's executors of these names now, so the first task does not pay
+        for an interpreter start and its imports (they start side by side, in the background)."""
+        for slot in range(len(self._by_slot)):
+            for name in names:
+                ex = self.get(slot, name)
+                try:
+                    if ex is not None:
+                        ex.warm()
+                except OSError as e:  # the first task will try again, and report it
+                    log.warning("worker %s: could not warm the %s executor: %s", self.owner, name, e)
+
+    def slots_holding(self, task: TaskMessage) -> list[int]:
+        """The slots whose executor of `task`'s kind holds what it needs (its model)."""
+        return [
+            slot
+            for slot, executors in enumerate(self._by_slot)
+            if (ex := executors.get(task.executor)) is not None and ex.holds(task.spec)
+        ]
+
+    def residency(self) -> dict[str, list[list[str]]]:
+        """What each slot's model hosts hold, by slot (for the heartbeat: doctor and the
+        dashboard show it); slots that hold nothing are left out."""
+        held: dict[str, list[list[str]]] = {}
+        for slot, executors in enumerate(self._by_slot):
+            keys = [list(k) for ex in executors.values() for k in sorted(ex.loaded())]
+            if keys:
+                held[str(slot)] = keys
+        return held
+
+    def close(self) -> None:
+        for executors in self._by_slot:
+            for ex in executors.values():
+                ex.close()
+
+
+def outcome_of_error(a: Attempt, e: Exception) -> Outcome:
+    """The outcome of an attempt that an exception on the way ended."""
+    if isinstance(e, UnsafePathError):  # a link or a planted file in the attempt's directory
+        return refused(a, e)
+    if is_home_unwritable(e):
+        return home_unwritable(a, e)
+    return worker_error(a, e)  # a bug here must still end the attempt, reported

@@ -179,7 +179,7 @@ class Worker:
             self.slots.size,
             f", GPUs {self.slots.gpus}" if self.slots.gpus is not None else "",
         )
-        self.runner.warm(self.warm)
+        self.runner.executors.warm(self.warm)
         clean = False
         try:
             self._serve()
@@ -313,7 +313,7 @@ class Worker:
             "state": self.state,
             "started_at": self.started_at,
             "tasks_done": self.tasks_done,
-            "models": self.runner.residency(),
+            "models": self.runner.executors.residency(),
         }
         try:
             self.heartbeat.beat(info)
@@ -403,7 +403,7 @@ class Worker:
         """Start the tasks (one, or several of one merge key) in one slot with the first's
         GPUs, as one call of their executor; False (nothing done) if no slot is free."""
         first = items[0][1]
-        place = self.slots.take(first.gpus, prefer=self.runner.slots_holding(first))
+        place = self.slots.take(first.gpus, prefer=self.runner.executors.slots_holding(first))
         if place is None:
             return False
         now = time.time()
