@@ -110,6 +110,10 @@ ATTR_GENAI_FINISH_REASONS = "gen_ai.response.finish_reasons"
 ATTR_GENAI_TTFT = "gen_ai.server.time_to_first_token"
 ATTR_GENAI_TPOT = "gen_ai.server.time_per_output_token"
 
+#: the executors that run models in a worker's model hosts (their spans follow the GenAI
+#: conventions above; `workers.models.merging` has their merge keys)
+MODEL_EXECUTORS = frozenset({"transformers", "diffusers", "vllm"})
+
 #: the "workflow context" every attempt's root span carries (no joins needed for analytics)
 WORKFLOW_CONTEXT_KEYS = (
     ATTR_WORKFLOW_NAME,

@@ -837,6 +837,14 @@ def test_a_model_host_keeps_its_models_by_key_least_recently_used_out_and_idle_o
     assert r.loaded() == ["c"] and loaded == ["a", "b", "c", "c"]
 
 
+def test_every_model_executor_has_a_merge_key_and_an_executor():
+    from analyzer.contract import MODEL_EXECUTORS
+    from workers.models.host import BACKENDS
+    from workers.models.merging import MERGE_KEYS
+
+    assert set(MERGE_KEYS) == set(BACKENDS) == MODEL_EXECUTORS and set(EXECUTORS) >= MODEL_EXECUTORS
+
+
 def test_a_memory_budget_drops_the_least_recently_used_models_until_a_new_one_fits():
     from workers.models.residency import Residency
 

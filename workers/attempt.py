@@ -25,13 +25,13 @@ import time
 from typing import Any, cast
 
 from analyzer import contract as c
+from analyzer.contract import MODEL_EXECUTORS
 from spool import StorageError, layout
 from workers import outputs
 from workers.attemptdir import DEFAULT_MAX_LOG_BYTES, AttemptDir, HomeDirs
 from workers.claims import Claim
 from workers.errors import UnsafePathError
 from workers.executors import Executor, Outcome, TaskContext, resolve_cwd
-from workers.models.merging import MODEL_EXECUTORS
 from workers.tracing import AttemptTrace, Telemetry, span_context_from_traceparent
 from workers.wire import AttemptKey, Event, EventKind, FailKind, TaskMessage
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from analyzer.contract import MODEL_EXECUTORS
 from spool import DeposedError, SpoolError, SpoolQueue, StorageError, layout
 from tuiflow.engine.expr import ExpressionError, MissingValue, Template, has_template, render_value, to_text
 from tuiflow.engine.runstate import Action, Dispatch, RunState
 from tuiflow.engine.spans import CoordinatorSpans, workflow_traceparent
 from workers import wire
-from workers.models.merging import MODEL_EXECUTORS, merge_key
+from workers.models.merging import merge_key
 from workers.wire import Bundle, FailKind, TaskMessage
 
 

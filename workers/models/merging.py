@@ -16,13 +16,12 @@ from typing import Any
 
 from workers.models import imagegen, textgen, vllmgen
 
-#: the model executors and their backends' merge keys
+#: the model executors (`analyzer.contract.MODEL_EXECUTORS`) and their backends' merge keys
 MERGE_KEYS: dict[str, Callable[[dict[str, Any]], tuple[str, ...]]] = {
     "transformers": textgen.merge_key,
     "diffusers": imagegen.merge_key,
     "vllm": vllmgen.merge_key,
 }
-MODEL_EXECUTORS = frozenset(MERGE_KEYS)
 #: most tasks a worker runs as one call, unless ``--merge-max`` says otherwise
 DEFAULT_MERGE_MAX = 8
 
