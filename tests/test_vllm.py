@@ -224,3 +224,69 @@ def test_without_metrics_there_are_no_events_and_no_latencies():
     _, _, _, attrs, events = _execute(phases)
     assert events == [] and c.ATTR_GENAI_TTFT not in attrs and c.ATTR_GENAI_TPOT not in attrs
     assert attrs[c.ATTR_GENAI_TOP_P] == 0.5 and attrs[c.ATTR_GENAI_INPUT_TOKENS] == 6
+
+
+@needs_vllm
+def test_vllm_tasks_through_a_worker_merge_match_transformers_and_get_one_engine_per_host(
+    tmp_path, tiny_llama, monkeypatch
+):
+    """Real `tuiflow run-local`: three vllm tasks of one model run as one merged call whose
+    greedy ids equal the transformers executor's for the same prompts; then a task of
+    another model, then one of the first again: a host holds one engine, so each change of
+    model starts a fresh host (three engine loads, where a host keeping two models would
+    load twice)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from support.engine import cli, write_wf
+
+    from spool import Home, layout
+    from tuiflow.engine.client import Client
+
+    for name, value in _ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    other = str(shutil.copytree(tiny_llama, tmp_path / "other-llama"))
+    engine = "dtype: float32, max_model_len: 128, enforce_eager: true"
+    tasks = "".join(
+        f"  - {{name: v{k}, executor: vllm, with: {{model: {json.dumps(tiny_llama)}, prompts: {json.dumps(p)}, "
+        f"max_tokens: 6, {engine}}}}}\n"
+        f"  - {{name: t{k}, executor: transformers, with: {{model: {json.dumps(tiny_llama)}, "
+        f"prompts: {json.dumps(p)}, max_tokens: 6, dtype: float32}}}}\n"
+        for k, p in enumerate(PROMPTS[:3])
+    )
+    tasks += (
+        f"  - {{name: other, executor: vllm, depends_on: [v0, v1, v2], with: {{model: {json.dumps(other)}, "
+        f"prompts: hi, max_tokens: 2, {engine}}}}}\n"
+        f"  - {{name: again, executor: vllm, depends_on: [other], with: {{model: {json.dumps(tiny_llama)}, "
+        f"prompts: hi, max_tokens: 2, {engine}}}}}\n"
+    )
+    home = Home.open(tmp_path / "home")
+    r = cli(
+        "run-local",
+        write_wf(tmp_path, f"name: vllm\ntasks:\n{tasks}"),
+        "--workers",
+        1,
+        home=home.root,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    (summary,) = Client(home).store.summaries()
+    wf = summary["id"]
+    views = {v.name: v for v in Client(home).tasks(wf)}
+
+    def spans(task: str) -> list[dict]:
+        path = Path(layout.attempt_log(Client(home).attempt_dir(wf, task), layout.SPANS_FILE))
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    for k in range(3):
+        assert views[f"v{k}"].output["token_ids"] == views[f"t{k}"].output["token_ids"]
+    roots = [next(s for s in spans(f"v{k}") if s["name"] == "task") for k in range(3)]
+    assert len({root["attributes"][c.ATTR_BATCH_ID] for root in roots}) == 1
+    (generation,) = [s for k in range(3) for s in spans(f"v{k}") if s["name"] == "execute"]
+    assert generation["attributes"][c.ATTR_GENAI_TTFT] >= 0
+    assert {e["name"] for e in generation["events"]} == {"queued", "scheduled", "first token", "last token"}
+    loads = sum(
+        s["name"] == "model load" for task in ("v0", "v1", "v2", "other", "again") for s in spans(task)
+    )
+    assert loads == 3
