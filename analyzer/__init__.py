@@ -1,5 +1,6 @@
 """analyzer: pure trace analysis over the span files tasks leave behind (end-to-end
-breakdown, critical path, queuing delay, lineage, history). No UI, no engine imports.
+breakdown, critical path, queuing delay, lineage, GPU usage, history). No UI, no engine
+imports.
 
 Typical use::
 
@@ -49,13 +50,18 @@ _EXPORTS = {
     # analyses
     "CriticalPath": "critical",
     "E2EBreakdown": "e2e",
+    "GpuLane": "gpu",
+    "GpuUsage": "gpu",
     "History": "runs",
     "LineageGraph": "lineage",
     "LineageNode": "lineage",
+    "ModelGpu": "gpu",
     "PathNode": "critical",
     "QueuingEntry": "queuing",
+    "TaskGpu": "gpu",
     "critical_path": "critical",
     "e2e_breakdown": "e2e",
+    "gpu_usage": "gpu",
     "history": "runs",
     "lineage_graph": "lineage",
     "lineage_tree": "lineage",
@@ -72,6 +78,7 @@ _EXPORTS = {
     "TimelineRow": "timeline",
     "perfetto_trace": "perfetto",
     "render": "views",
+    "render_gpu": "gpuview",
     "render_history": "views",
     "render_mermaid": "mermaid",
     "render_perfetto": "perfetto",
@@ -88,11 +95,14 @@ __all__ = [
     "CriticalPath",
     "DataReady",
     "E2EBreakdown",
+    "GpuLane",
+    "GpuUsage",
     "History",
     "LineageGraph",
     "LineageNode",
     "LineageRow",
     "MixedWorkflowsError",
+    "ModelGpu",
     "OtelSpan",
     "PathNode",
     "QueuingEntry",
@@ -100,6 +110,7 @@ __all__ = [
     "Report",
     "SpanReader",
     "SpanRecord",
+    "TaskGpu",
     "TaskInfo",
     "TimelineRow",
     "Trace",
@@ -112,6 +123,7 @@ __all__ = [
     "build_trace",
     "critical_path",
     "e2e_breakdown",
+    "gpu_usage",
     "history",
     "lineage_graph",
     "lineage_tree",
@@ -122,6 +134,7 @@ __all__ = [
     "read_assets",
     "read_lineage",
     "render",
+    "render_gpu",
     "render_history",
     "render_mermaid",
     "render_perfetto",
@@ -151,6 +164,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .critical import CriticalPath, PathNode, critical_path
     from .e2e import E2EBreakdown, e2e_breakdown, wall_time
     from .errors import AnalyzerError, MixedWorkflowsError, TraceNotFoundError, UnknownViewError
+    from .gpu import GpuLane, GpuUsage, ModelGpu, TaskGpu, gpu_usage
+    from .gpuview import render_gpu
     from .lineage import LineageGraph, LineageNode, lineage_graph, lineage_tree
     from .mermaid import render_mermaid
     from .otel import OtelSpan

@@ -9,6 +9,8 @@ It imports nothing of ours, so every package may use it.
     fmt_seconds(0.85)  '850 ms'     fmt_seconds(754)   '12m 34s'    a duration
     fmt_age(45.7)      '45 s'       fmt_age(200)       '3 min'      how long ago
     fmt_bytes(1536)    '1.5 KiB'    fmt_rate(12.34)    '12.3 tasks/s'
+    fmt_share(0.184)   '18%'        fmt_model("/models/tiny-llama/")  'tiny-llama'
+    fmt_residency({"0": [["transformers", "/m/llama", "float16"]]})  '0: llama'
     fmt_instant(0)     '1970-01-01 00:00:00.000Z'
     STATE_STYLE["upstream_failed"]  'dark_orange'  (a Rich style)
     safe_text("a\x1b[2Jb")  'a␛[2Jb'    user-supplied text, safe to print
@@ -85,6 +87,48 @@ def fmt_rate(per_second: float | None, unit: str = "tasks") -> str:
     r = abs(per_second)
     number = f"{per_second:.2f}" if r < 1 else f"{per_second:.1f}" if r < 100 else f"{per_second:,.0f}"
     return f"{number} {unit}/s" if unit else f"{number}/s"
+
+
+def fmt_share(fraction: float | None) -> str:
+    """A part of a whole: ``18%``, ``100%``, ``<1%`` for a share above 0 that rounds to 0;
+    `MISSING` for None."""
+    if fraction is None:
+        return MISSING
+    if 0 < fraction < 0.005:
+        return "<1%"
+    return f"{fraction:.0%}"
+
+
+def fmt_model(model: object) -> str:
+    """A model as people name it: the last part of its path or hub id
+    (``Qwen/Qwen2.5-0.5B-Instruct`` -> ``Qwen2.5-0.5B-Instruct``); `MISSING` for None or
+    an empty name. Not made safe to print: pass it through `safe_text` like any user text."""
+    if model is None:
+        return MISSING
+    text = str(model).rstrip("/\\")
+    return text.replace("\\", "/").rsplit("/", 1)[-1] or MISSING
+
+
+def fmt_residency(models: object) -> str:
+    """What each slot's model host holds, from a worker's heartbeat (``models``: slot ->
+    model keys ``[executor, model, dtype, ...]``, least recently used first): slots in
+    order, each with its models most recently used first, ``0: tiny-llama, tiny-sd · 1:
+    tiny-sd``; an empty slot as ``0: -``. `MISSING` when the worker has no model hosts
+    (absent, empty, or not a mapping: heartbeats are other processes' records, so
+    anything malformed is skipped, never raised). Not made safe to print (see `fmt_model`)."""
+    if not isinstance(models, dict) or not models:
+        return MISSING
+    parts = []
+    for slot in sorted(models, key=_slot_order):
+        keys = models[slot] if isinstance(models[slot], list | tuple) else ()
+        names = [fmt_model(key[1]) for key in keys if isinstance(key, list | tuple) and len(key) > 1]
+        parts.append(f"{slot}: {', '.join(reversed(names)) or MISSING}")
+    return " · ".join(parts)
+
+
+def _slot_order(slot: object) -> tuple[int, str]:
+    text = str(slot)
+    return (int(text), "") if text.isdigit() else (1 << 30, text)
 
 
 def fmt_instant(epoch: float | None, *, date: bool = True) -> str:
@@ -173,19 +217,35 @@ STATE_STYLE: dict[str, str] = {
 }
 
 
+#: The colour of each state of a GPU lane (`analyzer.lanes`): generating, loading a model,
+#: held for anything else, free while work it could take was queued (the scheduler's
+#: fault: red), free with nothing to do.
+LANE_STYLE: dict[str, str] = {
+    "busy": "green",
+    "loading": "yellow",
+    "other": "cyan",
+    "claimable": "red",
+    "idle": "grey42",
+}
+
+
 def state_style(state: str | None) -> str:
     """The style of `state` (an unknown state: no style)."""
     return STATE_STYLE.get(state or "", "")
 
 
 __all__ = [
+    "LANE_STYLE",
     "MISSING",
     "STATE_STYLE",
     "fmt_age",
     "fmt_bytes",
     "fmt_instant",
+    "fmt_model",
     "fmt_rate",
+    "fmt_residency",
     "fmt_seconds",
+    "fmt_share",
     "rate_and_eta",
     "safe_text",
     "state_style",

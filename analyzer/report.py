@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .critical import CriticalPath, PathNode, critical_path
 from .e2e import E2EBreakdown, ExecutorSummary, QueueSummary, WorkerSummary, e2e_breakdown
+from .gpu import GpuUsage, gpu_usage
 from .lineage import LineageGraph, lineage_graph
 from .queuing import QueuingEntry, queuing_delays
 from .reader import gc_paused
@@ -31,6 +32,7 @@ class Analysis:
     queuing: list[QueuingEntry]
     critical_path: CriticalPath
     lineage: LineageGraph
+    gpu: GpuUsage
 
     @property
     def critical_tasks(self) -> set[str]:
@@ -39,7 +41,7 @@ class Analysis:
 
 
 def analyze(trace: Trace) -> Analysis:
-    """Run e2e, queuing, critical path and lineage over a trace.
+    """Run e2e, queuing, critical path, lineage and GPU usage over a trace.
 
     Parameters
     ----------
@@ -57,6 +59,7 @@ def analyze(trace: Trace) -> Analysis:
             queuing=queuing_delays(trace),
             critical_path=critical_path(trace),
             lineage=lineage_graph(trace.lineage, trace.assets),
+            gpu=gpu_usage(trace),
         )
 
 
@@ -197,6 +200,7 @@ class Report(Frozen):
     executors: dict[str, ExecutorSummary]
     queues: dict[str, QueueSummary]
     lineage: LineageSummary
+    gpu: GpuUsage
     warnings: list[str]
 
 
@@ -300,6 +304,7 @@ def report_model(analysis: Analysis, *, now: float | None = None) -> Report:
             external=analysis.lineage.external,
             cycle_edges=analysis.lineage.cycle_edges,
         ),
+        gpu=analysis.gpu,
         warnings=warnings,
     )
 

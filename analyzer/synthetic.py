@@ -34,14 +34,20 @@ from spool import layout
 from .contract import (
     ATTR_ATTEMPT,
     ATTR_BATCH_ID,
+    ATTR_BATCH_SIZE,
     ATTR_BYTES,
     ATTR_DATA_ID,
     ATTR_DEPENDS_ON,
     ATTR_ERROR,
     ATTR_EXECUTOR,
     ATTR_EXIT_CODE,
+    ATTR_GENAI_MODEL,
+    ATTR_GENAI_OUTPUT_TOKENS,
+    ATTR_GPU_MEMORY_USAGE,
+    ATTR_GPU_UTILIZATION,
     ATTR_GPUS,
     ATTR_HOST,
+    ATTR_IMAGES,
     ATTR_KIND,
     ATTR_MODEL,
     ATTR_OUTCOME,
@@ -52,6 +58,11 @@ from .contract import (
     ATTR_WORKER,
     ATTR_WORKFLOW_ID,
     ATTR_WORKFLOW_NAME,
+    EXECUTE_SPAN,
+    MODEL_LOAD_SPAN,
+    POSTPROCESS_SPAN,
+    PROMPT_SPAN,
+    READY_SPAN,
     SPAN_KINDS,
     TASK_SPAN,
     WORKFLOW_SPAN,
@@ -143,6 +154,54 @@ class Child:
     attributes: dict[str, Any] = field(default_factory=dict)
     status: str = "UNSET"
     children: Sequence[Child] = ()
+
+
+def model_call(
+    start: float,
+    *,
+    load: float = 0.0,
+    prompts: float = 0.0,
+    execute: float,
+    model: str | None = None,
+    output_tokens: int | None = None,
+    images: int | None = None,
+    post: float = 0.0,
+    write: float = 0.0,
+    utilization: Sequence[float] | None = None,
+    memory: Sequence[int] | None = None,
+) -> list[Child]:
+    """The children of a model executor's call, one after the other from `start` (all
+    durations in seconds, 0 leaves the span out): ``model load``, ``build prompts``, ``execute`` (with the
+    output tokens or images and the NVML samples given), ``post-process``, ``write
+    outputs``. For a merged batch, give these to its first member and only a ``write
+    outputs`` `Child` to the others (the producers write the shared spans once)."""
+    children: list[Child] = []
+    at = start
+    if load > 0:
+        children.append(
+            Child(MODEL_LOAD_SPAN, at, at + load, attributes={ATTR_MODEL: model} if model else {})
+        )
+        at += load
+    if prompts > 0:
+        children.append(Child(PROMPT_SPAN, at, at + prompts))
+        at += prompts
+    attrs: dict[str, Any] = {}
+    for key, value in (
+        (ATTR_GENAI_MODEL, model),
+        (ATTR_GENAI_OUTPUT_TOKENS, output_tokens),
+        (ATTR_IMAGES, images),
+        (ATTR_GPU_UTILIZATION, None if utilization is None else list(utilization)),
+        (ATTR_GPU_MEMORY_USAGE, None if memory is None else list(memory)),
+    ):
+        if value is not None:
+            attrs[key] = value
+    children.append(Child(EXECUTE_SPAN, at, at + execute, attributes=attrs))
+    at += execute
+    for name, seconds in ((POSTPROCESS_SPAN, post), (READY_SPAN, write)):
+        if seconds > 0:
+            children.append(Child(name, at, at + seconds))
+            at += seconds
+    return children
 
 
 def task_dir_name(task: str) -> str:
@@ -257,6 +316,7 @@ class SyntheticWorkflow:
         error: str | None = None,
         exit_code: int | None = None,
         batch_id: str | None = None,
+        batch_size: int | None = None,
         data_id: str | None = None,
         model: str | None = None,
         children: Sequence[Child] = (),
@@ -309,6 +369,7 @@ class SyntheticWorkflow:
             (ATTR_ERROR, error),
             (ATTR_EXIT_CODE, exit_code),
             (ATTR_BATCH_ID, batch_id),
+            (ATTR_BATCH_SIZE, batch_size),
             (ATTR_DATA_ID, data_id),
             (ATTR_MODEL, model),
         ):

@@ -1,7 +1,7 @@
 """Renderers: the views of ``tuiflow trace analyze WF -f VIEW``.
 
 Pure functions from an `Analysis` to a rich renderable (``rich``, ``critical-path``,
-``e2e``, ``queuing``, ``lineage``) or a string (``json``, ``mermaid``, ``perfetto``).
+``e2e``, ``queuing``, ``lineage``, ``gpu`` (drawn by `analyzer.gpuview`)) or a string (``json``, ``mermaid``, ``perfetto``).
 `render` picks one by name; `to_text` prints a renderable into a string (tests, pipes).
 User data (task names, worker ids and hosts, data ids, errors) is always wrapped in `Text`,
 never parsed as markup, and made safe to print first (`fmt.safe_text`: no control
@@ -24,6 +24,7 @@ from rich.tree import Tree
 from .critical import PathNode
 from .errors import UnknownViewError
 from .fmt import STATE_STYLE, fmt_bytes, fmt_instant, fmt_seconds, safe_text
+from .gpuview import render_gpu
 from .lineage import CYCLE, EXTERNAL, SEEN, LineageNode, lineage_tree
 from .mermaid import render_mermaid
 from .perfetto import render_perfetto
@@ -31,7 +32,7 @@ from .report import Analysis, build_report
 from .runs import History
 from .stats import DurationSummary, NetworkSummary
 
-VIEWS = ("rich", "critical-path", "e2e", "queuing", "lineage", "json", "mermaid", "perfetto")
+VIEWS = ("rich", "critical-path", "e2e", "queuing", "lineage", "gpu", "json", "mermaid", "perfetto")
 BAR_WIDTH = 32
 CRITICAL_MARK = "★"
 WAIT_STYLE = "yellow"
@@ -52,7 +53,7 @@ def render(
     view:
         One of `VIEWS`.
     limit:
-        Most rows in the queuing table / nodes in the lineage tree (0 = all).
+        Most rows in the queuing and GPU task tables / nodes in the lineage tree (0 = all).
     now:
         Epoch seconds stamped into the ``json`` view's ``generated_at``.
 
@@ -72,6 +73,7 @@ def render(
         "e2e": lambda: Group(render_header(analysis), render_e2e(analysis)),
         "queuing": lambda: Group(render_header(analysis), render_queuing(analysis, limit=limit)),
         "lineage": lambda: Group(render_header(analysis), render_lineage(analysis, limit=limit)),
+        "gpu": lambda: Group(render_header(analysis), render_gpu(analysis.gpu, limit=limit)),
         "json": lambda: json.dumps(build_report(analysis, now=now), indent=2),
         "mermaid": lambda: render_mermaid(analysis.trace, analysis.critical_path),
         "perfetto": lambda: render_perfetto(analysis.trace, critical=analysis.critical_tasks),
@@ -114,7 +116,8 @@ def to_text(renderable: RenderableType, *, width: int = 120, color: bool = False
 
 
 def render_rich(analysis: Analysis, *, limit: int = 40) -> RenderableType:
-    """The full report: header, critical path, e2e tables, queuing, lineage.
+    """The full report: header, critical path, e2e tables, queuing, lineage, GPU (when
+    any attempt used a GPU or a model executor).
 
     Parameters
     ----------
@@ -135,6 +138,8 @@ def render_rich(analysis: Analysis, *, limit: int = 40) -> RenderableType:
     ]
     if analysis.lineage.items:
         parts.append(render_lineage(analysis, limit=limit))
+    if not analysis.gpu.empty:
+        parts.append(render_gpu(analysis.gpu, limit=limit))
     return Group(*parts)
 
 

@@ -376,6 +376,7 @@ def _cpu_seconds() -> float:
 def measure_analysis(wf_dir: str, jobs: int | None) -> dict:
     from analyzer.critical import critical_path
     from analyzer.e2e import e2e_breakdown
+    from analyzer.gpu import gpu_usage
     from analyzer.lineage import lineage_graph
     from analyzer.queuing import queuing_delays
     from analyzer.reader import gc_paused
@@ -397,7 +398,8 @@ def measure_analysis(wf_dir: str, jobs: int | None) -> dict:
         t3 = time.perf_counter()
         path = critical_path(trace)
         t4 = time.perf_counter()
-        analysis = Analysis(trace, e2e, queuing, path, lineage_graph(trace.lineage, trace.assets))
+        lineage = lineage_graph(trace.lineage, trace.assets)
+        analysis = Analysis(trace, e2e, queuing, path, lineage, gpu_usage(trace))
         text = json.dumps(build_report(analysis))
         t5 = time.perf_counter()
     cpu1 = _cpu_seconds()
@@ -411,7 +413,7 @@ def measure_analysis(wf_dir: str, jobs: int | None) -> dict:
         "e2e": t2 - t1,
         "queuing": t3 - t2,
         "critical_path": t4 - t3,
-        "lineage+report": t5 - t4,
+        "lineage+gpu+report": t5 - t4,
     }
     return {
         "seconds": t5 - t0,

@@ -86,11 +86,18 @@ def test_snapshot_failed_workflow(snap_compare, demo_home):
         ("ml-pipeline", "breakdown"),
         ("ml-pipeline", "timeline"),
         ("ml-pipeline", "lineage"),
+        ("inference", "gpu"),
     ],
 )
 def test_snapshot_workflow_tabs(snap_compare, demo_home, wf, tab):
     app = make_app(demo_home, initial_workflow=IDS[wf], initial_tab=tab)
     assert snap_compare(app, terminal_size=(130, 36), run_before=settle)
+
+
+def test_snapshot_gpu_tab_narrow(snap_compare, demo_home):
+    """80x24: the lanes keep their bars, the tables their main columns."""
+    app = make_app(demo_home, initial_workflow=IDS["inference"], initial_tab="gpu")
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
 
 
 @pytest.mark.parametrize("tab", ["logs", "error", "spans", "attempts"])
@@ -367,6 +374,20 @@ async def test_the_empty_home_hint_quotes_the_home(tmp_path):
         await settle(pilot)
         hint = "\n".join(screen_lines(app))
         assert "tuiflow worker --home '/shared/my home'" in hint
+
+
+async def test_gpu_tab_says_why_it_is_empty_and_workers_show_their_models(demo_home):
+    app = make_app(demo_home, initial_workflow=IDS["diamond"], initial_tab="gpu")
+    async with app.run_test(size=(130, 36)) as pilot:
+        await settle(pilot)
+        text = " ".join(line.strip() for line in screen_lines(app))
+        assert "No GPU here: no task of this workflow held a GPU or ran a model executor" in text
+        assert "(diffusers, transformers, vllm)" in text
+        await pilot.press("escape")
+        await settle(pilot)
+        overview = "\n".join(screen_lines(app))
+        assert "MODELS" in overview and "0: tiny-sd, tiny-llama" in overview
+        assert "0: Qwen2.5-0.5B-Instruct" in overview  # the dead worker's last heartbeat
 
 
 def test_screenshots_script_writes_the_readme_pictures(tmp_path):

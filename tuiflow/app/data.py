@@ -53,6 +53,9 @@ class WorkerRow:
     heartbeat_age: float | None
     dead: bool
     tasks_done: int
+    #: slot -> model keys its model host holds, least recently used first, as the heartbeat
+    #: says ({} for a worker without model hosts; drawn by `analyzer.fmt.fmt_residency`)
+    models: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +135,7 @@ class HomeReader:
                 heartbeat_age=w["heartbeat_age"],
                 dead=w["dead"],
                 tasks_done=int(w["tasks_done"]),
+                models=w["models"] if isinstance(w["models"], dict) else {},
             )
             # ages against the dashboard's clock: nothing is written (a probe file in the
             # watched workers/ would wake the dashboard again), and tests fix the clock

@@ -13,7 +13,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from analyzer.fmt import MISSING, fmt_age, fmt_rate, fmt_seconds, safe_text, state_style
+from analyzer.fmt import MISSING, fmt_age, fmt_rate, fmt_residency, fmt_seconds, safe_text, state_style
 from tuiflow.app.data import HomeReader, HomeSnapshot, QueueRow, WorkerRow, WorkflowRow
 from tuiflow.app.render import segment_bar, sparkline, state_text, user_text
 from tuiflow.app.rows import RowsView
@@ -46,6 +46,7 @@ WORKER_COLUMNS = (
     Column("host", "HOST", 12, keep=1),
     Column("queues", "QUEUES", 12, keep=5),
     Column("gpus", "GPUS", 8, keep=3),
+    Column("models", "MODELS", 24, keep=2),
     Column("running", "RUN", 6, keep=6),
     Column("heartbeat", "BEAT", 6, keep=4),
     Column("state", "STATE", 5, keep=8),
@@ -274,6 +275,7 @@ class OverviewScreen(LiveScreen):
             "host": user_text(w.host),
             "queues": user_text(",".join(w.queues)),
             "gpus": ",".join(map(str, w.gpus)) if w.gpus else MISSING,
+            "models": user_text(fmt_residency(w.models)),
             "running": f"{w.running}/{w.slots}" if w.slots else str(w.running),
             "heartbeat": Text(fmt_age(w.heartbeat_age), style=state_style("dead") if w.dead else ""),
             "state": state_text("dead" if w.dead else "alive"),

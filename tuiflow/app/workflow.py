@@ -19,7 +19,14 @@ from tuiflow.app.render import segment_bar, state_text, user_text
 from tuiflow.app.rows import RowsView
 from tuiflow.app.screen import LiveScreen, set_text
 
-TRACE_TABS = ("critical", "queuing", "breakdown", "timeline", "lineage")
+TRACE_TABS = ("critical", "queuing", "breakdown", "timeline", "lineage", "gpu")
+#: what the GPU tab says for a workflow that used no GPU and no model executor
+NO_GPU_MESSAGE = (
+    "No GPU here: no task of this workflow held a GPU or ran a model executor "
+    "({executors}).\n\nThis tab shows, per worker and GPU, the time spent "
+    "generating, loading models, idle while work was queued and idle; GPU-seconds per task; "
+    "and tokens/s and images/s per model, once tasks ask for `gpus:` or use a model executor."
+)
 
 
 @dataclasses.dataclass
@@ -47,6 +54,7 @@ class WorkflowScreen(LiveScreen):
         Binding("5", "tab('breakdown')", "Breakdown", show=False, id="workflow.tab_breakdown"),
         Binding("6", "tab('timeline')", "Timeline", show=False, id="workflow.tab_timeline"),
         Binding("7", "tab('lineage')", "Lineage", show=False, id="workflow.tab_lineage"),
+        Binding("8", "tab('gpu')", "GPU", show=False, id="workflow.tab_gpu"),
     ]
 
     def __init__(self, wf_id: str, tab: str = "tasks"):
@@ -84,6 +92,8 @@ class WorkflowScreen(LiveScreen):
                 yield Timeline(id="timeline-view")
             with TabPane("Lineage", id="lineage"):
                 yield Tree("lineage", id="lineage-view")
+            with TabPane("GPU", id="gpu"), VerticalScroll():
+                yield Static(id="gpu-view")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -180,7 +190,7 @@ class WorkflowScreen(LiveScreen):
             return
         if not analysis.trace.tasks:
             message = Text("No spans yet: the trace fills in as attempts finish.", style="grey62")
-            for view in ("#critical-view", "#queuing-view", "#breakdown-view"):
+            for view in ("#critical-view", "#queuing-view", "#breakdown-view", "#gpu-view"):
                 self.query_one(view, Static).update(message)
             return
         if tab == "critical":
@@ -193,6 +203,17 @@ class WorkflowScreen(LiveScreen):
             self.query_one(Timeline).show(self._timeline)
         elif tab == "lineage" and self._lineage_for is not analysis:
             self._fill_lineage(analysis)
+        elif tab == "gpu":
+            self.query_one("#gpu-view", Static).update(self._gpu_view(analysis))
+
+    @staticmethod
+    def _gpu_view(analysis: Any) -> Any:
+        from analyzer.gpu import MODEL_EXECUTORS
+        from analyzer.gpuview import render_gpu
+
+        if analysis.gpu.empty:
+            return Text(NO_GPU_MESSAGE.format(executors=", ".join(sorted(MODEL_EXECUTORS))), style="grey62")
+        return render_gpu(analysis.gpu, limit=0)
 
     def _fill_lineage(self, analysis: Any) -> None:
         from analyzer import lineage_tree

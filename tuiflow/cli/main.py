@@ -447,6 +447,7 @@ def _make_group_root(root: str, group: str | None) -> None:
 def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = JsonOpt) -> None:
     """Check the home: lease holder and age, dead workers, stuck tasks, queues, poison messages."""
     from tuiflow.engine.client import Client
+    from tuiflow.engine.health import residency
 
     report = Client(_home(home, ctx)).doctor()
     if json_out:
@@ -484,6 +485,9 @@ def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = Json
                 ),
             )
         )
+        held = residency(w)
+        if held is not None:
+            out.print(Text.assemble("  models ", user_text(held)), soft_wrap=True)
     for q in report["queues"]:
         out.print(
             user_text(
@@ -711,6 +715,7 @@ class TraceView(StrEnum):
     e2e = "e2e"
     queuing = "queuing"
     lineage = "lineage"
+    gpu = "gpu"
     json = "json"
     mermaid = "mermaid"
     perfetto = "perfetto"
@@ -766,14 +771,18 @@ def trace_analyze(
         TraceView.rich,
         "--format",
         "-f",
-        help="rich (everything), critical-path, e2e, queuing, lineage; json (the report for "
-        "scripts); mermaid (the DAG, critical path marked); perfetto (Chrome trace-event JSON "
-        "for ui.perfetto.dev: a track per worker, queued then running).",
+        help="rich (everything), critical-path, e2e, queuing, lineage; gpu (per worker and GPU: "
+        "busy, loading, idle while work was queued, idle; GPU-seconds per task; tokens/s and "
+        "images/s per model); json (the report for scripts); mermaid (the DAG, critical path "
+        "marked); perfetto (Chrome trace-event JSON for ui.perfetto.dev: a track per worker, "
+        "queued then running).",
     ),
-    limit: int = typer.Option(40, "--limit", help="Most rows in the queuing and lineage views (0 = all)."),
+    limit: int = typer.Option(
+        40, "--limit", help="Most rows in the queuing, lineage and gpu views (0 = all)."
+    ),
     home: str | None = HomeOpt,
 ) -> None:
-    """Where a workflow's time went: critical path, queuing delays, compute/network, lineage."""
+    """Where a workflow's time went: critical path, queuing delays, compute/network, lineage, GPUs."""
     from analyzer import analyze_workflow, render
     from analyzer.reader import gc_paused
 

@@ -297,6 +297,8 @@ class Client:
                     "state": "dead" if dead or stale else info.get("state", "running"),
                     "heartbeat_age": age,
                     "tasks_done": info.get("tasks_done", 0),
+                    # slot -> model keys its model host holds, least recently used first
+                    "models": info.get("models") or {},
                     "dead": dead or stale,
                 }
             )

@@ -8,6 +8,9 @@ holds work, or claimed messages of a worker with no heartbeat at all; poison mes
 ready work no live worker serves; a symbolic link in the home's structure (nothing in a
 home is a link: one could lead a worker's writes out of it); tasks waiting or running far
 too long. What is fine but worth knowing (no coordinator, none needed yet) is a note.
+
+Each worker's listing also says what its model hosts hold (`residency`), so a slow first
+task ("the model was not loaded there") can be told from a slow model.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from analyzer.fmt import fmt_age
+from analyzer.fmt import MISSING, fmt_age, fmt_residency
 from spool import SpoolError, layout
 from spool.fsops import listdir
 from spool.liveness import SUFFIX as HB_SUFFIX
@@ -74,6 +77,15 @@ def examine(client: Client, *, stuck_after: float = 600.0) -> dict[str, Any]:
         "notes": notes,
         "ok": not problems,
     }
+
+
+def residency(worker: dict[str, Any]) -> str | None:
+    """What each slot's model host of a worker holds, as doctor lists it (``0: tiny-llama,
+    tiny-sd · 1: -``, most recently used first; see `analyzer.fmt.fmt_residency`); None for
+    a worker without model hosts. Heartbeats are other processes' records: print the
+    result as user text."""
+    text = fmt_residency(worker.get("models"))
+    return None if text == MISSING else text
 
 
 def _coordinator(
