@@ -194,12 +194,27 @@ def test_what_the_executor_needs_is_checked_at_validation(tmp_path, with_, field
     assert field in r.stderr and message in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize(("per_slot", "loads"), [(1, 3), (2, 2)])
-def test_models_per_slot_bounds_what_a_host_keeps(tmp_path, tiny_llama, procs, per_slot, loads):
-    """A → B → A on one slot: kept both (the default 2), B evicts A (1) and A loads again."""
+_ONE_MODEL_PER_HOST = """
+import workers.executors.models as models
+
+models.TransformersExecutor.one_model_per_host = True  # test-only: as the vllm executor
+"""
+
+
+@pytest.mark.parametrize(("per_slot", "one_per_host", "loads"), [(1, False, 3), (2, False, 2), (2, True, 3)])
+def test_models_per_slot_bounds_what_a_host_keeps(
+    tmp_path, tiny_llama, procs, monkeypatch, per_slot, one_per_host, loads
+):
+    """A → B → A on one slot: kept both (the default 2), B evicts A (1) and A loads again;
+    an executor whose host holds one model (vllm's) ends the host for B and again for A."""
     import shutil
 
     from support.engine import start, wait_for
+
+    if one_per_host:  # loaded into the worker process through PYTHONPATH
+        (tmp_path / "inject").mkdir()
+        (tmp_path / "inject" / "sitecustomize.py").write_text(_ONE_MODEL_PER_HOST)
+        monkeypatch.setenv("PYTHONPATH", str(tmp_path / "inject"))
 
     other = shutil.copytree(tiny_llama, tmp_path / "other-llama")
     home = Home.open(tmp_path / "home")

@@ -227,16 +227,13 @@ def test_without_metrics_there_are_no_events_and_no_latencies():
 
 
 @needs_vllm
-def test_vllm_tasks_through_a_worker_merge_match_transformers_and_get_one_engine_per_host(
-    tmp_path, tiny_llama, monkeypatch
-):
+def test_vllm_tasks_through_a_worker_merge_and_match_transformers(tmp_path, tiny_llama, monkeypatch):
     """Real `tuiflow run-local`: three vllm tasks of one model run as one merged call whose
-    greedy ids equal the transformers executor's for the same prompts; then a task of
-    another model, then one of the first again: a host holds one engine, so each change of
-    model starts a fresh host (three engine loads, where a host keeping two models would
-    load twice)."""
+    greedy ids equal the transformers executor's for the same prompts, with vLLM's request
+    events and TTFT on the generation span. (A host holding one engine, so that another
+    model gets a fresh host, is tested on the transformers executor in test_textgen: the
+    mechanism is the model executors' own, and an engine start costs seconds.)"""
     import json
-    import shutil
     from pathlib import Path
 
     from support.engine import cli, write_wf
@@ -246,7 +243,6 @@ def test_vllm_tasks_through_a_worker_merge_match_transformers_and_get_one_engine
 
     for name, value in _ENVIRONMENT.items():
         monkeypatch.setenv(name, value)
-    other = str(shutil.copytree(tiny_llama, tmp_path / "other-llama"))
     engine = "dtype: float32, max_model_len: 128, enforce_eager: true"
     tasks = "".join(
         f"  - {{name: v{k}, executor: vllm, with: {{model: {json.dumps(tiny_llama)}, prompts: {json.dumps(p)}, "
@@ -254,12 +250,6 @@ def test_vllm_tasks_through_a_worker_merge_match_transformers_and_get_one_engine
         f"  - {{name: t{k}, executor: transformers, with: {{model: {json.dumps(tiny_llama)}, "
         f"prompts: {json.dumps(p)}, max_tokens: 6, dtype: float32}}}}\n"
         for k, p in enumerate(PROMPTS[:3])
-    )
-    tasks += (
-        f"  - {{name: other, executor: vllm, depends_on: [v0, v1, v2], with: {{model: {json.dumps(other)}, "
-        f"prompts: hi, max_tokens: 2, {engine}}}}}\n"
-        f"  - {{name: again, executor: vllm, depends_on: [other], with: {{model: {json.dumps(tiny_llama)}, "
-        f"prompts: hi, max_tokens: 2, {engine}}}}}\n"
     )
     home = Home.open(tmp_path / "home")
     r = cli(
@@ -286,7 +276,3 @@ def test_vllm_tasks_through_a_worker_merge_match_transformers_and_get_one_engine
     (generation,) = [s for k in range(3) for s in spans(f"v{k}") if s["name"] == "execute"]
     assert generation["attributes"][c.ATTR_GENAI_TTFT] >= 0
     assert {e["name"] for e in generation["events"]} == {"queued", "scheduled", "first token", "last token"}
-    loads = sum(
-        s["name"] == "model load" for task in ("v0", "v1", "v2", "other", "again") for s in spans(task)
-    )
-    assert loads == 3
