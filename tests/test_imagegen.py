@@ -121,12 +121,23 @@ def test_merged_images_keep_their_seeds_and_match_the_images_made_alone(tmp_path
     assert abs(_pixels(pngs[0]) - _pixels(alone)).max() <= 2
 
 
-def test_image_to_image_starts_from_an_upstream_png_on_the_loaded_weights(tmp_path, tiny_sd):
+DESCRIBE = """echo '{"scene": "boats at dawn"}' > "$TUIFLOW_OUTPUT\""""
+
+
+def _after(task: str, upstream: str) -> str:
+    return task.replace(
+        "    executor: diffusers\n", f"    executor: diffusers\n    depends_on: [{upstream}]\n"
+    )
+
+
+def test_a_templated_prompt_then_image_to_image_from_its_png_on_the_loaded_weights(tmp_path, tiny_sd):
+    """describe (shell) -> base (its prompt templated from describe's output) -> refine
+    (image-to-image from base's PNG): one pipeline load for both images."""
     text = (
-        "name: i2i\ntasks:\n"
-        + _task("base", tiny_sd, 3)
-        + _task("refine", tiny_sd, 4, extra=", image: '{{ inputs.base.images[0] }}', strength: 0.5").replace(
-            "    executor: diffusers\n", "    executor: diffusers\n    depends_on: [base]\n"
+        f"name: i2i\ntasks:\n  - name: describe\n    run: {json.dumps(DESCRIBE)}\n"
+        + _after(_task("base", tiny_sd, 3, prompt="watercolour of {{ inputs.describe.scene }}"), "describe")
+        + _after(
+            _task("refine", tiny_sd, 4, extra=", image: '{{ inputs.base.images[0] }}', strength: 0.5"), "base"
         )
     )
     home, wf, r = _run(tmp_path, text)
@@ -138,19 +149,6 @@ def test_image_to_image_starts_from_an_upstream_png_on_the_loaded_weights(tmp_pa
         s["name"] == "model load" for n in ("base", "refine") for s in _logs(home, wf, n, layout.SPANS_FILE)
     )
     assert loads == 1  # the image-to-image pipeline shares the loaded weights
-
-
-DESCRIBE = """echo '{"scene": "boats at dawn"}' > "$TUIFLOW_OUTPUT\""""
-
-
-def test_the_prompt_is_templated_from_an_upstream_output(tmp_path, tiny_sd):
-    text = f"name: chain\ntasks:\n  - name: describe\n    run: {json.dumps(DESCRIBE)}\n" + _task(
-        "draw", tiny_sd, 1, prompt="watercolour of {{ inputs.describe.scene }}"
-    ).replace("    executor: diffusers\n", "    executor: diffusers\n    depends_on: [describe]\n")
-    home, wf, r = _run(tmp_path, text)
-    assert r.returncode == 0, r.stderr[-3000:]
-    draw = next(v for v in Client(home).tasks(wf) if v.name == "draw")
-    assert draw.state == "completed" and len(draw.output["images"]) == 1
 
 
 @pytest.mark.parametrize(
