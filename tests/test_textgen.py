@@ -159,7 +159,11 @@ def test_chat_prompts_use_the_models_chat_template(tmp_path, tiny_llama):
     assert execute["attributes"]["gen_ai.operation.name"] == "chat"
 
 
-def test_a_model_that_does_not_exist_fails_its_task_and_the_next_one_runs(tmp_path, tiny_llama):
+def test_a_model_that_does_not_exist_fails_its_task_and_the_next_one_runs(tmp_path, tiny_llama, monkeypatch):
+    """...with the host's traceback in the failed task's stderr log (not in the worker's
+    output), and no file of the hosts' left behind in the temporary directory."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     text = (
         "name: bad\ntasks:\n"
         f"  - {{name: missing, executor: transformers, with: {{model: {json.dumps(str(tmp_path / 'nope'))}, prompts: hi}}}}\n"
@@ -171,6 +175,9 @@ def test_a_model_that_does_not_exist_fails_its_task_and_the_next_one_runs(tmp_pa
     assert views["missing"].state == "failed" and "nope" in (views["missing"].reason or ""), views["missing"]
     assert views["fine"].state == "completed", views["fine"]
     assert "Traceback" not in r.stderr
+    stderr = (Path(Client(home).attempt_dir(wf, "missing")) / layout.STDERR_FILE).read_text()
+    assert "Traceback" in stderr and "nope" in stderr
+    assert not list((tmp_path / "tmp").iterdir())
 
 
 @pytest.mark.parametrize(
@@ -307,6 +314,8 @@ def test_out_of_memory_halves_a_batch_and_fails_only_the_task_that_does_not_fit(
     (inject / "sitecustomize.py").write_text(_INJECT_OOM)
     monkeypatch.setenv("PYTHONPATH", str(inject))
     monkeypatch.setenv("OOM_ABOVE", "2")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     home = Home.open(tmp_path / "home")
     prompts = [f"hello {k}" for k in range(7)]
     prompts.insert(5, "a huge prompt")
@@ -342,3 +351,4 @@ def test_out_of_memory_halves_a_batch_and_fails_only_the_task_that_does_not_fit(
     (view,) = Client(home).tasks(after)
     assert view.state == "completed", view
     assert any(s["name"] == "model load" for s in _spans(home, after, "t0"))  # a fresh host
+    assert not list((tmp_path / "tmp").iterdir())  # the hosts' output file has no name, restarts or not

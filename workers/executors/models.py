@@ -64,7 +64,9 @@ class ModelExecutor(Executor):
         self.proc: subprocess.Popen | None = None
         self.gpus: list[int] | None = None
         self._wfd = self._rfd = -1
-        self._log: str | None = None  # the host's stderr, node-local
+        #: the hosts' stdout and stderr: a node-local file, unlinked at once (nothing is left
+        #: behind however the worker ends), appended to by each host this executor starts
+        self._log_fd = -1
         self.models: set[tuple[str, ...]] = set()  # what the host said it holds
         self._baseline: list[int] | None = None  # NVML's memory used before the host started
         self._baseline_gpus: list[int] = []
@@ -87,7 +89,9 @@ class ModelExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
         if gpus:  # what its GPUs use before it: its memory must come back to this when it ends
             self._baseline, self._baseline_gpus = gpustats.memory_used(gpus), list(gpus)
-        fd, self._log = tempfile.mkstemp(prefix="tuiflow-modelhost-", suffix=".log")
+        if self._log_fd < 0:
+            self._log_fd = _unlinked_append_file()
+        fd = self._log_fd
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "workers.models.host", str(to_host_r), str(from_host_w)],
@@ -99,7 +103,6 @@ class ModelExecutor(Executor):
                 start_new_session=True,  # its own group: ending it ends whatever it started
             )
         finally:
-            os.close(fd)
             os.close(to_host_r)
             os.close(from_host_w)
         self._wfd, self._rfd, self.gpus = to_host_w, from_host_r, list(gpus)
@@ -128,16 +131,16 @@ class ModelExecutor(Executor):
         self.models = set()
 
     def _host_output(self) -> bytes:
-        """What the host printed since it was last read (and forget it)."""
-        if self._log is None:
+        """What the host printed since it was last read (and forget it: the host appends,
+        so it writes from the start again)."""
+        if self._log_fd < 0:
             return b""
-        try:
-            with open(self._log, "r+b") as f:
-                data = f.read()
-                f.truncate(0)
-            return data
-        except FileNotFoundError:
-            return b""
+        chunks, at = [], 0
+        while chunk := os.pread(self._log_fd, 1 << 20, at):
+            chunks.append(chunk)
+            at += len(chunk)
+        os.ftruncate(self._log_fd, 0)
+        return b"".join(chunks)
 
     def _ensure_host(self, ctx: TaskContext) -> None:
         """A live host bound to `ctx`'s GPUs (and, for a backend that holds one model per
@@ -266,11 +269,19 @@ class ModelExecutor(Executor):
 
     def close(self) -> None:
         self._end()
-        if self._log is not None:
-            try:
-                os.unlink(self._log)
-            except FileNotFoundError:
-                pass
+        if self._log_fd >= 0:
+            os.close(self._log_fd)
+            self._log_fd = -1
+
+
+def _unlinked_append_file() -> int:
+    """A descriptor of a new temporary file that no name refers to, opened for appending."""
+    fd, path = tempfile.mkstemp(prefix="tuiflow-modelhost-", suffix=".log")
+    try:
+        return os.open(path, os.O_RDWR | os.O_APPEND)
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 def _failed(result: dict[str, Any]) -> Outcome:
