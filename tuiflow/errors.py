@@ -13,6 +13,8 @@ line maps the family to exit codes in one place (`tuiflow.cli.main`).
                             (`tuiflow.engine.expr`; MissingValue under it)
       NotRetryable          a retry of tasks that did not fail (`tuiflow.engine.runstate`)
       NotInTask             a task helper called outside a task (`tuiflow.sdk.runtime`)
+      SlurmError            sbatch missing or refusing a job (`tuiflow.cli.slurm`);
+                            SlurmProfileError under it: a bad site profile
 """
 
 from __future__ import annotations

@@ -16,10 +16,13 @@ slot threads' hand-backs) and report it; heartbeat; look for stop markers
 long; claim and start; publish; then sleep until something can change (`wakeups.Wakeups`).
 
 Stopping (flags only in signal handlers; the loop acts on them):
-* drain (first SIGTERM, or `stop(drain=True)`): finish running tasks, claim no more, exit;
-* hard stop (second SIGTERM, SIGINT, or `stop()`): give back claimed-but-unstarted
+* drain (first SIGTERM, SIGUSR1, or `stop(drain=True)`): finish running tasks, claim no
+  more, exit;
+* hard stop (second SIGTERM, SIGINT, or `stop()`; under Slurm the first SIGTERM, which
+  Slurm follows with SIGKILL after its KillWait): give back claimed-but-unstarted
   messages, kill running tasks (reported as "worker stopped", which costs no retry), exit;
-* burst mode (`burst=True`): exit once the queues are empty and nothing runs.
+* idle exit (`idle_exit`): exit once the queues were empty and nothing ran for that many
+  seconds (burst mode, `burst=True`: at once).
 Only a clean exit that settled everything (every event published, every claimed message
 acked or given back) removes the heartbeat; any other exit leaves it to expire, so that the
 coordinator retries or gives back what the worker held.
@@ -48,6 +51,7 @@ from workers.models.merging import DEFAULT_MERGE_MAX, merge_key
 from workers.outbox import Outbox
 from workers.runner import AttemptRunner
 from workers.slots import SlotPool
+from workers.slurm import SlurmJob
 from workers.tracing import Telemetry
 from workers.wakeups import Wakeups
 
@@ -70,6 +74,8 @@ class Worker:
         slots: how many attempts run at once.
         gpus: GPU ids this worker hands out (None: it does not manage GPUs).
         burst: exit when the queues are empty and nothing is running.
+        idle_exit: exit when the queues stayed empty, and nothing ran, for this many seconds
+            (a Slurm job gives its node back; None: never).
         kill_grace: seconds between SIGTERM and SIGKILL when stopping an attempt.
         on_event: called with every event (`wire.Event`) as it is queued.
         wake: called after each published message of events (run-local wakes its coordinator).
@@ -95,6 +101,7 @@ class Worker:
         gpus: list[int] | None = None,
         worker_id: str | None = None,
         burst: bool = False,
+        idle_exit: float | None = None,
         kill_grace: float = 5.0,
         on_event: Callable[[wire.Event], None] | None = None,
         wake: Callable[[], None] | None = None,
@@ -115,11 +122,14 @@ class Worker:
                 f"known: {', '.join(sorted(EXECUTORS))}"
             )
         self.home = home
-        self.id = worker_id or new_worker_id()
+        self.id = worker_id or (
+            job.worker_id() if (job := SlurmJob.from_env(os.environ)) else new_worker_id()
+        )
         self.warm = list(dict.fromkeys(warm))
         self.queues = WorkerQueues(home, queues)
         self.slots = SlotPool(slots, gpus, owner=self.id)
-        self.burst = burst
+        self.idle = IdleClock(0.0 if burst else idle_exit)
+        self.slurm = SlurmJob.from_env(os.environ)
         self.bundle_hold = bundle_hold
         self.merge_max = merge_max
         self.parent_pid = parent_pid
@@ -225,13 +235,9 @@ class Worker:
             self.outbox.flush(running=bool(runner.running))
             if self._drain and not runner.running:
                 return
-            if (
-                self.burst
-                and not claimed
-                and not runner.running
-                and not slots.waiting
-                and self.queues.empty()
-            ):
+            idle = not claimed and not runner.running and not slots.waiting
+            if self.idle.over(now, idle and self.idle.limit is not None and self.queues.empty()):
+                log.info("worker %s: nothing to do for %g s; exiting", self.id, self.idle.limit)
                 return
             if not claimed:
                 self._sleep(now)
@@ -315,6 +321,8 @@ class Worker:
             "tasks_done": self.tasks_done,
             "models": self.runner.executors.residency(),
         }
+        if self.slurm is not None:
+            info["slurm"] = self.slurm.describe()
         try:
             self.heartbeat.beat(info)
         except SpoolError as e:
@@ -427,17 +435,42 @@ class Worker:
             self.outbox.add(a.ended(outcome, time.time()), settles=a.claim)
 
 
-def install_stop_handlers(stop: Callable[[bool], None]) -> None:
+class IdleClock:
+    """How long a worker has had nothing to do, against its limit (None: no limit)."""
+
+    def __init__(self, limit: float | None):
+        self.limit = limit
+        self._since: float | None = None
+
+    def over(self, now: float, idle: bool) -> bool:
+        """Whether it has now been idle for `limit` seconds (`now`: monotonic)."""
+        if not idle:
+            self._since = None
+            return False
+        if self._since is None:
+            self._since = now
+        return self.limit is not None and now - self._since >= self.limit
+
+
+def install_stop_handlers(stop: Callable[[bool], None], *, term_is_hard: bool = False) -> None:
     """A daemon's signals: the first SIGTERM stops gracefully (`stop(False)`), a second
-    SIGTERM or any SIGINT stops hard (`stop(True)`). Handlers only set flags."""
+    SIGTERM or any SIGINT stops hard (`stop(True)`); SIGUSR1 (what `tuiflow slurm` asks
+    Slurm to send before a job's time limit) stops gracefully. `term_is_hard`: the first
+    SIGTERM already stops hard (under Slurm, SIGKILL follows it within KillWait seconds:
+    running work is handed back at once rather than lost with the process). Handlers only
+    set flags."""
     seen = {"term": 0}
 
     def on_term(signum: int, frame: Any) -> None:
         seen["term"] += 1
-        stop(seen["term"] > 1)
+        stop(term_is_hard or seen["term"] > 1)
 
     def on_int(signum: int, frame: Any) -> None:
         stop(True)
 
+    def on_usr1(signum: int, frame: Any) -> None:
+        stop(False)
+
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_int)
+    signal.signal(signal.SIGUSR1, on_usr1)

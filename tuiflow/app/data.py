@@ -56,6 +56,7 @@ class WorkerRow:
     #: slot -> model keys its model host holds, least recently used first, as the heartbeat
     #: says ({} for a worker without model hosts; drawn by `analyzer.fmt.fmt_residency`)
     models: dict[str, Any] = dataclasses.field(default_factory=dict)
+    slurm_job: str | None = None  # the Slurm job it runs in, if any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,7 @@ class HomeReader:
                 dead=w["dead"],
                 tasks_done=int(w["tasks_done"]),
                 models=w["models"] if isinstance(w["models"], dict) else {},
+                slurm_job=str(w["slurm"].get("job")) if w.get("slurm") else None,
             )
             # ages against the dashboard's clock: nothing is written (a probe file in the
             # watched workers/ would wake the dashboard again), and tests fix the clock

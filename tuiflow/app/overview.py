@@ -272,7 +272,7 @@ class OverviewScreen(LiveScreen):
         # str cells of a DataTable are markup: what a heartbeat says is drawn as Text
         return {
             "worker": user_text(w.id),
-            "host": user_text(w.host),
+            "host": user_text(w.host if w.slurm_job is None else f"{w.host} job {w.slurm_job}"),
             "queues": user_text(",".join(w.queues)),
             "gpus": ",".join(map(str, w.gpus)) if w.gpus else MISSING,
             "models": user_text(fmt_residency(w.models)),

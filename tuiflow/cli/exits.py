@@ -46,6 +46,7 @@ def exit_code(error: BaseException) -> int:
     # imported here: most of these modules cost startup time, and only an error needs them
     from analyzer.errors import MixedWorkflowsError, TraceNotFoundError, UnknownViewError
     from spool.errors import InvalidNameError, LayoutError
+    from tuiflow.cli.slurm import SlurmProfileError
     from tuiflow.engine.expr import ExpressionError
     from tuiflow.engine.model import WorkflowValidationError
     from tuiflow.engine.runstate import NotRetryable
@@ -62,6 +63,7 @@ def exit_code(error: BaseException) -> int:
         LayoutError,
         WorkerConfigError,
         UnknownViewError,
+        SlurmProfileError,
         MixedWorkflowsError,
     )
     return EXIT_INVALID if isinstance(error, invalid) else EXIT_FAILED

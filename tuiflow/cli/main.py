@@ -31,6 +31,7 @@ from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK, BadOption, exit_code, user_e
 from tuiflow.errors import NotFound
 from workers.models.merging import DEFAULT_MERGE_MAX
 from workers.models.residency import GPU_MEMORY_BUDGET_ENV, MODEL_TTL_ENV, MODELS_PER_SLOT_ENV, parse_bytes
+from workers.slurm import slurm_gpus
 from workers.wire import BUNDLE_HOLD, BUNDLE_MAX
 
 
@@ -482,6 +483,11 @@ def doctor(ctx: typer.Context, home: str | None = HomeOpt, json_out: bool = Json
                 user_text(
                     f", queues {', '.join(w['queues'])}, {len(w['running'])} running, "
                     f"heartbeat {fmt_age(w['heartbeat_age'])} ago"
+                    + (
+                        f", Slurm job {w['slurm'].get('job')} on {w['slurm'].get('node')}"
+                        if w["slurm"]
+                        else ""
+                    )
                 ),
             )
         )
@@ -582,9 +588,15 @@ def worker(
     queue: list[str] = typer.Option(["default"], "--queue", "-q", help="Queue to serve (repeatable)."),
     slots: int = typer.Option(1, "--slots", help="Attempts to run at once."),
     gpus: str | None = typer.Option(
-        None, "--gpus", help="GPU ids to hand out, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES)."
+        None,
+        "--gpus",
+        help="GPU ids to hand out, e.g. 0,1 (sets CUDA_VISIBLE_DEVICES); auto: the GPUs this "
+        "process was given (CUDA_VISIBLE_DEVICES, or Slurm's SLURM_STEP_GPUS).",
     ),
     burst: bool = typer.Option(False, "--burst", help="Exit once the queues are empty."),
+    idle_exit: float | None = typer.Option(
+        None, "--idle-exit", min=0.0, help="Exit once the queues stayed empty this many seconds."
+    ),
     worker_id: str | None = typer.Option(None, "--id", help="Worker id (default: host-pid-random)."),
     warm: list[str] = typer.Option(
         [],
@@ -629,11 +641,16 @@ def worker(
     logging.getLogger().setLevel(logging.INFO)
     h = _home(home, ctx, create=True)
     gpu_ids = None
-    if gpus is not None:
+    if gpus == "auto":
+        try:
+            gpu_ids = slurm_gpus(os.environ)
+        except ValueError as e:
+            raise BadOption(f"--gpus auto: {e}") from None
+    elif gpus is not None:
         try:
             gpu_ids = [int(g) for g in gpus.split(",") if g.strip()]
         except ValueError:
-            raise BadOption(f"--gpus expects comma-separated integers, not {gpus!r}") from None
+            raise BadOption(f"--gpus expects comma-separated integers or auto, not {gpus!r}") from None
     # the model hosts (`workers.models.host`) read these from the environment they inherit
     if model_ttl is not None:
         os.environ[MODEL_TTL_ENV] = repr(model_ttl)
@@ -650,14 +667,68 @@ def worker(
         slots=slots,
         gpus=gpu_ids,
         burst=burst,
+        idle_exit=idle_exit,
         worker_id=worker_id,
         parent_pid=parent_pid,
         warm=warm,
         bundle_hold=bundle_hold,
         merge_max=merge_max,
     )
-    install_stop_handlers(lambda hard: w.stop(drain=not hard))
+    install_stop_handlers(lambda hard: w.stop(drain=not hard), term_is_hard=w.slurm is not None)
     w.run()
+
+
+@app.command()
+def slurm(
+    ctx: typer.Context,
+    workers: int = typer.Option(1, "--workers", "-n", min=1, help="Worker jobs to submit (one job array)."),
+    queue: list[str] = typer.Option(["default"], "--queue", "-q", help="Queue to serve (repeatable)."),
+    gpus_per_node: int | None = typer.Option(None, "--gpus-per-node", min=0, help="GPUs per worker job."),
+    cpus: int | None = typer.Option(None, "--cpus", min=1, help="CPUs per worker job (default 4)."),
+    mem: str | None = typer.Option(None, "--mem", help="Memory per worker job, e.g. 32G."),
+    time_limit: str | None = typer.Option(None, "--time", help="Time limit, e.g. 4:00:00 (default 1:00:00)."),
+    partition: str | None = typer.Option(None, "--partition", "-p", help="Partition."),
+    account: str | None = typer.Option(None, "--account", "-A", help="Account to charge."),
+    sbatch: list[str] = typer.Option(
+        [], "--sbatch", help="Another #SBATCH option, e.g. --sbatch=--qos=high (repeatable)."
+    ),
+    slots: int | None = typer.Option(None, "--slots", min=1, help="Slots per worker (default: one per GPU)."),
+    idle_exit: float | None = typer.Option(
+        None,
+        "--idle-exit",
+        min=0.0,
+        help="A worker exits once its queues stayed empty this long (default 300 s).",
+    ),
+    signal_lead: int | None = typer.Option(
+        None,
+        "--signal-lead",
+        min=1,
+        help="Seconds before the time limit a worker starts draining (default 120).",
+    ),
+    requeue: bool | None = typer.Option(
+        None, "--requeue/--no-requeue", help="Let Slurm requeue a preempted worker job."
+    ),
+    profile: str | None = typer.Option(
+        None, "--profile", help="Site profile (YAML); default $TUIFLOW_SLURM_PROFILE, else <home>/slurm.yaml."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the batch script; submit nothing."),
+    home: str | None = HomeOpt,
+) -> None:
+    """Submit workers as Slurm jobs (one job array); see docs/cluster.md."""
+    from tuiflow.cli.slurm import batch_script, find_profile, load_profile, submit
+
+    h = _home(home, ctx, create=not dry_run)
+    settings = load_profile(find_profile(h.root, profile)).merged(
+        gpus_per_node=gpus_per_node, cpus=cpus, mem=mem, time=time_limit, partition=partition,
+        account=account, sbatch=sbatch, slots=slots, idle_exit=idle_exit, signal_lead=signal_lead,
+        requeue=requeue,
+    )  # fmt: skip
+    script = batch_script(h.root, queue, workers, settings)
+    if dry_run:
+        out.print(script, end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    job = submit(h.root, script)
+    out.print(f"submitted job {job}" + (f" (array 0-{workers - 1})" if workers > 1 else ""))
 
 
 @app.command()

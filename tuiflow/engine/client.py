@@ -299,6 +299,8 @@ class Client:
                     "tasks_done": info.get("tasks_done", 0),
                     # slot -> model keys its model host holds, least recently used first
                     "models": info.get("models") or {},
+                    # the Slurm job it runs in ({"job": "120_3", "node": ...}), if any
+                    "slurm": info.get("slurm") if isinstance(info.get("slurm"), dict) else None,
                     "dead": dead or stale,
                 }
             )
