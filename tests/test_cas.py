@@ -42,7 +42,7 @@ def test_fence_runs_inside_the_lock_and_can_stop_the_write(tmp_path):
 
 
 def test_eight_processes_increment_exactly(fs_root, actors):
-    per_proc = 300 if "latencyfs" not in str(fs_root) else 40
+    per_proc = 300 if "latencyfs" not in str(fs_root) else 25
     path = fs_root / "counter"
     procs = [actors("cas-incr", path, per_proc) for _ in range(8)]
     conflicts = [int(p.expect("done", timeout=600).split()[1]) for p in procs]
@@ -87,7 +87,7 @@ def test_sigkilled_writer_never_leaves_a_torn_record(tmp_path, actors):
     rec = CasRecord(str(path), lock_timeout=10)
     rng = random.Random(1234)
     waits = []
-    for _ in range(50):
+    for _ in range(30):
         writer = actors("cas-writer", path)
         writer.expect("ready")
         time.sleep(rng.uniform(0, 0.06))

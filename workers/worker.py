@@ -234,6 +234,7 @@ class Worker:
             claimed = 0 if self._drain or self.outbox.stalled else self._fill_slots()
             self.outbox.flush(running=bool(runner.running))
             if self._drain and not runner.running:
+                log.info("worker %s drained: nothing runs; exiting", self.id)
                 return
             idle = not claimed and not runner.running and not slots.waiting
             if self.idle.over(now, idle and self.idle.limit is not None and self.queues.empty()):
