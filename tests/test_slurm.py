@@ -155,3 +155,20 @@ def test_usr1_drains_a_worker_and_sigterm_under_slurm_hands_its_work_back_at_onc
         f"{(tmp_path / 'worker.log').read_text()[-1500:]})",
     )
     assert b.attempt == 1
+
+
+def test_a_slurm_jobs_environment_names_the_worker_and_its_gpus():
+    import pytest
+
+    from workers.slurm import SlurmJob, slurm_gpus
+
+    assert SlurmJob.from_env({}) is None
+    assert SlurmJob.from_env(SLURM_ENV).worker_id() == "slurm-70_3-gpu-node-7"
+    plain = SlurmJob.from_env({"SLURM_JOB_ID": "5", "SLURMD_NODENAME": "n.x"})
+    assert plain.worker_id() == "slurm-5-n-x" and plain.describe() == {"job": "5", "node": "n.x"}
+    two = {"SLURM_JOB_ID": "5", "SLURMD_NODENAME": "n1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "1"}
+    assert SlurmJob.from_env(two).worker_id() == "slurm-5-n1-1"  # srun -n 2: two workers, two names
+    assert slurm_gpus({"CUDA_VISIBLE_DEVICES": "0,2"}) == [0, 2]
+    assert slurm_gpus({"SLURM_STEP_GPUS": "1"}) == [1] and slurm_gpus({}) == []
+    with pytest.raises(ValueError, match="give --gpus explicitly"):
+        slurm_gpus({"CUDA_VISIBLE_DEVICES": "GPU-6f1e"})

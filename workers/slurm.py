@@ -22,6 +22,8 @@ class SlurmJob:
     node: str
     array_job_id: str | None = None
     array_task_id: str | None = None
+    #: which of the step's tasks this is, when a step runs several (``srun -n 2 tuiflow worker``)
+    proc_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SlurmJob | None:
@@ -34,6 +36,7 @@ class SlurmJob:
             node=env.get("SLURMD_NODENAME") or env.get("SLURM_NODELIST") or "?",
             array_job_id=env.get("SLURM_ARRAY_JOB_ID") or None,
             array_task_id=env.get("SLURM_ARRAY_TASK_ID") or None,
+            proc_id=env.get("SLURM_PROCID") if env.get("SLURM_STEP_NUM_TASKS", "1") != "1" else None,
         )
 
     @property
@@ -44,9 +47,10 @@ class SlurmJob:
         return self.job_id
 
     def worker_id(self) -> str:
-        """A worker id that names the job and the node (characters a worker id allows)."""
+        """A worker id that names the job and the node (characters a worker id allows), and
+        which task of its step it is when the step runs several."""
         node = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in self.node)[:40]
-        return f"slurm-{self.label}-{node}"
+        return f"slurm-{self.label}-{node}" + (f"-{self.proc_id}" if self.proc_id else "")
 
     def describe(self) -> dict[str, str]:
         """What the heartbeat carries."""

@@ -122,14 +122,12 @@ class Worker:
                 f"known: {', '.join(sorted(EXECUTORS))}"
             )
         self.home = home
-        self.id = worker_id or (
-            job.worker_id() if (job := SlurmJob.from_env(os.environ)) else new_worker_id()
-        )
+        self.slurm = SlurmJob.from_env(os.environ)
+        self.id = worker_id or (self.slurm.worker_id() if self.slurm else new_worker_id())
         self.warm = list(dict.fromkeys(warm))
         self.queues = WorkerQueues(home, queues)
         self.slots = SlotPool(slots, gpus, owner=self.id)
         self.idle = IdleClock(0.0 if burst else idle_exit)
-        self.slurm = SlurmJob.from_env(os.environ)
         self.bundle_hold = bundle_hold
         self.merge_max = merge_max
         self.parent_pid = parent_pid
