@@ -62,15 +62,27 @@ def _reference(model_dir: str, prompts: list[str], max_tokens: int) -> list[str]
     return texts
 
 
-def test_five_tasks_on_one_model_load_it_once_and_match_transformers(tmp_path, tiny_llama):
+def test_five_tasks_on_one_model_load_it_once_and_match_transformers_and_a_chat_uses_its_template(
+    tmp_path, tiny_llama
+):
     prompts = ["describe a scene", "suggest a style", "hello world", "the quick brown fox", "a quiet harbour"]
     tasks = "\n".join(
         f"  - name: gen{k}\n    executor: transformers\n    with: {{model: {json.dumps(tiny_llama)}, "
         f"prompts: {json.dumps(p)}, max_tokens: 8, seed: 1, merge: false}}"
         for k, p in enumerate(prompts)
     )
+    chat = [{"role": "user", "content": "hi there"}]
+    tasks += (
+        f"\n  - name: ask\n    executor: transformers\n    depends_on: [gen4]\n"
+        f"    with: {{model: {json.dumps(tiny_llama)}, prompts: {json.dumps(chat)}, max_tokens: 4}}"
+    )
     home, wf, r = _run(tmp_path, f"name: textgen\ntasks:\n{tasks}\n")
     assert r.returncode == 0, r.stderr[-3000:]
+    # a chat is rendered with the model's chat template
+    ask = next(v for v in Client(home).tasks(wf) if v.name == "ask")
+    assert ask.output["texts"] == _reference(tiny_llama, ["<|user|>hi there<|end|><|assistant|>"], 4)
+    execute = next(s for s in _spans(home, wf, "ask") if s["name"] == "execute")
+    assert execute["attributes"]["gen_ai.operation.name"] == "chat"
     want = _reference(tiny_llama, prompts, 8)
     loads = 0
     for k, prompt in enumerate(prompts):
@@ -144,21 +156,6 @@ def test_merge_max_bounds_a_batch(tmp_path, tiny_llama, procs):
     assert sorted(sizes.values()) == [1, 3, 3]
 
 
-def test_chat_prompts_use_the_models_chat_template(tmp_path, tiny_llama):
-    chat = [{"role": "user", "content": "hi there"}]
-    text = (
-        "name: chat\ntasks:\n  - name: ask\n    executor: transformers\n"
-        f"    with: {{model: {json.dumps(tiny_llama)}, prompts: {json.dumps(chat)}, max_tokens: 4}}\n"
-    )
-    home, wf, r = _run(tmp_path, text)
-    assert r.returncode == 0, r.stderr[-3000:]
-    (view,) = Client(home).tasks(wf)
-    rendered = "<|user|>hi there<|end|><|assistant|>"
-    assert view.output["texts"] == _reference(tiny_llama, [rendered], 4)
-    execute = next(s for s in _spans(home, wf, "ask") if s["name"] == "execute")
-    assert execute["attributes"]["gen_ai.operation.name"] == "chat"
-
-
 def test_a_model_that_does_not_exist_fails_its_task_and_the_next_one_runs(tmp_path, tiny_llama, monkeypatch):
     """...with the host's traceback in the failed task's stderr log (not in the worker's
     output), and no file of the hosts' left behind in the temporary directory."""
@@ -208,7 +205,8 @@ models.TransformersExecutor.one_model_per_host = True  # test-only: as the vllm 
 """
 
 
-@pytest.mark.parametrize(("per_slot", "one_per_host", "loads"), [(1, False, 3), (2, False, 2), (2, True, 3)])
+# (the default, 2 per slot, keeps A and B: 2 loads; see test_worker_parts for the LRU itself)
+@pytest.mark.parametrize(("per_slot", "one_per_host", "loads"), [(1, False, 3), (2, True, 3)])
 def test_models_per_slot_bounds_what_a_host_keeps(
     tmp_path, tiny_llama, procs, monkeypatch, per_slot, one_per_host, loads
 ):

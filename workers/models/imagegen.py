@@ -20,7 +20,7 @@ What a task's ``with`` holds (checked at validation, `tuiflow.engine.modelspec`)
 Tasks of one pipeline, size, steps and guidance run as one merged call (`generate_batch`):
 one pipeline call with a prompt and a seeded generator per image. A merged image is the
 image made alone up to the batched kernels' rounding (at most a level or two of 255 in a
-few pixels on a CPU; the same batch size gives the same bytes).
+few pixels on a CPU, wherever it sits in the batch).
 
 The images come back as PNG files (``image-<k>.png`` in the attempt's directory, written
 and recorded as assets by the worker); the output is ``{images: [paths], seeds, width,
