@@ -640,27 +640,8 @@ def worker(
 
     logging.getLogger().setLevel(logging.INFO)
     h = _home(home, ctx, create=True)
-    gpu_ids = None
-    if gpus == "auto":
-        try:
-            gpu_ids = slurm_gpus(os.environ)
-        except ValueError as e:
-            raise BadOption(f"--gpus auto: {e}") from None
-    elif gpus is not None:
-        try:
-            gpu_ids = [int(g) for g in gpus.split(",") if g.strip()]
-        except ValueError:
-            raise BadOption(f"--gpus expects comma-separated integers or auto, not {gpus!r}") from None
-    # the model hosts (`workers.models.host`) read these from the environment they inherit
-    if model_ttl is not None:
-        os.environ[MODEL_TTL_ENV] = repr(model_ttl)
-    if models_per_slot is not None:
-        os.environ[MODELS_PER_SLOT_ENV] = str(models_per_slot)
-    if gpu_memory_budget is not None:
-        try:
-            os.environ[GPU_MEMORY_BUDGET_ENV] = str(parse_bytes(gpu_memory_budget))
-        except ValueError as e:
-            raise BadOption(f"--gpu-memory-budget: {e}") from None
+    gpu_ids = _gpu_ids(gpus)
+    _model_host_bounds(model_ttl, models_per_slot, gpu_memory_budget)
     w = Worker(
         h,
         queue,
@@ -676,6 +657,35 @@ def worker(
     )
     install_stop_handlers(lambda hard: w.stop(drain=not hard), term_is_hard=w.slurm is not None)
     w.run()
+
+
+def _gpu_ids(gpus: str | None) -> list[int] | None:
+    """The GPU ids of `worker --gpus` (None: the worker hands out none)."""
+    if gpus == "auto":
+        try:
+            return slurm_gpus(os.environ)
+        except ValueError as e:
+            raise BadOption(f"--gpus auto: {e}") from None
+    if gpus is None:
+        return None
+    try:
+        return [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        raise BadOption(f"--gpus expects comma-separated integers or auto, not {gpus!r}") from None
+
+
+def _model_host_bounds(ttl: float | None, per_slot: int | None, budget: str | None) -> None:
+    """What a worker's model hosts may keep loaded, set in the environment they inherit
+    (`workers.models.host` reads it; a task's environment never carries TUIFLOW_*)."""
+    if ttl is not None:
+        os.environ[MODEL_TTL_ENV] = repr(ttl)
+    if per_slot is not None:
+        os.environ[MODELS_PER_SLOT_ENV] = str(per_slot)
+    if budget is not None:
+        try:
+            os.environ[GPU_MEMORY_BUDGET_ENV] = str(parse_bytes(budget))
+        except ValueError as e:
+            raise BadOption(f"--gpu-memory-budget: {e}") from None
 
 
 @app.command()
