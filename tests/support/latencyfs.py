@@ -6,14 +6,14 @@ SOURCE_DIR behave like several NFS clients of one server, each with its own kern
 
     python tests/support/latencyfs.py SOURCE_DIR MOUNTPOINT [--latency-ms 1]
         [--lost-reply P] [--estale P] [--negative-cache S]
-        [--audit FILE] [--seed N] [--faults-off-file PATH]
+        [--audit FILE] [--seed N] [--faults-off-file PATH] [--count FILE]
 
 Always on, as on NFS:
 
 * renameat2 flags (RENAME_EXCHANGE / RENAME_NOREPLACE) are refused with EINVAL;
 * a file unlinked while open lingers as ``.fuse_hidden*`` (NFS's "silly rename" ``.nfs*``);
 * the kernel caches positive lookups and attributes for 1 s (libfuse's entry/attr timeouts),
-  like NFS's attribute cache (acregmin/acdirmin).
+  like NFS's attribute cache (acregmin/acdirmin); ``--attr-cache`` changes it.
 
 Options:
 
@@ -48,6 +48,11 @@ Options:
     attribute-cache time (acdirmin..acdirmax). Unlike NFS, a change of the directory's mtime
     does not revalidate them early.
 
+``--attr-cache S`` (default 1)
+    How long the kernel trusts a positive lookup or a file's attributes (FUSE entry and
+    attribute timeouts). 0 models an NFS mount with ``noac`` / ``lookupcache=none``: every
+    path component is looked up again at each use, every stat asks the server.
+
 ``--audit FILE``
     Append one line per mutating operation to FILE (O_APPEND, one write(2) per line, so that
     tests can read it while the filesystem runs and several instances can share a file)::
@@ -64,6 +69,19 @@ Options:
     ``result`` is "ok", "lost" (performed, but reported failed by --lost-reply) or the errno
     name of the failure (e.g. ENOENT, ESTALE, EINVAL).
 
+``--count FILE``
+    Count every request this filesystem serves (what an NFS client would send to its
+    server: lookups, which reach it as getattr, opens, flushes, releases, renames, reads,
+    writes...) and keep FILE up to date with the totals, rewritten atomically at most every
+    50 ms while they change, as JSON::
+
+        {"total": N, "by_op": {"getattr": N, ...}, "by_path": {"getattr /q/ready/#": N, ...}}
+
+    ``by_path`` groups requests by operation and path shape: runs of digits and hex ids
+    of 8 or more characters become ``#``, so the shapes say which files the requests are
+    for. Requests the kernel answers from its own caches never reach the filesystem and
+    are not counted, as on NFS.
+
 ``--seed N``
     Seed of the random generator that draws the faults (default: random). The draws are
     shared by all threads (libfuse serves requests on several), so the outcome of a given
@@ -78,15 +96,72 @@ Options:
 from __future__ import annotations
 
 import argparse
+import collections
 import errno
+import functools
+import json
 import os
 import random
+import re
 import threading
 import time
 
 import mfusepy as fuse
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+_VARYING = re.compile(r"[0-9a-f]{8,}|[0-9]+")
+
+
+class RequestCounter:
+    """Requests served, by operation and by path shape, published to a JSON file."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._by_path: collections.Counter[str] = collections.Counter()
+        self._changed = threading.Event()
+        threading.Thread(target=self._publish_forever, daemon=True).start()
+
+    def add(self, op: str, path: str | None) -> None:
+        key = f"{op} {_VARYING.sub('#', path or '-')}"
+        with self._lock:
+            self._by_path[key] += 1
+        self._changed.set()
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            by_path = dict(self._by_path)
+        by_op: collections.Counter[str] = collections.Counter()
+        for key, n in by_path.items():
+            by_op[key.split(" ", 1)[0]] += n
+        return {"total": sum(by_op.values()), "by_op": dict(by_op), "by_path": by_path}
+
+    def publish(self) -> None:
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.snapshot(), f)
+        os.replace(tmp, self.path)
+
+    def _publish_forever(self) -> None:
+        self.publish()
+        while True:
+            self._changed.wait()
+            self._changed.clear()
+            self.publish()
+            time.sleep(0.05)
+
+
+def _counted(method):
+    """Count each call of a FUSE operation (its first argument is the path)."""
+    op = method.__name__
+
+    @functools.wraps(method)
+    def counting(self, path, *args, **kwargs):
+        if self.counter is not None:
+            self.counter.add(op, path)
+        return method(self, path, *args, **kwargs)
+
+    return counting
 
 
 class _Fuse(fuse.FUSE):
@@ -132,16 +207,20 @@ class LatencyFS(fuse.Operations):
         lost_reply: float = 0.0,
         estale: float = 0.0,
         negative_cache: float = 0.0,
+        attr_cache: float = 1.0,
         audit: str | None = None,
         seed: int | None = None,
         faults_off_file: str | None = None,
+        count: str | None = None,
     ):
         self.root = os.path.realpath(root)
         self.latency = latency
         self.lost_reply = lost_reply
         self.estale = estale
         self.negative_cache = negative_cache
+        self.attr_cache = attr_cache
         self.faults_off_file = faults_off_file
+        self.counter = RequestCounter(count) if count else None
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
         self._audit_fd = (
@@ -151,6 +230,7 @@ class LatencyFS(fuse.Operations):
     def init_with_config(self, conn_info, config_3):
         if config_3 is not None:
             config_3.negative_timeout = float(self.negative_cache)
+            config_3.entry_timeout = config_3.attr_timeout = float(self.attr_cache)
 
     def _p(self, path: str) -> str:
         return self.root + path
@@ -205,12 +285,14 @@ class LatencyFS(fuse.Operations):
         self._log(self._caller(), "rename", (old, new), "EINVAL")
 
     # metadata (delayed)
+    @_counted
     def access(self, path, amode):
         self._wait()
         if not os.access(self._p(path), amode):
             raise fuse.FuseOSError(errno.EACCES)
         return 0
 
+    @_counted
     def getattr(self, path, fh=None):
         self._wait()
         st = os.fstat(fh) if fh is not None else os.lstat(self._p(path))
@@ -221,10 +303,16 @@ class LatencyFS(fuse.Operations):
         out.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
         return out
 
+    @_counted
     def opendir(self, path):
         self._stale("opendir", path, audited=False)
         return 0
 
+    @_counted
+    def releasedir(self, path, fh):
+        return 0
+
+    @_counted
     def readdir(self, path, fh):
         self._wait()
         # With use_ino the inode must be filled in: readdir(3) skips entries whose d_ino is 0.
@@ -236,12 +324,14 @@ class LatencyFS(fuse.Operations):
                 out.append((e.name, {"st_ino": e.inode(), "st_mode": mode}, 0))
         return out
 
+    @_counted
     def create(self, path, mode, flags):
         self._wait()
         if not flags & os.O_EXCL and os.path.lexists(self._p(path)):
             self._stale("create", path, audited=True)  # an O_CREAT open of an existing file
         return self._audited("create", (path,), lambda: os.open(self._p(path), flags | os.O_CREAT, mode))
 
+    @_counted
     def open(self, path, flags):
         self._wait()
         writing = bool(flags & _WRITE_FLAGS)
@@ -250,6 +340,7 @@ class LatencyFS(fuse.Operations):
             return os.open(self._p(path), flags)
         return self._audited("write-open", (path,), lambda: os.open(self._p(path), flags))
 
+    @_counted
     def rename(self, old, new):
         self._wait()
         # libfuse hides a file unlinked while open by renaming it; that rename is part of an
@@ -259,6 +350,7 @@ class LatencyFS(fuse.Operations):
         self._audited("rename", (old, new), lambda: os.rename(self._p(old), self._p(new)), lost)
         return 0
 
+    @_counted
     def link(self, target, source):
         self._wait()
         self._audited(
@@ -266,36 +358,43 @@ class LatencyFS(fuse.Operations):
         )
         return 0
 
+    @_counted
     def unlink(self, path):
         self._wait()
         self._audited("unlink", (path,), lambda: os.unlink(self._p(path)))
         return 0
 
+    @_counted
     def mkdir(self, path, mode):
         self._wait()
         self._audited("mkdir", (path,), lambda: os.mkdir(self._p(path), mode))
         return 0
 
+    @_counted
     def rmdir(self, path):
         self._wait()
         self._audited("rmdir", (path,), lambda: os.rmdir(self._p(path)))
         return 0
 
+    @_counted
     def chmod(self, path, mode):
         self._wait()
         self._audited("chmod", (path,), lambda: os.chmod(self._p(path), mode))
         return 0
 
+    @_counted
     def chown(self, path, uid, gid):
         self._wait()
         self._audited("chown", (path,), lambda: os.chown(self._p(path), uid, gid))
         return 0
 
+    @_counted
     def utimens(self, path, times=None):
         self._wait()
         self._audited("utimens", (path,), lambda: os.utime(self._p(path), ns=times))
         return 0
 
+    @_counted
     def truncate(self, path, length, fh=None):
         self._wait()
         if fh is not None:
@@ -304,15 +403,18 @@ class LatencyFS(fuse.Operations):
             self._audited("truncate", (path,), lambda: os.truncate(self._p(path), length))
         return 0
 
+    @_counted
     def symlink(self, target, source):
         self._wait()
         self._audited("symlink", (target, source), lambda: os.symlink(source, self._p(target)))
         return 0
 
+    @_counted
     def readlink(self, path):
         self._wait()
         return os.readlink(self._p(path))
 
+    @_counted
     def statfs(self, path):
         st = os.statvfs(self._p(path))
         return {
@@ -332,15 +434,19 @@ class LatencyFS(fuse.Operations):
         }
 
     # data (not delayed)
+    @_counted
     def read(self, path, size, offset, fh):
         return os.pread(fh, size, offset)
 
+    @_counted
     def write(self, path, data, offset, fh):
         return os.pwrite(fh, data, offset)
 
+    @_counted
     def flush(self, path, fh):
         return 0
 
+    @_counted
     def fsync(self, path, datasync, fh):
         if datasync:
             os.fdatasync(fh)
@@ -348,6 +454,7 @@ class LatencyFS(fuse.Operations):
             os.fsync(fh)
         return 0
 
+    @_counted
     def release(self, path, fh):
         os.close(fh)
         return 0
@@ -383,9 +490,13 @@ def main() -> None:
     parser.add_argument(
         "--negative-cache", type=_seconds, default=0.0, metavar="S", help="negative lookup cache time"
     )
+    parser.add_argument(
+        "--attr-cache", type=_seconds, default=1.0, metavar="S", help="positive lookup/attribute cache time"
+    )
     parser.add_argument("--audit", metavar="FILE", help="append one line per mutating op")
     parser.add_argument("--seed", type=int, help="seed of the fault RNG (default: random)")
     parser.add_argument("--faults-off-file", metavar="PATH", help="no faults while PATH exists")
+    parser.add_argument("--count", metavar="FILE", help="keep FILE up to date with request counts")
     args = parser.parse_args()
     _Fuse(
         LatencyFS(
@@ -394,9 +505,11 @@ def main() -> None:
             lost_reply=args.lost_reply,
             estale=args.estale,
             negative_cache=args.negative_cache,
+            attr_cache=args.attr_cache,
             audit=args.audit and os.path.abspath(args.audit),
             seed=args.seed,
             faults_off_file=args.faults_off_file and os.path.abspath(args.faults_off_file),
+            count=args.count and os.path.abspath(args.count),
         ),
         args.mountpoint,
         foreground=True,
