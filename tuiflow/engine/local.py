@@ -255,7 +255,16 @@ class LocalRun:
         return None
 
     def finished(self) -> bool:
-        s = self.client.store.summary(self.wf_id) if self.wf_id else None
+        """The workflow has ended and nothing of it runs. Asked of the coordinator's state in
+        memory while it holds the workflow (no file read: on NFS the summary's path walk,
+        open, read and close cost a round trip each, every poll); of the stored summary
+        otherwise (another coordinator runs it, or ours has not loaded it, or let it go)."""
+        if not self.wf_id:
+            return False
+        loaded = self.coordinator.runs.peek(self.wf_id) if self.external_coordinator is None else None
+        if loaded is not None:
+            return loaded.run.terminal and not loaded.run.count_dict()["running"]
+        s = self.client.store.summary(self.wf_id)
         return bool(s and s.get("state") in WF_TERMINAL and not self._running_tasks(s))
 
     @staticmethod
