@@ -162,14 +162,28 @@ def publish(tmp: str, path: str, durability: Durability, fence: Fence = None) ->
             raise StorageError.from_os("fsync the directory of", path, e) from e
 
 
-def publish_in(directory: str, name: str, data: bytes, durability: Durability, fence: Fence = None) -> None:
-    """`atomic_write` of `directory`/`name`, in as few steps as possible (the spool's hot path)."""
+def publish_in(
+    directory: str,
+    name: str,
+    data: bytes,
+    durability: Durability,
+    fence: Fence = None,
+    dir_fd: int | None = None,
+) -> None:
+    """`atomic_write` of `directory`/`name`, in as few steps as possible (the spool's hot path).
+
+    Parameters:
+        dir_fd: a held descriptor of `directory` (`spool.dirfds`): the files are then
+            created and renamed relative to it, so that only their names are looked up.
+    """
     if durability is not Durability.PROCESS:
         publish(write_temp(directory, data, durability), f"{directory}/{name}", durability, fence)
         return
-    tmp = f"{directory}/{_ID.prefix}{next(_ID.counter)}"
+    temp_name = f"{_ID.prefix}{next(_ID.counter)}"
+    tmp = f"{directory}/{temp_name}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms.FILE_MODE)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        fd = os.open(tmp if dir_fd is None else temp_name, flags, perms.FILE_MODE, dir_fd=dir_fd)
     except OSError as e:
         raise StorageError.from_os("create a file in", directory, e) from e
     try:
@@ -181,7 +195,7 @@ def publish_in(directory: str, name: str, data: bytes, durability: Durability, f
             os.close(fd)
         if fence is not None:
             fence()
-        place(tmp, f"{directory}/{name}")
+        place(tmp, f"{directory}/{name}", dir_fd)
     except BaseException as e:
         _unlink_quietly(tmp)
         if isinstance(e, OSError):
@@ -219,7 +233,9 @@ def create_exclusive(path: str, data: bytes, durability: Durability = Durability
     return created
 
 
-def read_bytes(path: str, max_bytes: int | None = None, *, wait_visible: float = 0.0) -> bytes:
+def read_bytes(
+    path: str, max_bytes: int | None = None, *, wait_visible: float = 0.0, dir_fd: int | None = None
+) -> bytes:
     """Read a whole file; refuse (CorruptRecordError) one larger than `max_bytes`.
 
     An ESTALE open or read is retried by path (`fsops.retry_stale`); one that keeps failing
@@ -232,9 +248,10 @@ def read_bytes(path: str, max_bytes: int | None = None, *, wait_visible: float =
             negative lookup cache for a while after the file appeared; with this > 0, a
             FileNotFoundError is only raised once a listing of the directory (which asks
             the server) agrees, or after this many seconds of retrying.
+        dir_fd: a held descriptor of the file's directory: the file is opened relative to it.
     """
     try:
-        return retry_stale(lambda: _read_once(path, max_bytes), "read", path)
+        return retry_stale(lambda: _read_once(path, max_bytes, dir_fd), "read", path)
     except FileNotFoundError:
         if wait_visible <= 0:
             raise
@@ -253,10 +270,11 @@ def read_bytes(path: str, max_bytes: int | None = None, *, wait_visible: float =
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
 
 
-def _read_once(path: str, max_bytes: int | None) -> bytes:
+def _read_once(path: str, max_bytes: int | None, dir_fd: int | None = None) -> bytes:
     # O_NONBLOCK: a FIFO planted where a record should be must not block the reader (a
     # regular file ignores the flag)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+    fd = os.open(path, flags) if dir_fd is None else os.open(os.path.basename(path), flags, dir_fd=dir_fd)
     try:
         # Most records are small: one read of up to 16 KiB that comes back short proves EOF
         # without an fstat. Larger files are sized first so the limit is checked before reading.

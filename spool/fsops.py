@@ -93,31 +93,56 @@ def listed(path: str) -> bool | None:
         return None
 
 
-def _rename(src: str, dst: str) -> None:
-    retry_stale(lambda: os.rename(src, dst), "rename", src)
+def _rename(src: str, dst: str, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+    if src_dir_fd is None and dst_dir_fd is None:
+        retry_stale(lambda: os.rename(src, dst), "rename", src)
+        return
+    # relative to held directories (`spool.dirfds`): the names alone are looked up
+    a = src if src_dir_fd is None else os.path.basename(src)
+    b = dst if dst_dir_fd is None else os.path.basename(dst)
+    retry_stale(lambda: os.rename(a, b, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd), "rename", src)
 
 
-def take(src: str, dst: str) -> bool:
+def _lexists(path: str, dir_fd: int | None) -> bool:
+    try:
+        if dir_fd is None:
+            os.lstat(path)
+        else:
+            os.lstat(os.path.basename(path), dir_fd=dir_fd)
+        return True
+    except OSError:
+        return False
+
+
+def take(src: str, dst: str, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> bool:
     """Move `src` to `dst`, a name only this caller uses. True if this call moved it (also
     when the reply said ENOENT but it happened); False if `src` was gone (someone else moved
-    it first). Other errors raise OSError."""
+    it first). Other errors raise OSError.
+
+    Parameters:
+        src_dir_fd, dst_dir_fd: descriptors of the directories of `src` and `dst`, held by
+            the caller: the rename then names the files relative to them.
+    """
     try:
-        _rename(src, dst)
+        _rename(src, dst, src_dir_fd, dst_dir_fd)
         return True
     except FileNotFoundError:
         pass
     # RACE: another taker won, or (NFS) ours happened and only its reply was lost: the
     # destination is ours alone, so finding the file there proves the second.
-    return os.path.lexists(dst) or listed(dst) is True
+    return _lexists(dst, dst_dir_fd) or listed(dst) is True
 
 
-def place(tmp: str, dst: str) -> None:
+def place(tmp: str, dst: str, dir_fd: int | None = None) -> None:
     """Rename the temporary file `tmp` (a name only this caller knows) over `dst`.
+
+    Parameters:
+        dir_fd: a held descriptor of the directory of both (names relative to it).
 
     Raises OSError if it did not happen (ENOENT: `dst`'s directory is gone).
     """
     try:
-        _rename(tmp, dst)
+        _rename(tmp, dst, dir_fd, dir_fd)
         return
     except FileNotFoundError:
         # RACE (NFS): a lost reply. Nobody else knows the temporary name, so if it is gone

@@ -53,6 +53,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as _dt
+import errno
 import heapq
 import itertools
 import json
@@ -77,6 +78,7 @@ from .atomic import (
     read_bytes,
     write_temp,
 )
+from .dirfds import DirFds
 from .errors import CorruptRecordError, InvalidNameError, MessageTooLargeError, StorageError
 from .fsops import listdir, listed, take
 from .layout import CLAIMED_DIR, DEAD_DIR, DELAYED_DIR, PRIORITY_HINT, QUEUE_META, READY_DIR, REASON_SUFFIX
@@ -87,7 +89,8 @@ log = logging.getLogger("spool.queue")
 QUEUE_FORMAT = 1
 MESSAGE_FORMAT = 1
 MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
-_MISSES_BEFORE_RELIST = 8
+_MISSES_BEFORE_RELIST = 1
+_MAX_SPREAD = 1024  # candidates a contended claimer picks among (same priority only)
 _DELAYED_CHECK_INTERVAL = 0.1
 _ID_RE = re.compile(r"[A-Za-z0-9_~=+@-]{1,100}\Z")
 _HEAD_LEN = 26  # "<rank:5>-<put_ns:19>-"
@@ -223,6 +226,9 @@ class SpoolQueue:
         self._packer = msgpack.Packer(use_bin_type=True)
         self._put_shard = random.randrange(self.shards)
         self._claim_dirs: dict[str, str] = {}
+        # ready shards, claim directories and the root, held open: a message is then reached
+        # by a lookup of its name, not a walk of its path (a round trip per component on NFS)
+        self._dirs = DirFds()
         # claim-side caches
         self._listing: list[collections.deque[str]] = [collections.deque() for _ in range(self.shards)]
         self._heads: list[tuple[str, int]] = []
@@ -232,6 +238,7 @@ class SpoolQueue:
         self._next_refresh = float("-inf")
         self._misses = 0
         self._spread = 1
+        self._walk: tuple[int, int] | None = None  # (shard, index) of a contended claimer's walk
         self._hits_since_miss = 0
         self._next_delayed_check = 0.0
         # claimed (the rename happened) but not readable yet: path -> (name, claimant)
@@ -352,10 +359,20 @@ class SpoolQueue:
             return name
         shard = self._put_shard
         self._put_shard = (shard + 1) % self.shards
-        publish_in(self._ready[shard], name, data, self.durability, self.fence)
+        self._publish(self._ready[shard], name, data)
         if priority > 0:
             self._touch_hint()
         return name
+
+    def _publish(self, directory: str, name: str, data: bytes) -> None:
+        try:
+            publish_in(directory, name, data, self.durability, self.fence, self._dirs.fd(directory))
+        except StorageError:
+            if not self._dirs.gone(directory):
+                raise
+            # the held descriptor names a directory removed (and maybe made again) since
+            self._dirs.forget(directory)
+            publish_in(directory, name, data, self.durability, self.fence, self._dirs.fd(directory))
 
     def _touch_hint(self) -> None:
         """Tell claimers a message may overtake what they have cached (checked every 0.1 s)."""
@@ -400,26 +417,29 @@ class SpoolQueue:
         return directory
 
     def _changed_since_listing(self, shard: int) -> bool:
+        directory = self._ready[shard]
+        fd = self._dirs.fd(directory)
         try:
-            st = os.stat(self._ready[shard])
+            st = os.stat(directory if fd is None else fd)
         except FileNotFoundError:
             return True
-        return (st.st_mtime_ns, st.st_ino) != self._dir_seen[shard]
+        # a held directory removed since (nlink 0) or replaced (another inode) shows as changed
+        return st.st_nlink == 0 or (st.st_mtime_ns, st.st_ino) != self._dir_seen[shard]
 
     def _relist(self, shard: int, now: float) -> None:
         directory = self._ready[shard]
         t0 = time.perf_counter()
         try:
-            # stat before listing: a change racing the listing then shows as "changed" next time
-            st = os.stat(directory)
+            st, names = self._stat_and_list(directory)
             self._dir_seen[shard] = (st.st_mtime_ns, st.st_ino)
-            names = [n for n in listdir(directory) if n[0] != "."]
         except FileNotFoundError:
+            self._dirs.forget(directory)
             perms.makedirs(directory)
             names = []
             self._dir_seen[shard] = None
         names.sort()
         self._listing[shard] = collections.deque(names)
+        self._walk = None
         self._listed_at[shard] = now
         # Keep re-listing all shards under ~2 % of the time: a deep queue (100k messages) is
         # re-listed less often, so its claim cost does not grow with its depth. Messages put
@@ -429,29 +449,75 @@ class SpoolQueue:
         self._heads = [(dq[0], s) for s, dq in enumerate(self._listing) if dq]
         heapq.heapify(self._heads)
 
+    def _stat_and_list(self, directory: str) -> tuple[os.stat_result, list[str]]:
+        """The attributes, then the names, of a ready shard: through its held descriptor
+        (no walk of its path) while that is still the shard's directory."""
+        fd = self._dirs.fd(directory)
+        if fd is not None:
+            try:
+                # stat before listing: a change racing the listing shows as "changed" next time
+                st = os.fstat(fd)
+                if st.st_nlink:
+                    return st, [n for n in os.listdir(fd) if n[0] != "."]
+            except OSError as e:
+                if e.errno != errno.ESTALE:
+                    raise
+            self._dirs.forget(directory)  # removed since it was opened, or its handle is stale
+        st = os.stat(directory)
+        return st, [n for n in listdir(directory) if n[0] != "."]
+
     def _pick(self) -> tuple[str, int] | None:
-        """Take the next candidate from the cached listings: a heap of each shard's head."""
+        """Take the next candidate from the cached listings: a heap of each shard's head;
+        under contention, a walk from a random place instead (`_pick_spread`)."""
         heads = self._heads
         if not heads:
             return None
-        if self._spread <= 1 or len(heads) == 1:
-            name, shard = heapq.heappop(heads)
-        else:
-            best = heapq.nsmallest(self._spread, heads)
-            rank = best[0][0][:5]
-            name, shard = entry = random.choice([h for h in best if h[0][:5] == rank])
-            heads.remove(entry)
-            heapq.heapify(heads)
+        if self._spread > 1:
+            return self._pick_spread(heads)
+        name, shard = heapq.heappop(heads)
         dq = self._listing[shard]
         dq.popleft()
         if dq:
             heapq.heappush(heads, (dq[0], shard))
         return name, shard
 
+    def _pick_spread(self, heads: list[tuple[str, int]]) -> tuple[str, int]:
+        """Contended (this claimer lost renames lately): walk on through one shard's listing
+        from a random place among its first `_spread` names of the best priority, and jump
+        to another after a loss. Claimers that all take the heads collide, and each one's
+        cached listing goes stale with what the others took; walkers apart from each other
+        mostly take names nobody else tried. Order within a priority is kept only roughly,
+        over the window of `_spread` names."""
+        rank = heads[0][0][:5]
+        walk = self._walk
+        if walk is not None and walk[1] < len(self._listing[walk[0]]):
+            shard, i = walk
+        else:
+            shard = random.choice([s for n, s in heads if n[:5] == rank])
+            i = random.randrange(min(len(self._listing[shard]), self._spread))
+        dq = self._listing[shard]
+        if dq[i][:5] != rank:
+            shard, i = heads[0][1], 0  # past the best priority here: back to the best head
+            dq = self._listing[shard]
+        name = dq[i]
+        if i:
+            del dq[i]
+        else:
+            heads.remove((name, shard))
+            heapq.heapify(heads)
+            dq.popleft()
+            if dq:
+                heapq.heappush(heads, (dq[0], shard))
+        self._walk = (shard, i)
+        return name, shard
+
     def _note_miss(self, shard: int, now: float) -> None:
+        self._walk = None
         self._misses += 1
         self._hits_since_miss = 0
-        self._spread = min(self.shards, self._spread + 1)
+        # doubled on a lost race, narrowed by one after 16 wins in a row: the spread settles
+        # where a claimer loses about one rename in 16 x spread
+        self._spread = min(_MAX_SPREAD, max(self._spread * 2, 16))
         if self._misses >= _MISSES_BEFORE_RELIST:
             self._misses = 0
             self._relist(shard, now)
@@ -474,7 +540,8 @@ class SpoolQueue:
             self._next_delayed_check = now + _DELAYED_CHECK_INTERVAL
             self.promote_due()
             try:
-                st = os.stat(self._hint)
+                root_fd = self._dirs.fd(self.root)
+                st = os.stat(self._hint) if root_fd is None else os.stat(PRIORITY_HINT, dir_fd=root_fd)
                 hint = (st.st_ino, st.st_mtime_ns)
             except FileNotFoundError:
                 hint = None
@@ -508,21 +575,24 @@ class SpoolQueue:
             dst = f"{claim_dir}/{name}"
             if self.fence is not None:
                 self.fence()
+            ready, claim_fd = self._ready[shard], self._dirs.fd(claim_dir)
             try:
                 # RACE: another claimer may rename it first; a reply lost on NFS is told apart
                 # by our own destination (`fsops.take`).
-                won = take(f"{self._ready[shard]}/{name}", dst)
+                won = take(f"{ready}/{name}", dst, self._dirs.fd(ready), claim_fd)
             except OSError as e:
-                raise StorageError.from_os("claim", f"{self._ready[shard]}/{name}", e) from e
+                self._dirs.forget_all()  # a handle went stale: the next claim opens them afresh
+                raise StorageError.from_os("claim", f"{ready}/{name}", e) from e
             if not won:
-                if not os.path.isdir(claim_dir):
+                if self._dirs.gone(claim_dir):
+                    self._dirs.forget(claim_dir)
                     perms.makedirs(claim_dir)  # a sweeper removed it: we were judged dead
                 self._note_miss(shard, now)
                 continue
             self._misses = 0
             if self._spread > 1:
                 self._note_hit()
-            msg = self._load(dst, name, worker, claimed_now=True)
+            msg = self._load(dst, name, worker, claimed_now=True, dir_fd=claim_fd)
             if msg is not None:
                 out.append(msg)
         return out
@@ -541,19 +611,22 @@ class SpoolQueue:
                 out.append(msg)
         return out
 
-    def _load(self, path: str, name: str, worker: str, *, claimed_now: bool = False) -> Message | None:
+    def _load(
+        self, path: str, name: str, worker: str, *, claimed_now: bool = False, dir_fd: int | None = None
+    ) -> Message | None:
         """The message at `path`; None if it is gone or poison (then quarantined).
 
         Parameters:
             claimed_now: this object just claimed it: if the server lists it although it
                 cannot be read yet, keep it for a later claim (`_unread`).
+            dir_fd: a held descriptor of its directory (it is opened relative to it).
         """
         attempt = _attempt_of(name)
         if attempt < 0:
             self.quarantine(path, f"malformed message name {name!r}")
             return None
         try:
-            data = read_bytes(path, self.max_message_bytes)
+            data = read_bytes(path, self.max_message_bytes, dir_fd=dir_fd)
         except FileNotFoundError:
             # RACE: reaped by a sweeper that judged us dead (it is back in ready/), or (NFS)
             # our lookup answered from a negative cache entry, made a moment ago when the
@@ -580,8 +653,13 @@ class SpoolQueue:
     # ------------------------------------------------------- settle a message
     def ack(self, msg: Message) -> bool:
         """Remove a processed message. False if it was no longer ours (reaped meanwhile)."""
+        claim_dir = self._claim_dirs.get(msg.worker)
+        fd = self._dirs.fd(claim_dir) if claim_dir and msg.path == f"{claim_dir}/{msg.name}" else None
         try:
-            os.unlink(msg.path)
+            if fd is None:
+                os.unlink(msg.path)
+            else:
+                os.unlink(msg.name, dir_fd=fd)
             return True
         except FileNotFoundError:
             return False  # RACE: a sweeper reaped it after judging the claimant dead
@@ -706,6 +784,7 @@ class SpoolQueue:
             os.rmdir(f"{self._claimed_root}/{check_component(worker, 'worker id')}")
         except OSError:
             pass  # RACE: not empty after all (it is alive and claimed again)
+        self._dirs.forget(f"{self._claimed_root}/{worker}")
         self._claim_dirs.pop(worker, None)
 
     def reap(self, worker: str) -> list[str]:
@@ -730,6 +809,7 @@ class SpoolQueue:
             os.rmdir(directory)
         except OSError:
             pass  # RACE: the worker is alive after all and claimed again; leave its directory
+        self._dirs.forget(directory)
         self._claim_dirs.pop(worker, None)
         return requeued
 

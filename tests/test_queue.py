@@ -162,8 +162,8 @@ def test_lost_nfs_rename_reply_still_counts_as_claimed(home: Home, monkeypatch):
     q.put("once")
     real_rename = os.rename
 
-    def rename_then_lose_reply(src, dst):
-        real_rename(src, dst)
+    def rename_then_lose_reply(src, dst, **dir_fds):
+        real_rename(src, dst, **dir_fds)
         raise FileNotFoundError(2, "No such file or directory (retransmitted rename)")
 
     monkeypatch.setattr(queue_mod.os, "rename", rename_then_lose_reply)
@@ -257,3 +257,49 @@ def test_a_message_put_with_an_order_time_keeps_that_place(home: Home):
     assert [parse_name(n)[2] for n in q.ready_names()] == ["a2", "b"]  # service order
     with pytest.raises(ValueError, match="order_ns"):
         q.put("x", order_ns=12)
+
+
+def test_a_claimant_reaped_while_it_holds_its_directory_open_claims_again(fs_root):
+    """A queue object keeps its claim directory open (claims rename relative to it); a
+    sweeper that judged it dead removes that directory. Its next claims make the directory
+    again and lose nothing."""
+    home = Home.open(str(fs_root / "home"))
+    worker, sweeper = home.queue("q"), home.queue("q")
+    worker.put("a")
+    [m] = worker.claim("w")
+    assert sweeper.reap("w") and not os.path.exists(f"{sweeper.root}/claimed/w")
+    worker.put("b")
+    got: list = []
+    deadline = time.monotonic() + 5
+    while len(got) < 2 and time.monotonic() < deadline:  # "a" is back in a shard listed a while ago
+        got += worker.claim("w", 10)
+        time.sleep(0.05)
+    assert sorted(x.payload for x in got) == ["a", "b"]
+    assert all(worker.ack(x) for x in got)
+    assert not worker.ack(m)  # the first claim was reaped: no longer ours
+    assert worker.counts().claimed == {} and sweeper.claim("other", 10) == []
+
+
+def test_shard_directories_made_again_behind_held_descriptors_get_the_puts(fs_root):
+    """Puts and listings go through held descriptors of the ready shards; shards removed
+    and made again (by hand, or a repair) are the ones used next, not the removed ones."""
+    home = Home.open(str(fs_root / "home"))
+    q = home.queue("q")
+    for i in range(q.shards):
+        q.put(i)
+    assert len(q.claim("w", 100)) == q.shards  # every shard directory now held open
+    for directory in q._ready:
+        os.rmdir(directory)
+        os.mkdir(directory)
+    for i in range(40):
+        q.put(i)
+    other = home.queue("q")
+    assert sorted(m.payload for m in other.claim("v", 100)) == list(range(40))
+    for i in range(40, 50):
+        other.put(i)
+    deadline = time.monotonic() + 5
+    got: list[int] = []
+    while len(got) < 10 and time.monotonic() < deadline:
+        got += [m.payload for m in q.claim("w", 100)]
+        time.sleep(0.05)
+    assert sorted(got) == list(range(40, 50))
