@@ -109,6 +109,10 @@ def test_a_worker_in_a_slurm_job_names_itself_takes_the_jobs_gpus_and_exits_when
     assert {v.output["gpu"] for v in Client(home).tasks(wf)} <= {"1", "3"}  # the job's GPUs, one each
     doctor = cli("doctor", home=home.root).stdout
     assert "worker slurm-70_3-gpu-node-7" in doctor and "Slurm job 70_3 on gpu-node-7" in doctor
+    listed = cli("ls", "--workers", home=home.root).stdout
+    assert "slurm-70_3-gpu-node-7" in listed and "Slurm job 70_3 on gpu-node-7" in listed
+    [row] = json.loads(cli("ls", "--workers", "--json", home=home.root).stdout)
+    assert row["slurm"] == {"job": "70_3", "node": "gpu-node-7"} and row["queues"] == ["default"]
     t0 = time.monotonic()
     assert worker.wait(30) == 0, (tmp_path / "worker.log").read_text()[-2000:]
     assert time.monotonic() - t0 < 10  # about --idle-exit after the last task

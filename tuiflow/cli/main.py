@@ -181,12 +181,18 @@ def submit(
 def ls_(
     ctx: typer.Context,
     state: str | None = typer.Option(None, "--state", help="Only workflows in this state."),
+    workers: bool = typer.Option(
+        False, "--workers", help="List the workers instead (host or Slurm job and node, queues, running)."
+    ),
     home: str | None = HomeOpt,
     json_out: bool = JsonOpt,
 ) -> None:
-    """List workflows, newest first."""
+    """List workflows, newest first (with --workers: the workers)."""
     from tuiflow.engine.client import Client
 
+    if workers:
+        _ls_workers(Client(_home(home, ctx)), json_out)
+        return
     items = Client(_home(home, ctx)).list(state)
     if json_out:
         _emit_json(items)
@@ -209,6 +215,35 @@ def ls_(
             _state(s.get("state", "")),
             f"{done}/{total}",
             fmt_age(now - s.get("created_at", now)),
+        )
+    out.print(table)
+
+
+def _ls_workers(client: Any, json_out: bool) -> None:
+    items = client.workers()
+    if json_out:
+        _emit_json(items)
+        return
+    if not items:
+        out.print("no workers")
+        return
+    table = Table(box=None, header_style="bold")
+    # ids and places are what a user greps for: never cut; the queue list may wrap
+    for col in ("ID", "STATE", "WHERE"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("QUEUES")
+    table.add_column("RUN", justify="right")
+    table.add_column("SEEN", no_wrap=True)
+    for w in items:
+        slurm = w.get("slurm")
+        where = f"Slurm job {slurm.get('job')} on {slurm.get('node')}" if slurm else w.get("host", "")
+        table.add_row(
+            user_text(w["id"]),
+            _state("dead" if w["dead"] else "alive"),
+            user_text(str(where)),
+            user_text(", ".join(w.get("queues", []))),
+            str(len(w.get("running", []))),
+            f"{fmt_age(w['heartbeat_age'])} ago" if w.get("heartbeat_age") is not None else "-",
         )
     out.print(table)
 
