@@ -295,13 +295,18 @@ def main() -> None:
             r.update(big(Home.open(f"{base}/big", settings=settings), args.big, base))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    if args.json:
+    report("engine benchmark", r, as_json=args.json)
+
+
+def report(title: str, r: dict, *, as_json: bool) -> None:
+    """Print a benchmark's figures: one JSON line, or a table."""
+    if as_json:
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="engine benchmark")
+    table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
     for k, v in r.items():

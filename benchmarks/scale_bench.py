@@ -23,7 +23,6 @@ claim; state write <= 100 ms and coordinator RSS <= 500 MB at 100,000 tasks.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import shutil
 import statistics
@@ -181,18 +180,7 @@ def main() -> None:
             r.update(engine_bench.big(Home.open(f"{base}/big"), args.big, base))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    if args.json:
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="scale benchmark")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for k, v in r.items():
-        table.add_row(k, f"{v:,.3f}" if isinstance(v, float) else f"{v:,}")
-    Console().print(table)
+    engine_bench.report("scale benchmark", r, as_json=args.json)
 
 
 if __name__ == "__main__":
