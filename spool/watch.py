@@ -37,6 +37,8 @@ from collections.abc import Iterable, Sequence
 
 from watchfiles._rust_notify import RustNotify  # watchfiles' documented low-level API
 
+from .dirfds import DirFds
+
 #: Filesystem types whose changes made on other machines raise no local inotify event.
 REMOTE_FS_TYPES = frozenset(
     {
@@ -104,10 +106,20 @@ def resolve_mode(paths: Iterable[str], mode: str = "auto") -> str:
     return "poll" if any(needs_polling(p, mounts) for p in paths) else "events"
 
 
-def _signature(path: str) -> tuple[int, int, int, int] | None:
+def _signature(path: str, dirs: DirFds | None = None) -> tuple[int, int, int, int] | None:
+    """What changes when `path` does. With `dirs`, a directory is looked at through its
+    held descriptor (an fstat, no walk of its path: each component of a walk is a round
+    trip on NFS without an attribute cache) while that is still the directory there."""
+    fd = dirs.fd(path) if dirs is not None else None
     try:
-        st = os.stat(path)
+        st = None if fd is None else os.fstat(fd)
+        if st is None or not st.st_nlink:
+            if fd is not None:
+                dirs.forget(path)  # removed since it was opened: look at what is there now
+            st = os.stat(path)
     except OSError:
+        if fd is not None:
+            dirs.forget(path)  # a stale handle (NFS): opened afresh next time
         return None
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
 
@@ -153,6 +165,7 @@ class ChangeWaiter:
         self._notify: RustNotify | None = None
         self._inotify: _Inotify | None = None
         self._signatures: list[tuple[int, int, int, int] | None] = []
+        self._dirs: DirFds | None = None  # poll mode: the watched directories, held open
         #: after `wait`: which of its `fds` were readable when it returned, where the wait
         #: knows (None: not known, look). A loop that follows many descriptors saves a
         #: look at each of them per wake.
@@ -164,7 +177,9 @@ class ChangeWaiter:
             else:
                 self._notify = RustNotify(self.paths, False, False, 0, recursive, True)
         else:
-            self._signatures = [_signature(p) for p in self.paths]
+            self._dirs = DirFds()
+            self._polled = [(p, self._dirs if os.path.isdir(p) else None) for p in self.paths]
+            self._signatures = [_signature(p, dirs) for p, dirs in self._polled]
 
     def wait(self, timeout: float | None, fds: Sequence[int] = ()) -> bool:
         """Block until a change, a readable fd in `fds`, or `timeout` seconds (None: forever);
@@ -207,7 +222,7 @@ class ChangeWaiter:
         while True:
             if self._stop.is_set():
                 return self._woken()
-            current = [_signature(p) for p in self.paths]
+            current = [_signature(p, dirs) for p, dirs in self._polled]
             if current != self._signatures:
                 self._signatures = current
                 return True
@@ -250,6 +265,8 @@ class ChangeWaiter:
                 pass  # a wait() in another thread is using it; it sees the stop event and returns
         if self._inotify is not None:
             self._inotify.close()
+        if self._dirs is not None:
+            self._dirs.close()
 
     def __enter__(self) -> ChangeWaiter:
         return self

@@ -134,3 +134,18 @@ def test_polling_sees_writes_on_fuse(fuse_root, actors):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot watch"):
         ChangeWaiter([str(tmp_path / "nope")])
+
+
+def test_polling_a_directory_made_again_sees_arrivals_in_the_new_one(tmp_path):
+    """Poll mode looks at a watched directory through a held descriptor; once that
+    directory is removed and made again, what arrives in the new one still wakes it."""
+    watched = tmp_path / "ready"
+    watched.mkdir()
+    with ChangeWaiter([str(watched)], mode="poll", poll_interval=0.02) as waiter:
+        watched.rmdir()
+        watched.mkdir()
+        assert waiter.wait(timeout=5) is True  # the directory itself changed
+        assert waiter.wait(timeout=0.2) is False  # and is now quiet
+        (watched / "msg").write_text("x")
+        assert waiter.wait(timeout=5) is True
+        assert waiter.wait(timeout=0.2) is False
