@@ -217,6 +217,7 @@ class SpoolQueue:
         self.listing_ttl = listing_ttl
         self.shards = self._open_layout(shards)
         self._ready = [f"{root}/{READY_DIR}/{s:02x}" for s in range(self.shards)]
+        self._ready_set = frozenset(self._ready)
         self._claimed_root = f"{root}/{CLAIMED_DIR}"
         self._delayed = f"{root}/{DELAYED_DIR}"
         self._dead = f"{root}/{DEAD_DIR}"
@@ -244,6 +245,9 @@ class SpoolQueue:
         # claimed (the rename happened) but not readable yet: path -> (name, claimant)
         self._unread: dict[str, tuple[str, str]] = {}
         self._next_unread_check = 0.0
+        self._delayed_seen_dir: tuple[int, int] | None = None  # delayed/'s times at its last listing
+        self._delayed_names: list[str] = []
+        self._delayed_listed_at = float("-inf")
         self._delayed_seen: dict[str, float] = {}  # delayed entry -> when its age started (monotonic)
         #: called right before every rename or publication this object makes; a holder of
         #: the coordinator lease sets it, so that once deposed it moves no message
@@ -723,6 +727,32 @@ class SpoolQueue:
             del seen[gone]
         return out
 
+    def _delayed_entries(self, now: float) -> list[str]:
+        """The names in delayed/, listed again only when the directory changed (an fstat of
+        its held descriptor: claimers look every 0.1 s, and on NFS a listing by path is a
+        walk, an open, a read and a close), and at least every `listing_ttl` (a change in
+        the same clock tick as the last listing leaves the times as they were).
+
+        Raises FileNotFoundError if there is no delayed/ directory."""
+        directory = self._delayed
+        fd = self._dirs.fd(directory)
+        if fd is not None:
+            try:
+                st = os.fstat(fd)
+                if st.st_nlink:
+                    seen = (st.st_mtime_ns, st.st_ctime_ns)
+                    if seen == self._delayed_seen_dir and now - self._delayed_listed_at < self.listing_ttl:
+                        return self._delayed_names
+                    self._delayed_names = os.listdir(fd)
+                    self._delayed_seen_dir, self._delayed_listed_at = seen, now
+                    return self._delayed_names
+            except OSError as e:
+                if e.errno != errno.ESTALE:
+                    raise
+            self._dirs.forget(directory)  # removed since it was opened, or a stale handle
+        self._delayed_seen_dir = None
+        return listdir(directory)
+
     def promote_due(self, now: float | None = None) -> int:
         """Move delayed messages whose delay has passed into ready/; returns how many moved.
 
@@ -737,7 +767,7 @@ class SpoolQueue:
         """
         now = time.monotonic() if now is None else now
         try:
-            entries = listdir(self._delayed)
+            entries = self._delayed_entries(now)
         except FileNotFoundError:
             return 0
         moved = 0
@@ -753,7 +783,7 @@ class SpoolQueue:
         """Seconds until the earliest delayed message is due (0 if overdue), None if none waits."""
         now = time.monotonic()
         try:
-            dues = [due_in for _, _, due_in in self._delayed_due(listdir(self._delayed), now)]
+            dues = [due_in for _, _, due_in in self._delayed_due(self._delayed_entries(now), now)]
         except FileNotFoundError:
             return None
         if not dues:
@@ -918,7 +948,7 @@ class SpoolQueue:
                 list returned is then empty): a deep queue's payloads are never all in memory.
         """
         want = set(ids)
-        places = [(d, n) for d in self._ready for n in _listdir(d)]
+        places = [(d, n) for d in self._ready for n in self._shard_names(d)]
         places += [(self._delayed, n) for n in _listdir(self._delayed)]
         for worker, names in self.claimed().items():
             places += [(f"{self._claimed_root}/{worker}", n) for n in names]
@@ -929,7 +959,8 @@ class SpoolQueue:
             if parsed is None or parsed[2] not in want:
                 continue
             try:
-                obj = msgpack.unpackb(read_bytes(f"{directory}/{name}", self.max_message_bytes))
+                held = self._dirs.fd(directory) if directory in self._ready_set else None
+                obj = msgpack.unpackb(read_bytes(f"{directory}/{name}", self.max_message_bytes, dir_fd=held))
             except FileNotFoundError:
                 complete = False
                 continue
@@ -943,18 +974,20 @@ class SpoolQueue:
         return out, complete
 
     def ready_names(self) -> list[str]:
-        names = []
-        for directory in self._ready:
-            try:
-                names.extend(n for n in listdir(directory) if n[0] != ".")
-            except FileNotFoundError:
-                continue
-        return sorted(names)
+        return sorted(n for d in self._ready for n in self._shard_names(d))
+
+    def _shard_names(self, directory: str) -> list[str]:
+        """The message names in a ready shard (none if it is missing), listed through its
+        held descriptor: sweepers and dashboards list every shard often."""
+        try:
+            return self._stat_and_list(directory)[1]
+        except FileNotFoundError:
+            return []
 
     def counts(self) -> QueueCounts:
         """Depths by state, in items (a multi-item message counts as its items); costs one
         listing of every directory (use for dashboards, not hot paths)."""
-        ready = sum(_count(_listdir(d)) for d in self._ready)
+        ready = sum(_count(self._shard_names(d)) for d in self._ready)
         delayed = _count(_listdir(self._delayed))
         dead = _count(n for n in _listdir(self._dead) if not n.endswith(REASON_SUFFIX))
         claimed = {w: _count(ns) for w, ns in self.claimed().items()}
