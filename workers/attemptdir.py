@@ -55,7 +55,7 @@ import time
 from types import TracebackType
 
 from spool import layout, perms
-from spool.fsops import listdir, retry_stale
+from spool.fsops import retry_stale
 from spool.names import check_component
 from workers.errors import UnsafePathError
 from workers.logcap import CappedLog
@@ -289,10 +289,13 @@ class AttemptDir:
             try:
                 fd = open_file(self.fd, name, path, os.O_RDONLY)
             except FileNotFoundError:
-                # Listed by path, not by descriptor (listdir(fd) costs 3 more syscalls, dup
-                # fcntl and lseek, on every task that writes no output): the names only
-                # decide whether to wait, nothing is opened through them.
-                if wait_visible <= 0 or name not in listdir(self.path):
+                # Listed through the directory's descriptor: a listing by path walks every
+                # component of it first (a round trip each on NFS without an attribute
+                # cache), on every task that writes no output; the descriptor's costs are
+                # local (dup, fcntl, lseek). The names only decide whether to wait.
+                if wait_visible <= 0 or name not in retry_stale(
+                    lambda: os.listdir(self.fd), "list", self.path
+                ):
                     return None
                 if time.monotonic() >= deadline:
                     raise FileNotFoundError(
