@@ -42,4 +42,26 @@ def user_text(value: Any, style: str = "", *, multiline: bool = False) -> Text:
     return Text(safe_text(value, multiline=multiline), style=style)
 
 
-__all__ = ["SafeConsole", "user_text"]
+def columns(headers: list[str], rows: list[list[Text]]) -> Text:
+    """`rows` under `headers`, left-aligned in columns two spaces apart, as one `Text`.
+
+    What `ls` prints for a home of a thousand workflows: a Rich `Table` measures and lays
+    out every cell (1.8 s for 1,000 rows here), this pads each cell once (ms). Nothing is
+    cut: a line wider than the terminal runs on, as `ls -l` and `squeue` do."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, cell.cell_len) for w, cell in zip(widths, row, strict=True)]
+    out = Text()
+    out.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(), style="bold")
+    for row in rows:
+        out.append("\n")
+        for k, (cell, width) in enumerate(zip(row, widths, strict=True)):
+            if k:
+                out.append("  ")
+            out.append_text(cell)
+            if k < len(row) - 1:
+                out.append(" " * (width - cell.cell_len))
+    return out
+
+
+__all__ = ["SafeConsole", "columns", "user_text"]

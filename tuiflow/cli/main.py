@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 from analyzer.fmt import fmt_age, fmt_seconds, safe_text, state_style
 from spool import Home, LeaseHeldError, layout
 from tuiflow import __version__
-from tuiflow.cli.console import SafeConsole, user_text
+from tuiflow.cli.console import SafeConsole, columns, user_text
 from tuiflow.cli.exits import EXIT_FAILED, EXIT_OK, BadOption, exit_code, user_errors
 from tuiflow.errors import NotFound
 from workers.models.merging import DEFAULT_MERGE_MAX
@@ -200,23 +200,23 @@ def ls_(
     if not items:
         out.print(user_text("no workflows" + (f" in state {state}" if state else "")))
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("ID", "NAME", "STATE", "DONE", "AGE"):
-        table.add_column(col)
     now = time.time()
+    rows = []
     for s in items:
         counts, total = s.get("counts", {}), s.get("total", 0)
         done = sum(
             counts.get(k, 0) for k in ("completed", "failed", "skipped", "upstream_failed", "cancelled")
         )
-        table.add_row(
-            user_text(s.get("id", "")),
-            user_text(s.get("name", "")),
-            _state(s.get("state", "")),
-            f"{done}/{total}",
-            fmt_age(now - s.get("created_at", now)),
+        rows.append(
+            [
+                user_text(s.get("id", "")),
+                user_text(s.get("name", "")),
+                _state(s.get("state", "")),
+                Text(f"{done}/{total}"),
+                Text(fmt_age(now - s.get("created_at", now))),
+            ]
         )
-    out.print(table)
+    out.print(columns(["ID", "NAME", "STATE", "DONE", "AGE"], rows), soft_wrap=True)
 
 
 def _ls_workers(client: Any, json_out: bool) -> None:
