@@ -303,3 +303,19 @@ def test_shard_directories_made_again_behind_held_descriptors_get_the_puts(fs_ro
         got += [m.payload for m in q.claim("w", 100)]
         time.sleep(0.05)
     assert sorted(got) == list(range(40, 50))
+
+
+def test_a_contended_claimer_spreads_within_the_best_priority_only(home: Home):
+    """After lost renames a claimer picks from a window of names instead of the heads, but
+    never a lower priority while a higher one is listed; and it still gets every message."""
+    q = home.queue("q")
+    for i in range(200):
+        q.put(("low", i))
+    for i in range(100):
+        q.put(("high", i), priority=5)
+    claimer = home.queue("q")
+    claimer._spread = 256  # as after several lost renames
+    got = [m.payload for m in claimer.claim("w", 1000)]
+    assert [p[0] for p in got] == ["high"] * 100 + ["low"] * 200
+    assert sorted(i for kind, i in got if kind == "low") == list(range(200))
+    assert [i for kind, i in got if kind == "high"] != list(range(100))  # spread, not in order
