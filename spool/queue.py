@@ -525,6 +525,13 @@ class SpoolQueue:
         if self._misses >= _MISSES_BEFORE_RELIST:
             self._misses = 0
             self._relist(shard, now)
+            if not self._listing[shard]:
+                # That shard ran dry while we held a listing of it: the queue is draining
+                # under other claimers, and our listings of the other shards are as stale.
+                # Drop them; the next pick lists again the shards that changed.
+                for dq in self._listing:
+                    dq.clear()
+                self._heads = []
 
     def _note_hit(self) -> None:
         self._hits_since_miss += 1
