@@ -528,10 +528,12 @@ class SpoolQueue:
             if not self._listing[shard]:
                 # That shard ran dry while we held a listing of it: the queue is draining
                 # under other claimers, and our listings of the other shards are as stale.
-                # Drop them; the next pick lists again the shards that changed.
+                # Drop them, and what they were listed at, so that the next pick lists
+                # every shard again (not only those that changed since).
                 for dq in self._listing:
                     dq.clear()
                 self._heads = []
+                self._dir_seen = [None] * self.shards
 
     def _note_hit(self) -> None:
         self._hits_since_miss += 1

@@ -319,3 +319,19 @@ def test_a_contended_claimer_spreads_within_the_best_priority_only(home: Home):
     assert [p[0] for p in got] == ["high"] * 100 + ["low"] * 200
     assert sorted(i for kind, i in got if kind == "low") == list(range(200))
     assert [i for kind, i in got if kind == "high"] != list(range(100))  # spread, not in order
+
+
+def test_a_claimer_whose_shard_ran_dry_under_it_still_finds_the_other_shards_messages(home: Home):
+    """A lost rename in a shard that then lists empty makes the claimer drop every cached
+    listing; the messages of shards that did not change since must still be claimed."""
+    q = home.queue("q")
+    q._put_shard = 0
+    q.put("first")  # shard 0
+    q._put_shard = 1
+    q.put("second")  # shard 1
+    late = home.queue("q")
+    assert late.claim("a", 0) == []  # lists both shards, claims nothing
+    [m] = home.queue("q").claim("b", 1)
+    assert m.payload == "first"  # taken from under `late`'s listing of shard 0
+    [m] = late.claim("a", 1)  # loses "first", finds shard 0 dry, must still see shard 1
+    assert m.payload == "second"
