@@ -28,7 +28,7 @@ from workers.claims import Claim, WorkerQueues
 from workers.errors import WorkerConfigError
 from workers.executors import EXECUTORS, Executor, InlineExecutor, Outcome, Phase, TaskContext
 from workers.markers import StopMarkers
-from workers.outbox import FLUSH_DELAY, FLUSH_MAX, STARTED_DELAY, Outbox
+from workers.outbox import BACKLOG_FLUSH_DELAY, FLUSH_DELAY, FLUSH_MAX, STARTED_DELAY, Outbox
 from workers.runner import AttemptRunner
 from workers.slots import SlotPool
 from workers.tracing import Telemetry
@@ -902,3 +902,19 @@ def test_a_missing_model_library_says_what_to_install():
 
     with pytest.raises(MissingDependency, match=r"pip install 'tuiflow\[diffusers\]'.*no_such_library"):
         require("diffusers", "json", "no_such_library")
+
+
+def test_final_events_wait_longer_while_tasks_of_a_bundle_wait_here(home):
+    """While the worker holds claimed tasks not yet started (its bundle's backlog), final
+    events wait up to BACKLOG_FLUSH_DELAY to share a message with theirs; once the backlog
+    is gone the usual FLUSH_DELAY applies again."""
+    box = Outbox(home.completions(), "w")
+    box.add(completed(0, 100.0))
+    assert not box.flush(running=True, backlog=True, now=100.0 + FLUSH_DELAY + 0.001)
+    box.add(completed(1, 100.05))
+    assert not box.flush(running=True, backlog=True, now=100.0 + BACKLOG_FLUSH_DELAY / 2)
+    assert box.flush(running=True, backlog=True, now=100.0 + BACKLOG_FLUSH_DELAY + 0.001)
+    assert home.completions().counts().ready == 1  # one message for both
+    assert [e["idx"] for e in published(home)] == [0, 1]
+    box.add(completed(2, 200.0))
+    assert box.flush(running=True, backlog=False, now=200.0 + FLUSH_DELAY + 0.001)

@@ -10,7 +10,12 @@ fewer messages:
   needs no separate one);
 * final events wait up to FLUSH_DELAY, or until FLUSH_MAX are queued, while other attempts
   still run here (to share a message); with nothing running, nobody gains from waiting (a
-  chain's next task needs this one's completion) and they go at once.
+  chain's next task needs this one's completion) and they go at once;
+* while tasks of a bundle this worker claimed still wait here to start, final events wait
+  up to BACKLOG_FLUSH_DELAY: those tasks end one after another, and on NFS a task takes
+  tens of milliseconds while each message costs the worker and the coordinator some 17
+  round trips (put, claim, read, ack). The tasks were bundled because they became ready
+  together; what waits for one of them alone waits at most that long more.
 
 A claimed message is acked only after the final events of all its tasks are published: a
 worker killed in between leaves the message claimed, the coordinator sees the heartbeat
@@ -34,6 +39,8 @@ log = logging.getLogger("workers.worker")  # the daemon's log, whichever part sp
 STARTED_DELAY = 0.05
 #: seconds final events wait to share a message while other attempts still run
 FLUSH_DELAY = 0.01
+#: seconds final events wait to share a message while tasks of a claimed bundle wait here
+BACKLOG_FLUSH_DELAY = 0.1
 #: events that make a batch go at once
 FLUSH_MAX = 64
 #: seconds before the first retry of a write that failed (a full disk), doubling up to RETRY_MAX
@@ -102,10 +109,13 @@ class Outbox:
             return None
         return FLUSH_DELAY if self._finals else STARTED_DELAY
 
-    def flush(self, *, running: bool, force: bool = False, now: float | None = None) -> bool:
+    def flush(
+        self, *, running: bool, backlog: bool = False, force: bool = False, now: float | None = None
+    ) -> bool:
         """Publish the queued events as one message if the policy says so (or `force`), then
-        ack the messages they settle. `running`: whether attempts still run here; `now`:
-        wall-clock seconds (default: the time). Returns True if it published.
+        ack the messages they settle. `running`: whether attempts still run here; `backlog`:
+        whether claimed tasks wait here to start; `now`: wall-clock seconds (default: the
+        time). Returns True if it published.
 
         A write that fails (`StorageError`: a full disk, a read-only or failing file
         system) loses nothing and raises nothing: the events and acks stay queued, in
@@ -121,7 +131,8 @@ class Outbox:
             age = (time.time() if now is None else now) - self.events[0].at
             if not self._finals and age < STARTED_DELAY:
                 return False
-            if running and age < FLUSH_DELAY and len(self.events) < FLUSH_MAX:
+            hold = BACKLOG_FLUSH_DELAY if backlog else FLUSH_DELAY if running else 0.0
+            if age < hold and len(self.events) < FLUSH_MAX:
                 return False
         events = self.events
         # A task that started and ended within one flush needs no separate "started".

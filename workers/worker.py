@@ -230,7 +230,7 @@ class Worker:
             # While the outbox cannot write (a full disk) new work would only pile up events
             # (and fail on the same disk): claim nothing until it can.
             claimed = 0 if self._drain or self.outbox.stalled else self._fill_slots()
-            self.outbox.flush(running=bool(runner.running))
+            self.outbox.flush(running=bool(runner.running), backlog=bool(slots.backlog))
             if self._drain and not runner.running:
                 log.info("worker %s drained: nothing runs; exiting", self.id)
                 return
