@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.engine import ROOT, cli, wait_for, write_wf
 
 from spool import Home
@@ -176,3 +177,71 @@ def test_a_slurm_jobs_environment_names_the_worker_and_its_gpus():
     assert slurm_gpus({"SLURM_STEP_GPUS": "1"}) == [1] and slurm_gpus({}) == []
     with pytest.raises(ValueError, match="give --gpus explicitly"):
         slurm_gpus({"CUDA_VISIBLE_DEVICES": "GPU-6f1e"})
+
+
+# ------------------------------------------------------------------ --follow
+@pytest.mark.parametrize(
+    ("waiting", "live", "starting", "slots", "most", "add"),
+    [
+        (0, 0, 0, 1, 4, 0),  # nothing waits
+        (10, 0, 0, 2, 3, 3),  # 5 wanted, 3 allowed
+        (10, 0, 0, 2, 8, 5),
+        (4, 1, 1, 2, 8, 0),  # live and starting workers take all 4
+        (5, 1, 1, 2, 8, 1),
+        (50, 3, 1, 1, 4, 0),  # at the most already
+    ],
+)
+def test_workers_to_add(waiting, live, starting, slots, most, add):
+    from tuiflow.cli.autoscale import Backlog, workers_to_add
+
+    assert workers_to_add(Backlog(waiting, live, starting), slots=slots, max_workers=most) == add
+
+
+FAKE_SBATCH = """#!/bin/bash
+# records the script; answers a job id; lists the job's array tasks as pending for squeue
+n=$(( $(cat "$FAKE/next" 2>/dev/null || echo 100) + 1 )); echo $n > "$FAKE/next"
+cat > "$FAKE/job-$n.sh"
+size=$(grep -o 'array=0-[0-9]*' "$FAKE/job-$n.sh" | cut -d- -f2)
+if [ -z "$size" ]; then echo "$n PENDING" >> "$FAKE/squeue.out"
+else for k in $(seq 0 "$size"); do echo "${n}_$k PENDING" >> "$FAKE/squeue.out"; done; fi
+echo "$n"
+"""
+FAKE_SQUEUE = """#!/bin/bash
+cat "$FAKE/squeue.out" 2>/dev/null; true
+"""
+
+
+def test_follow_submits_for_waiting_work_up_to_the_most_and_counts_jobs_not_started(tmp_path):
+    """`tuiflow slurm --follow` against stand-ins for sbatch and squeue: 10 items wait and
+    a worker takes 2, so it wants 5 workers and submits 3 (--max-workers), one array; while
+    they are pending it submits nothing more; once Slurm forgets them (they ran and left)
+    and the work still waits, it submits again; Ctrl-C stops it and it says so."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE)):
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    home = Home.open(tmp_path / "home")
+    q = home.queue("default")
+    for i in range(10):
+        q.put({"item": i})
+    env = {**os.environ, "FAKE": str(fake), "PATH": f"{fake}:{os.environ['PATH']}"}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "tuiflow", "slurm", "--home", home.root, "--follow", "--max-workers", "3",
+         "--interval", "0.2", "--slots", "2", "--idle-exit", "30"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for((fake / "job-101.sh").exists, timeout=30, what="the first submission")
+        time.sleep(1.0)  # five more looks: the three pending workers are counted
+        assert sorted(p.name for p in fake.glob("job-*.sh")) == ["job-101.sh"]
+        script = (fake / "job-101.sh").read_text()
+        assert "#SBATCH --array=0-2" in script and "--slots 2" in script and "--idle-exit 30" in script
+        (fake / "squeue.out").write_text("")  # they ran and left; the work is still there
+        wait_for((fake / "job-102.sh").exists, timeout=30, what="the second submission")
+    finally:
+        follower.send_signal(signal.SIGINT)
+        text, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0, text
+    assert "10 waiting, 0 live + 0 starting worker(s) of 2 slot(s) (max 3): submitted 3 as job 101" in text
+    assert "submitted 3 as job 102" in text and "stopped;" in text

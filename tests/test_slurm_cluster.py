@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,32 @@ def test_a_worker_job_nearing_its_time_limit_drains_and_ends_before_it(slurm, ho
     assert r.returncode == 0, r.stderr[-2000:]
     run = _wait_done(home, wf)
     assert run.state == "completed" and all(v.attempt == 0 for v in Client(home).tasks(wf))
+
+
+def test_follow_submits_workers_while_work_waits_and_no_more_than_the_most(slurm, home, tmp_path):
+    """`tuiflow slurm --follow` on a real Slurm: six one-GPU tasks wait, so it submits
+    workers (at most 2, the cluster's GPUs); squeue's word on its pending jobs keeps it from
+    submitting more while they start; the workflow completes on them; idle, they leave."""
+    tasks = "".join(
+        f"  - {{name: t{k}, gpus: 1, run: {json.dumps(REPORT.replace('SLEEP', '1'))}}}\n" for k in range(6)
+    )
+    wf = _submit(home, tmp_path, tasks)
+    wait_for(lambda: home.queue("default").counts().ready, timeout=30, what="tasks queued")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "tuiflow", "slurm", "--home", home.root, "--follow", "--max-workers", "2",
+         "--interval", "0.5", "--gpus-per-node", "1", "--idle-exit", "2", "--time", "10"],
+        cwd=ROOT, env={**os.environ, **slurm.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        run = _wait_done(home, wf)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        said, _ = follower.communicate(timeout=60)
+    assert run.state == "completed", said + _job_logs(home)
+    submitted = [
+        int(line.split("submitted ")[1].split()[0]) for line in said.splitlines() if "submitted" in line
+    ]
+    assert submitted and sum(submitted) <= 4, said  # never more than 2 live or starting at once
+    assert "squeue did not answer" not in said, said
+    workers = {v.output["worker"] for v in Client(home).tasks(wf)}
+    assert all(w.startswith("slurm-") for w in workers), workers

@@ -757,9 +757,19 @@ def slurm(
         None, "--profile", help="Site profile (YAML); default $TUIFLOW_SLURM_PROFILE, else <home>/slurm.yaml."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the batch script; submit nothing."),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        help="Keep going: every --interval, submit workers while work waits that live and starting "
+        "workers cannot take, up to --max-workers (workers leave by --idle-exit). Ctrl-C stops it.",
+    ),
+    max_workers: int = typer.Option(
+        4, "--max-workers", min=1, help="With --follow: live + starting workers at most."
+    ),
+    interval: float = typer.Option(30.0, "--interval", min=0.1, help="With --follow: seconds between looks."),
     home: str | None = HomeOpt,
 ) -> None:
-    """Submit workers as Slurm jobs (one job array); see docs/cluster.md."""
+    """Submit workers as Slurm jobs (one job array); with --follow, as work waits. See docs/cluster.md."""
     from tuiflow.cli.slurm import batch_script, find_profile, load_profile, submit
 
     h = _home(home, ctx, create=not dry_run)
@@ -768,12 +778,38 @@ def slurm(
         account=account, sbatch=sbatch, slots=slots, idle_exit=idle_exit, signal_lead=signal_lead,
         requeue=requeue,
     )  # fmt: skip
+    if follow:
+        _follow_slurm(h, queue, settings, max_workers=max_workers, interval=interval, dry_run=dry_run)
+        return
     script = batch_script(h.root, queue, workers, settings)
     if dry_run:
         out.print(script, end="", markup=False, highlight=False, soft_wrap=True)
         return
     job = submit(h.root, script)
     out.print(f"submitted job {job}" + (f" (array 0-{workers - 1})" if workers > 1 else ""))
+
+
+def _follow_slurm(h: Home, queues: list[str], settings: Any, **how: Any) -> None:
+    import threading
+
+    from tuiflow.cli.autoscale import Follower
+    from tuiflow.engine.client import Client
+
+    def say(text: str) -> None:
+        out.print(user_text(f"{time.strftime('%H:%M:%S')} {text}"), highlight=False, soft_wrap=True)
+
+    interval, dry_run = how.pop("interval"), how.pop("dry_run")
+    follower = Follower(Client(h), queues, settings, say=say, dry_run=dry_run, **how)
+    if dry_run:
+        follower.step()  # one look: what it would submit now
+        return
+    say(
+        f"following {', '.join(queues)}: at most {follower.max_workers} worker(s), a look every {interval:g} s"
+    )
+    try:
+        follower.run(interval, threading.Event())
+    except KeyboardInterrupt:
+        say(f"stopped; the {len(follower.jobs)} worker job(s) it knows of go on")
 
 
 @app.command()
