@@ -20,6 +20,8 @@ from __future__ import annotations
 import errno
 import os
 
+from .fsops import listdir
+
 _FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -92,4 +94,24 @@ class DirFds:
                 pass
 
 
-__all__ = ["DirFds"]
+def stat_and_list(dirs: DirFds, directory: str) -> tuple[os.stat_result, list[str]]:
+    """The attributes, then the names (but dot files), of `directory`: through its held
+    descriptor (no walk of its path) while that is still the directory there, else by path.
+    Stat first: a change racing the listing then shows as a change next time.
+
+    Raises FileNotFoundError if there is no such directory."""
+    fd = dirs.fd(directory)
+    if fd is not None:
+        try:
+            st = os.fstat(fd)
+            if st.st_nlink:
+                return st, [n for n in os.listdir(fd) if n[0] != "."]
+        except OSError as e:
+            if e.errno != errno.ESTALE:
+                raise
+        dirs.forget(directory)  # removed since it was opened, or its handle is stale
+    st = os.stat(directory)
+    return st, [n for n in listdir(directory) if n[0] != "."]
+
+
+__all__ = ["DirFds", "stat_and_list"]

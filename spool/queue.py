@@ -34,12 +34,12 @@ Protocol and races:
   rename succeeds. ENOENT means another claimer won, or (NFS) our rename succeeded and only
   its reply was lost: we check our own destination before giving up (R3).
 * Claimers keep a sorted listing of each shard and serve the oldest head of the best
-  priority; a listing is refreshed after `listing_ttl` seconds (longer for huge queues, so
-  re-listing stays ~2 % of the work), when every cached listing is exhausted, after 8
-  misses in a row, or within 0.1 s of a put with a raised priority (it touches
-  priority.hint, which claimers stat every 0.1 s). A claimer that keeps losing races to others picks
-  among the few oldest heads instead of the single oldest (FIFO to within the number of
-  contending claimers), which spreads claimers over shards instead of herding them.
+  priority (`spool.listings`): a listing is refreshed after `listing_ttl` seconds (longer
+  for huge queues), when every cached listing is exhausted, after a lost rename in its
+  shard, or within 0.1 s of a put with a raised priority (it touches priority.hint, which
+  claimers stat every 0.1 s). A claimer that loses races walks a window of the oldest
+  names of the best priority from a random place instead (FIFO to within that window),
+  which spreads claimers apart instead of herding them onto the same names.
 * ack: unlink the claimed file. nack: rename back to ready (or delayed) with attempt + 1.
   release: rename back to ready, attempt unchanged (it never ran). reap: a dead claimant's
   messages go back to ready with attempt + 1. Every transition is one rename, so a message
@@ -50,11 +50,9 @@ Protocol and races:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime as _dt
 import errno
-import heapq
 import itertools
 import json
 import logging
@@ -78,10 +76,11 @@ from .atomic import (
     read_bytes,
     write_temp,
 )
-from .dirfds import DirFds
+from .dirfds import DirFds, stat_and_list
 from .errors import CorruptRecordError, InvalidNameError, MessageTooLargeError, StorageError
 from .fsops import listdir, listed, take
 from .layout import CLAIMED_DIR, DEAD_DIR, DELAYED_DIR, PRIORITY_HINT, QUEUE_META, READY_DIR, REASON_SUFFIX
+from .listings import ShardListings
 from .names import check_component
 
 log = logging.getLogger("spool.queue")
@@ -89,8 +88,6 @@ log = logging.getLogger("spool.queue")
 QUEUE_FORMAT = 1
 MESSAGE_FORMAT = 1
 MIN_PRIORITY, MAX_PRIORITY = -32768, 32767
-_MISSES_BEFORE_RELIST = 1
-_MAX_SPREAD = 1024  # candidates a contended claimer picks among (same priority only)
 _DELAYED_CHECK_INTERVAL = 0.1
 _ID_RE = re.compile(r"[A-Za-z0-9_~=+@-]{1,100}\Z")
 _HEAD_LEN = 26  # "<rank:5>-<put_ns:19>-"
@@ -230,17 +227,7 @@ class SpoolQueue:
         # ready shards, claim directories and the root, held open: a message is then reached
         # by a lookup of its name, not a walk of its path (a round trip per component on NFS)
         self._dirs = DirFds()
-        # claim-side caches
-        self._listing: list[collections.deque[str]] = [collections.deque() for _ in range(self.shards)]
-        self._heads: list[tuple[str, int]] = []
-        self._listed_at = [float("-inf")] * self.shards
-        self._ttl = [listing_ttl] * self.shards
-        self._dir_seen: list[tuple[int, int] | None] = [None] * self.shards
-        self._next_refresh = float("-inf")
-        self._misses = 0
-        self._spread = 1
-        self._walk: tuple[int, int] | None = None  # (shard, index) of a contended claimer's walk
-        self._hits_since_miss = 0
+        self.listings = ShardListings(self._ready, self._dirs, listing_ttl)  # the claim side's
         self._next_delayed_check = 0.0
         # claimed (the rename happened) but not readable yet: path -> (name, claimant)
         self._unread: dict[str, tuple[str, str]] = {}
@@ -420,127 +407,6 @@ class SpoolQueue:
             self._claim_dirs[worker] = directory
         return directory
 
-    def _changed_since_listing(self, shard: int) -> bool:
-        directory = self._ready[shard]
-        fd = self._dirs.fd(directory)
-        try:
-            st = os.stat(directory if fd is None else fd)
-        except FileNotFoundError:
-            return True
-        # a held directory removed since (nlink 0) or replaced (another inode) shows as changed
-        return st.st_nlink == 0 or (st.st_mtime_ns, st.st_ino) != self._dir_seen[shard]
-
-    def _relist(self, shard: int, now: float) -> None:
-        directory = self._ready[shard]
-        t0 = time.perf_counter()
-        try:
-            st, names = self._stat_and_list(directory)
-            self._dir_seen[shard] = (st.st_mtime_ns, st.st_ino)
-        except FileNotFoundError:
-            self._dirs.forget(directory)
-            perms.makedirs(directory)
-            names = []
-            self._dir_seen[shard] = None
-        names.sort()
-        self._listing[shard] = collections.deque(names)
-        self._walk = None
-        self._listed_at[shard] = now
-        # Keep re-listing all shards under ~2 % of the time: a deep queue (100k messages) is
-        # re-listed less often, so its claim cost does not grow with its depth. Messages put
-        # with a raised priority do not wait for that: they touch the priority hint.
-        self._ttl[shard] = max(self.listing_ttl, 50 * self.shards * (time.perf_counter() - t0))
-        self._next_refresh = min(self._next_refresh, now + self._ttl[shard])
-        self._heads = [(dq[0], s) for s, dq in enumerate(self._listing) if dq]
-        heapq.heapify(self._heads)
-
-    def _stat_and_list(self, directory: str) -> tuple[os.stat_result, list[str]]:
-        """The attributes, then the names, of a ready shard: through its held descriptor
-        (no walk of its path) while that is still the shard's directory."""
-        fd = self._dirs.fd(directory)
-        if fd is not None:
-            try:
-                # stat before listing: a change racing the listing shows as "changed" next time
-                st = os.fstat(fd)
-                if st.st_nlink:
-                    return st, [n for n in os.listdir(fd) if n[0] != "."]
-            except OSError as e:
-                if e.errno != errno.ESTALE:
-                    raise
-            self._dirs.forget(directory)  # removed since it was opened, or its handle is stale
-        st = os.stat(directory)
-        return st, [n for n in listdir(directory) if n[0] != "."]
-
-    def _pick(self) -> tuple[str, int] | None:
-        """Take the next candidate from the cached listings: a heap of each shard's head;
-        under contention, a walk from a random place instead (`_pick_spread`)."""
-        heads = self._heads
-        if not heads:
-            return None
-        if self._spread > 1:
-            return self._pick_spread(heads)
-        name, shard = heapq.heappop(heads)
-        dq = self._listing[shard]
-        dq.popleft()
-        if dq:
-            heapq.heappush(heads, (dq[0], shard))
-        return name, shard
-
-    def _pick_spread(self, heads: list[tuple[str, int]]) -> tuple[str, int]:
-        """Contended (this claimer lost renames lately): walk on through one shard's listing
-        from a random place among its first `_spread` names of the best priority, and jump
-        to another after a loss. Claimers that all take the heads collide, and each one's
-        cached listing goes stale with what the others took; walkers apart from each other
-        mostly take names nobody else tried. Order within a priority is kept only roughly,
-        over the window of `_spread` names."""
-        rank = heads[0][0][:5]
-        walk = self._walk
-        if walk is not None and walk[1] < len(self._listing[walk[0]]):
-            shard, i = walk
-        else:
-            shard = random.choice([s for n, s in heads if n[:5] == rank])
-            i = random.randrange(min(len(self._listing[shard]), self._spread))
-        dq = self._listing[shard]
-        if dq[i][:5] != rank:
-            shard, i = heads[0][1], 0  # past the best priority here: back to the best head
-            dq = self._listing[shard]
-        name = dq[i]
-        if i:
-            del dq[i]
-        else:
-            heads.remove((name, shard))
-            heapq.heapify(heads)
-            dq.popleft()
-            if dq:
-                heapq.heappush(heads, (dq[0], shard))
-        self._walk = (shard, i)
-        return name, shard
-
-    def _note_miss(self, shard: int, now: float) -> None:
-        self._walk = None
-        self._misses += 1
-        self._hits_since_miss = 0
-        # doubled on a lost race, narrowed by one after 16 wins in a row: the spread settles
-        # where a claimer loses about one rename in 16 x spread
-        self._spread = min(_MAX_SPREAD, max(self._spread * 2, 16))
-        if self._misses >= _MISSES_BEFORE_RELIST:
-            self._misses = 0
-            self._relist(shard, now)
-            if not self._listing[shard]:
-                # That shard ran dry while we held a listing of it: the queue is draining
-                # under other claimers, and our listings of the other shards are as stale.
-                # Drop them, and what they were listed at, so that the next pick lists
-                # every shard again (not only those that changed since).
-                for dq in self._listing:
-                    dq.clear()
-                self._heads = []
-                self._dir_seen = [None] * self.shards
-
-    def _note_hit(self) -> None:
-        self._hits_since_miss += 1
-        if self._hits_since_miss >= 16:
-            self._spread -= 1
-            self._hits_since_miss = 0
-
     def claim(self, worker: str, max_n: int = 1) -> list[Message]:
         """Claim up to `max_n` messages for `worker`; returns them in service order.
 
@@ -560,29 +426,21 @@ class SpoolQueue:
                 hint = None
             if hint != self._hint_seen:
                 self._hint_seen = hint
-                self._next_refresh = float("-inf")
-                self._listed_at = [float("-inf")] * self.shards
-        if now >= self._next_refresh:
-            for shard in range(self.shards):
-                if now - self._listed_at[shard] > self._ttl[shard]:
-                    self._relist(shard, now)
-            self._next_refresh = min(at + ttl for at, ttl in zip(self._listed_at, self._ttl, strict=True))
+                self.listings.expire()
+        listings = self.listings
+        listings.refresh(now)
         out: list[Message] = []
         if self._unread and now >= self._next_unread_check:
             out = self._load_unread(worker, max_n)
             self._next_unread_check = now + _UNREAD_RETRY
         relisted_all = False
         while len(out) < max_n:
-            picked = self._pick()
+            picked = listings.pick()
             if picked is None:
                 if relisted_all:
                     break
                 relisted_all = True
-                for shard in range(self.shards):
-                    # An empty cache only needs a new listing if the directory changed since
-                    # the last one (a stat instead of a listing: idle claimers stay cheap).
-                    if self._changed_since_listing(shard):
-                        self._relist(shard, now)
+                listings.relist_changed(now)
                 continue
             name, shard = picked
             dst = f"{claim_dir}/{name}"
@@ -600,11 +458,9 @@ class SpoolQueue:
                 if self._dirs.gone(claim_dir):
                     self._dirs.forget(claim_dir)
                     perms.makedirs(claim_dir)  # a sweeper removed it: we were judged dead
-                self._note_miss(shard, now)
+                listings.lost(shard, now)
                 continue
-            self._misses = 0
-            if self._spread > 1:
-                self._note_hit()
+            listings.won()
             msg = self._load(dst, name, worker, claimed_now=True, dir_fd=claim_fd)
             if msg is not None:
                 out.append(msg)
@@ -989,7 +845,7 @@ class SpoolQueue:
         """The message names in a ready shard (none if it is missing), listed through its
         held descriptor: sweepers and dashboards list every shard often."""
         try:
-            return self._stat_and_list(directory)[1]
+            return stat_and_list(self._dirs, directory)[1]
         except FileNotFoundError:
             return []
 

@@ -314,7 +314,7 @@ def test_a_contended_claimer_spreads_within_the_best_priority_only(home: Home):
     for i in range(100):
         q.put(("high", i), priority=5)
     claimer = home.queue("q")
-    claimer._spread = 256  # as after several lost renames
+    claimer.listings.spread = 256  # as after several lost renames
     got = [m.payload for m in claimer.claim("w", 1000)]
     assert [p[0] for p in got] == ["high"] * 100 + ["low"] * 200
     assert sorted(i for kind, i in got if kind == "low") == list(range(200))
