@@ -948,6 +948,64 @@ def trace_analyze(
         out.print(result)
 
 
+@trace_app.command("slack")
+def trace_slack(
+    ctx: typer.Context,
+    wf: str = typer.Argument(..., help="Workflow id (or a unique prefix)."),
+    near: float = typer.Option(
+        0.1, "--near", min=0.0, max=1.0, help="Near-critical: slack below this fraction of the makespan."
+    ),
+    limit: int = typer.Option(40, "--limit", help="Most rows (0 = all)."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """How much later each task could have ended without delaying the workflow's end
+    (a forward and a backward pass over the actual DAG and times; docs/analyzer.md)."""
+    from analyzer.slack import slack
+    from analyzer.slackview import render_slack
+    from analyzer.trace import load_trace
+
+    report = slack(load_trace(_workflow_dir(ctx, home, wf)), near=near)
+    if json_out:
+        _emit_json(report.model_dump(mode="json"))
+    else:
+        out.print(render_slack(report, limit=limit))
+
+
+@trace_app.command("what-if")
+def trace_what_if(
+    ctx: typer.Context,
+    wf: str = typer.Argument(..., help="Workflow id (or a unique prefix)."),
+    task: list[str] = typer.Option([], "--task", "-t", help="A task to change (repeatable)."),
+    prefix: str | None = typer.Option(None, "--prefix", help="Change every task whose name starts so."),
+    executor: str | None = typer.Option(None, "--executor", help="Change every task of this executor."),
+    speedup: float | None = typer.Option(
+        None, "--speedup", min=0.001, help="Divide their durations by this."
+    ),
+    duration: float | None = typer.Option(None, "--duration", min=0.0, help="Give them this duration (s)."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """The makespan and critical path if some tasks ran faster, on the same DAG with the
+    same observed waits (docs/analyzer.md)."""
+    from analyzer.slack import select, what_if
+    from analyzer.slackview import render_what_if
+    from analyzer.trace import load_trace
+
+    if not (task or prefix or executor):
+        raise BadOption("say which tasks change: --task NAME, --prefix P or --executor E")
+    if (speedup is None) == (duration is None):
+        raise BadOption("say how they change: --speedup X or --duration SECONDS (one of them)")
+    trace = load_trace(_workflow_dir(ctx, home, wf))
+    chosen = select(trace, tasks=task, prefix=prefix, executor=executor)
+    change = (lambda d: d / speedup) if speedup is not None else (lambda d: duration)
+    result = what_if(trace, chosen, change)
+    if json_out:
+        _emit_json({**result.model_dump(mode="json"), "saved": result.saved})
+    else:
+        out.print(render_what_if(result))
+
+
 @trace_app.command("history")
 def trace_history(
     ctx: typer.Context,
