@@ -948,6 +948,37 @@ def trace_analyze(
         out.print(result)
 
 
+@trace_app.command("at")
+def trace_at(
+    ctx: typer.Context,
+    wf: str = typer.Argument(..., help="Workflow id (or a unique prefix)."),
+    when: str = typer.Argument(
+        ..., metavar="TIME", help="+12.5 or +1m30s after the start, 14:02:05 (UTC, as traces print), or ISO."
+    ),
+    limit: int = typer.Option(40, "--limit", help="Most rows (0 = all)."),
+    home: str | None = HomeOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """What every task was doing at one instant: running (where), queued (for how long),
+    pending (on which parents), retrying, or ended (docs/analyzer.md)."""
+    from analyzer.replay import parse_instant, replay
+    from analyzer.replayview import render_replay
+    from analyzer.trace import load_trace
+
+    trace = load_trace(_workflow_dir(ctx, home, wf))
+    if trace.start is None:
+        raise NotFound(f"workflow {wf} has no spans yet: nothing to replay")
+    try:
+        at = parse_instant(when, trace.start)
+    except ValueError as e:
+        raise BadOption(f"TIME: {e}") from None
+    snap = replay(trace, at)
+    if json_out:
+        _emit_json(snap.model_dump(mode="json"))
+    else:
+        out.print(render_replay(snap, limit=limit))
+
+
 @trace_app.command("slack")
 def trace_slack(
     ctx: typer.Context,
