@@ -129,7 +129,7 @@ def e2e_breakdown(trace: Trace) -> E2EBreakdown:
         retried_tasks=sum(1 for t in trace.tasks.values() if len(t.attempts) > 1),
         outcomes=dict(Counter(t.latest.outcome for t in trace.tasks.values()).most_common()),
         attempt_outcomes=dict(Counter(a.outcome for a in attempts).most_common()),
-        compute_total_seconds=sum(s.total_seconds for s in compute.values()),
+        compute_total_seconds=sum(a.compute_seconds for a in attempts),  # merged per attempt
         compute=compute,
         network=network,
         workers=_workers(attempts),

@@ -56,6 +56,7 @@ from .contract import (
 from .parallel import default_jobs, iter_files_parallel
 from .reader import ReadStats, SpanReader, attempt_dirs, gc_paused, read_assets, read_lineage, span_files
 from .records import AssetRow, LineageRow, SpanRecord
+from .stats import merged_length
 
 #: outcome of an attempt that ran to the end (ATTR_OUTCOME values, see the contract)
 COMPLETED = "completed"
@@ -98,7 +99,9 @@ class Attempt:
     #: other root spans written for this same (task, attempt) and dropped
     duplicates: int = 0
     #: summed durations of its descendants of kind compute / network, seconds
-    compute_seconds: float = 0.0
+    compute_seconds: float = 0.0  # the union of its compute spans: nested ones count once
+    compute_first_start: float = 0.0  # (while reading: the first compute span, kept for the union)
+    compute_first_end: float = 0.0
     network_seconds: float = 0.0
 
     @property
@@ -319,6 +322,9 @@ def build_trace(
     orphans: list[SpanRecord] = []
     lookup = owner.get
     std_kinds = _STD_KINDS
+    # an attempt's compute spans, by id(attempt), where it has more than one: a span inside
+    # another (a user's span inside `execute`) must count once (merged below)
+    compute_spans: dict[int, list[tuple[float, float]]] = {}
     for rec in spans:
         pid = rec.parent_id
         if pid is None:
@@ -341,12 +347,24 @@ def build_trace(
             d = rec.end - rec.start
             if d > 0.0:
                 if kind == _COMPUTE:
+                    if att.compute_seconds:
+                        ivs = compute_spans.get(id(att))
+                        if ivs is None:
+                            ivs = compute_spans[id(att)] = [(att.compute_first_start, att.compute_first_end)]
+                        ivs.append((rec.start, rec.end))
+                    else:
+                        att.compute_first_start, att.compute_first_end = rec.start, rec.end
                     att.compute_seconds += d
                 elif kind == _NETWORK:
                     att.network_seconds += d
         if name == READY_SPAN and (att.ready_end is None or rec.end > att.ready_end):
             att.ready_end = rec.end
 
+    if compute_spans:
+        for att in kept.values():
+            ivs = compute_spans.get(id(att))
+            if ivs is not None:
+                att.compute_seconds = merged_length(ivs)
     tasks: dict[str, TaskInfo] = {}
     for att in sorted(kept.values(), key=lambda a: (a.task, a.attempt)):
         tasks.setdefault(att.task, TaskInfo(att.task)).attempts.append(att)

@@ -470,3 +470,21 @@ def test_ready_at_zero_means_unknown_and_cancelled_while_queued_has_no_delay(tmp
     assert (q["a"].queuing_delay_seconds, q["a"].reason) == (None, "root task without ready_at")
     assert (q["b"].queuing_delay_seconds, q["b"].queue_wait_seconds) == (None, None)
     assert q["b"].reason == "latest attempt cancelled before it started"
+
+
+def test_compute_time_is_merged_not_summed_so_a_span_inside_execute_counts_once(tmp_path):
+    """A user's compute span inside `execute` (1.5-2.5 inside 1-3) adds nothing to the
+    attempt's compute time: 2 s, not 3; the worker's and the workflow's compute agree."""
+    wf = SyntheticWorkflow(tmp_path / "wf", "wf-m", "m")
+    wf.attempt(
+        "t",
+        start=0.5,
+        end=3.5,
+        children=[Child("execute", 1.0, 3.0, children=[Child("tokenize", 1.5, 2.5, kind="compute")])],
+    )
+    trace = load_trace(wf.dir)
+    assert trace.tasks["t"].latest.compute_seconds == pytest.approx(2.0)
+    e2e = e2e_breakdown(trace)
+    assert e2e.workers["w1"].compute_seconds == pytest.approx(2.0)
+    assert e2e.compute_total_seconds == pytest.approx(2.0)
+    assert e2e.compute["tokenize"].total_seconds == pytest.approx(1.0)  # each name keeps its own time
