@@ -294,11 +294,13 @@ def test_user_spans_follow_into_threads_and_subprocesses(tmp_path):
     execute = next(s for s in spans if s["name"] == c.EXECUTE_SPAN)
     outer = by_name["outer"]
     assert outer["context"]["trace_id"] == root["context"]["trace_id"]
-    assert outer["parent_id"] == root["context"]["span_id"]  # the worker's attempt span, via $TRACEPARENT
+    # the task's own spans are children of its `execute` span (via $TRACEPARENT), which is
+    # the attempt's: work inside execute is not counted twice
+    assert execute["parent_id"] == root["context"]["span_id"]
+    assert outer["parent_id"] == execute["context"]["span_id"]
     assert outer["attributes"][c.ATTR_KIND] == "compute" and outer["attributes"]["model"] == "tiny"
     assert by_name["in-thread"]["parent_id"] == outer["context"]["span_id"]
-    assert by_name["in-subprocess"]["parent_id"] == root["context"]["span_id"]
-    assert execute["parent_id"] == root["context"]["span_id"]
+    assert by_name["in-subprocess"]["parent_id"] == execute["context"]["span_id"]
 
 
 @pytest.mark.parametrize("worker_mode", ["thread", "process"])
@@ -343,7 +345,10 @@ def test_executor_loads_the_sdk_only_for_tasks_that_make_spans(tmp_path, worker_
     spans = trace_lines(home, status["id"])
     root = next(s for s in roots(spans) if s["attributes"][c.ATTR_TASK] == "raw")
     [raw] = [s for s in spans if s["name"] == "raw-api"]
-    assert raw["parent_id"] == root["context"]["span_id"]  # under the attempt, via $TRACEPARENT
+    [execute] = [
+        s for s in spans if s["name"] == c.EXECUTE_SPAN and s["parent_id"] == root["context"]["span_id"]
+    ]
+    assert raw["parent_id"] == execute["context"]["span_id"]  # under the attempt's execute, via $TRACEPARENT
     assert raw["context"]["trace_id"] == root["context"]["trace_id"]
     assert raw["_file"] == root["_file"] and raw["attributes"] == {"n": 1}
 
@@ -457,3 +462,28 @@ def test_otlp_exporter_sends_every_span_and_leaves_the_files_alone(tmp_path):
     producer = {k: v for k, v in on_disk.items() if v[0] != "user"}
     assert producer and producer.items() <= exported.items()
     assert {name for name, _ in exported.values()} >= {c.TASK_SPAN, c.WORKFLOW_SPAN, c.READY_SPAN}
+
+
+def test_the_spans_of_a_task_killed_at_its_timeout_still_have_their_execute_parent(tmp_path):
+    (tmp_path / "slowtasks.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+            import tuiflow
+
+            def slow():
+                with tuiflow.span("before the hang"):
+                    pass
+                time.sleep(30)
+            """
+        )
+    )
+    home, status = run_local(
+        tmp_path, "name: hang\ntasks:\n  - {name: t, call: 'slowtasks:slow', timeout: 1}\n", code=1
+    )
+    spans = trace_lines(home, status["id"])
+    [mine] = [s for s in spans if s["name"] == "before the hang"]
+    parents = {s["context"]["span_id"]: s for s in spans}
+    execute = parents[mine["parent_id"]]  # written although the task never finished
+    assert execute["name"] == c.EXECUTE_SPAN
+    assert parents[execute["parent_id"]]["name"] == c.TASK_SPAN

@@ -236,7 +236,7 @@ class AttemptSetup:
         elif inputs:
             # No dependency produced output: name them without writing a file.
             env["TUIFLOW_UPSTREAM"] = json.dumps(list(inputs))
-        env["TRACEPARENT"] = span.traceparent
+        env["TRACEPARENT"] = span.task_traceparent
         return env
 
     def conclude(self, a: Attempt, outcome: Outcome) -> Outcome:

@@ -52,6 +52,7 @@ from analyzer.contract import (
     ATTR_KIND,
     ATTR_TASK,
     ATTR_WORKFLOW_ID,
+    EXECUTE_SPAN,
     SPAN_KINDS,
     TASK_SPAN,
     WORKFLOW_SPAN,
@@ -344,6 +345,11 @@ class AttemptTrace:
         self.start = start
         self.trace_id = parent.trace_id if parent is not None else random.getrandbits(128) or 1
         self.span_id = random.getrandbits(64) or 1
+        #: the id of the `execute` phase, known before it runs: the task's own spans are its
+        #: children (`task_traceparent`), so that work inside execute is not counted twice
+        self.execute_id = random.getrandbits(64) or 1
+        self._execute_since: float | None = None  # when the task was given `task_traceparent`
+        self._execute_written = False
         self.trace_state = parent.trace_state if parent is not None else None
         self.phases: list[tuple[str, int, float, float, dict[str, Any]]] = []
         #: span events of the phases that have some, by the phase's span id
@@ -353,6 +359,14 @@ class AttemptTrace:
     @property
     def traceparent(self) -> str:
         return f"00-{self.trace_id:032x}-{self.span_id:016x}-01"
+
+    @property
+    def task_traceparent(self) -> str:
+        """The parent of the spans the task makes itself: its `execute` phase (written when
+        the executor reports it; at `end`, if it never does, from now to the end)."""
+        if self._execute_since is None:
+            self._execute_since = time.time()
+        return f"00-{self.trace_id:032x}-{self.execute_id:016x}-01"
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
@@ -372,13 +386,20 @@ class AttemptTrace:
         events (name, epoch seconds, attributes)."""
         kind = SPAN_KINDS.get(name)
         attributes = {ATTR_KIND: str(kind) if kind else str(attrs.pop("kind", "compute")), **attrs}
-        span_id = random.getrandbits(64) or 1
+        if name == EXECUTE_SPAN and not self._execute_written:
+            span_id, self._execute_written = self.execute_id, True
+        else:
+            span_id = random.getrandbits(64) or 1
         self.phases.append((name, span_id, start, max(end, start), attributes))
         if events:
             self.events[span_id] = tuple(Event(n, a or None, ns(at)) for n, at, a in events)
 
     def end(self, end: float) -> None:
         """Write every span of the attempt (and hand them to the other exporters)."""
+        if self._execute_since is not None and not self._execute_written:
+            # the task ran (it was given its spans' parent) but no execute phase came back
+            # (killed, timed out): its spans still get their parent
+            self.phase(EXECUTE_SPAN, self._execute_since, end)
         telemetry = self.telemetry
         try:
             text = self._render(max(end, self.start), _resource_json(telemetry.resource))
