@@ -236,7 +236,9 @@ class AttemptSetup:
         elif inputs:
             # No dependency produced output: name them without writing a file.
             env["TUIFLOW_UPSTREAM"] = json.dumps(list(inputs))
-        env["TRACEPARENT"] = span.task_traceparent
+        # The task's own code parents its spans on its execute span; a model executor runs
+        # none (its phases come back with the result, a merged batch's once for all)
+        env["TRACEPARENT"] = span.traceparent if task.executor in MODEL_EXECUTORS else span.task_traceparent
         return env
 
     def conclude(self, a: Attempt, outcome: Outcome) -> Outcome:

@@ -363,7 +363,8 @@ class AttemptTrace:
     @property
     def task_traceparent(self) -> str:
         """The parent of the spans the task makes itself: its `execute` phase (written when
-        the executor reports it; at `end`, if it never does, from now to the end)."""
+        the executor reports it; at `end` of a failed attempt, if it never did, from now
+        to the end)."""
         if self._execute_since is None:
             self._execute_since = time.time()
         return f"00-{self.trace_id:032x}-{self.execute_id:016x}-01"
@@ -396,9 +397,10 @@ class AttemptTrace:
 
     def end(self, end: float) -> None:
         """Write every span of the attempt (and hand them to the other exporters)."""
-        if self._execute_since is not None and not self._execute_written:
-            # the task ran (it was given its spans' parent) but no execute phase came back
-            # (killed, timed out): its spans still get their parent
+        if self._execute_since is not None and not self._execute_written and self.status is not _UNSET:
+            # the task ran (it was given its spans' parent) and failed with no execute phase
+            # reported (killed, timed out): its spans still get their parent. (A member of
+            # a merged batch completes without one: the batch's is written once, elsewhere.)
             self.phase(EXECUTE_SPAN, self._execute_since, end)
         telemetry = self.telemetry
         try:
