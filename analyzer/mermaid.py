@@ -69,19 +69,46 @@ def render_mermaid(trace: Trace, path: CriticalPath, *, direction: str = "LR") -
             if (parent, name) in path_edges:
                 critical_links.append(edge_index)
             edge_index += 1
-    lines.append("  classDef critical fill:#ffe3e3,stroke:#d62728,stroke-width:3px")
-    lines.append("  classDef failed fill:#eeeeee,stroke:#888888,stroke-dasharray:4 2")
-    lines.append("  classDef missing fill:#ffffff,stroke:#bbbbbb,stroke-dasharray:2 2")
-    failed = [ids[n] for n, i in trace.tasks.items() if not i.latest.ok and n not in on_path]
-    if failed:
-        lines.append(f"  class {','.join(failed)} failed")
+    lines.extend(f"  classDef {name} {style}" for name, style in _CLASSES.items())
+    # One class per node: its outcome's look, with the critical stroke when on the path
+    # (a failed or skipped task on the critical path still looks failed or skipped).
+    by_class: dict[str, list[str]] = {}
+    for name in [*on_path, *(n for n in trace.tasks if n not in on_path)]:
+        info = trace.tasks.get(name)
+        if info is None:
+            continue
+        look = _look(info.latest.outcome)
+        if name in on_path:
+            look = f"{look}_critical" if look else "critical"
+        if look:
+            by_class.setdefault(look, []).append(ids[name])
     if missing:
-        lines.append(f"  class {','.join(ids[n] for n in missing)} missing")
-    if on_path:
-        lines.append(f"  class {','.join(ids[n] for n in on_path)} critical")
+        by_class["missing"] = [ids[n] for n in missing]
+    for look, members in by_class.items():
+        lines.append(f"  class {','.join(members)} {look}")
     if critical_links:
         lines.append(f"  linkStyle {','.join(map(str, critical_links))} stroke:#d62728,stroke-width:3px")
     return "\n".join(lines) + "\n"
+
+
+_RED = "stroke:#d62728,stroke-width:3px"
+_CLASSES = {
+    "critical": f"fill:#ffe3e3,{_RED}",
+    "failed": "fill:#eeeeee,stroke:#888888,stroke-dasharray:4 2",
+    "failed_critical": f"fill:#eeeeee,{_RED},stroke-dasharray:4 2",
+    "skipped": "fill:#ffffff,stroke:#888888,stroke-dasharray:1 3",
+    "skipped_critical": f"fill:#ffffff,{_RED},stroke-dasharray:1 3",
+    "missing": "fill:#ffffff,stroke:#bbbbbb,stroke-dasharray:2 2",
+}
+#: outcomes of tasks that did not run (their spans are the coordinator's record of that)
+_NOT_RUN = {"skipped", "upstream_failed"}
+
+
+def _look(outcome: str) -> str:
+    """The class of a task's outcome: "" (completed), "skipped" or "failed"."""
+    if outcome == "completed":
+        return ""
+    return "skipped" if outcome in _NOT_RUN else "failed"
 
 
 def _escape(text: str) -> str:

@@ -146,7 +146,7 @@ def test_mermaid_escapes_names_and_draws_missing_and_failed(tmp_path):
     assert '"say #quot;hi#quot; #lt;now#gt;<br/>1.00 s"' in text
     assert '["ghost<br/>no spans"]' in text
     assert "class" in text and " missing" in text
-    assert "failed" in text.split("classDef failed")[1]
+    assert any(line.startswith("  class ") and line.endswith(" failed") for line in text.splitlines())
     assert trace.tasks["broken"].latest.outcome == "failed"
 
 
@@ -266,3 +266,24 @@ def test_rate_and_eta():
     assert fmt.rate_and_eta(5, 10, 0, 0, 110.0) == (None, None)  # not started
     assert fmt.rate_and_eta(5, 10, 100.0, 0, 110.0) == (0.5, 10.0)
     assert fmt.rate_and_eta(10, 10, 100.0, 120.0, 500.0) == (0.5, None)  # ended: the rate to its end
+
+
+def test_mermaid_a_failed_or_skipped_task_keeps_its_style_on_the_critical_path(tmp_path):
+    wf = SyntheticWorkflow(tmp_path / "wf", "wf-f", "f")
+    wf.attempt("a", start=0.0, end=1.0)
+    wf.attempt("b", start=1.0, end=5.0, depends_on=["a"], outcome="failed")
+    wf.attempt("c", start=1.0, end=2.0, depends_on=["a"])
+    text = render(analyze(load_trace(wf.dir)), "mermaid")
+    ids = {
+        label.split('["')[1].split("<br/>")[0]: label.split("[")[0].strip()
+        for label in text.splitlines()
+        if '["' in label
+    }
+    classes = {
+        line.split()[2]: line.split()[1].split(",")
+        for line in text.splitlines()
+        if line.startswith("  class ")
+    }
+    assert ids["b"] in classes["failed_critical"]  # on the path, and still drawn as failed
+    assert ids["a"] in classes["critical"] and ids["b"] not in classes["critical"]
+    assert ids["c"] not in [i for ids_ in classes.values() for i in ids_]
