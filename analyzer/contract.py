@@ -26,7 +26,10 @@ The coordinator writes the ``workflow`` span (submit -> end). An attempt that ne
 wrote its own root span still gets one, written by whoever saw it end: a zero-length
 ``task`` span with error status for a task that failed before it started (the worker
 or the coordinator), and, for an attempt whose worker died, a ``task`` span from its
-start to when the coordinator noticed, with ``tuiflow.outcome`` = ``lost``.
+start to when the coordinator noticed, with ``tuiflow.outcome`` = ``lost``. A task
+decided never to run (skipped by its condition, upstream_failed, cancelled before it was
+queued) gets a zero-length ``task`` span from the coordinator at that moment, with that
+outcome: every task of a workflow is in its trace.
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ ATTR_BATCH_SIZE = "tuiflow.batch.size"  # int: how many attempts shared that cal
 ATTR_DATA_ID = "tuiflow.data.id"  # the data item this attempt produced
 ATTR_BYTES = "tuiflow.bytes"  # payload bytes moved by a network span
 ATTR_OUTCOME = "tuiflow.outcome"  # completed | failed | timeout | cancelled | lost | worker stopped
+# | skipped | upstream_failed (NOT_RUN_OUTCOMES)
+#: outcomes of a task that never ran at all: the coordinator records its decision (a
+#: condition was false, a dependency failed) as a zero-length task span at that moment,
+#: so that every task of a workflow is in its trace; no worker, no wait, no work
+NOT_RUN_OUTCOMES = frozenset({"skipped", "upstream_failed"})
 ATTR_ERROR = "tuiflow.error"  # short reason on error spans
 ATTR_EXIT_CODE = "tuiflow.exit_code"
 ATTR_MODEL_LOAD_SECONDS = "tuiflow.model.load_seconds"  # on the generation span: 0.0 on a warm hit

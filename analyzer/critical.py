@@ -98,7 +98,9 @@ def critical_path(trace: Trace) -> CriticalPath:
     """
     if not trace.tasks:
         return _empty()
-    end_task = max(trace.tasks, key=lambda t: (trace.tasks[t].latest.end, t))
+    # the last task to end of those that ran (a skipped task's record is a decision, not work)
+    ran = [t for t, info in trace.tasks.items() if info.latest.ran] or list(trace.tasks)
+    end_task = max(ran, key=lambda t: (trace.tasks[t].latest.end, t))
     chain: list[str] = [end_task]
     gates: dict[str, tuple[str, float, str]] = {}
     seen = {end_task}

@@ -141,7 +141,8 @@ def e2e_breakdown(trace: Trace) -> E2EBreakdown:
 def _workers(attempts: list[Attempt]) -> dict[str, WorkerSummary]:
     groups: dict[str, list[Attempt]] = {}
     for att in attempts:
-        groups.setdefault(att.worker or "(unknown)", []).append(att)
+        if att.ran:  # a task decided never to run ran nowhere
+            groups.setdefault(att.worker or "(unknown)", []).append(att)
     out: dict[str, WorkerSummary] = {}
     for worker in sorted(groups):
         group = groups[worker]

@@ -332,11 +332,14 @@ def _devices(att: Attempt) -> int:
 def _lanes(trace: Trace, attempts: list[Attempt], calls: _Calls) -> list[GpuLane]:
     by_lane: dict[tuple[str, int | None], list[Attempt]] = {}
     for att in attempts:
+        if not att.ran:
+            continue  # a decision never to run: no worker's time
         for gpu in att.gpus or (None,):
             by_lane.setdefault((att.worker or UNKNOWN_WORKER, gpu), []).append(att)
     served: dict[str, set[str | None]] = {}
     for att in trace.attempts:
-        served.setdefault(att.worker or UNKNOWN_WORKER, set()).add(att.queue)
+        if att.ran:
+            served.setdefault(att.worker or UNKNOWN_WORKER, set()).add(att.queue)
     waits = _Waits(attempts)
     lanes = []
     for (worker, gpu), held in sorted(by_lane.items(), key=lambda kv: _lane_order(kv[0])):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 
+from .contract import NOT_RUN_OUTCOMES
 from .critical import CriticalPath
 from .fmt import fmt_seconds
 from .trace import Trace
@@ -100,15 +101,13 @@ _CLASSES = {
     "skipped_critical": f"fill:#ffffff,{_RED},stroke-dasharray:1 3",
     "missing": "fill:#ffffff,stroke:#bbbbbb,stroke-dasharray:2 2",
 }
-#: outcomes of tasks that did not run (their spans are the coordinator's record of that)
-_NOT_RUN = {"skipped", "upstream_failed"}
 
 
 def _look(outcome: str) -> str:
     """The class of a task's outcome: "" (completed), "skipped" or "failed"."""
     if outcome == "completed":
         return ""
-    return "skipped" if outcome in _NOT_RUN else "failed"
+    return "skipped" if outcome in NOT_RUN_OUTCOMES else "failed"
 
 
 def _escape(text: str) -> str:

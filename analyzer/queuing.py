@@ -70,7 +70,9 @@ def queuing_delays(trace: Trace) -> list[QueuingEntry]:
         blocked_by: str | None = None
         reason: str | None = None
         never_started = latest.duration == 0.0 and latest.outcome in NEVER_STARTED
-        if never_started:
+        if not latest.ran:
+            reason = f"not run: {latest.outcome}"
+        elif never_started:
             # A zero-length span written when a queued attempt was cancelled (or its worker
             # vanished): its start is when that happened, not a start.
             reason = f"latest attempt {latest.outcome} before it started"

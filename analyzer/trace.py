@@ -47,6 +47,7 @@ from .contract import (
     ATTR_WORKER,
     ATTR_WORKFLOW_ID,
     ATTR_WORKFLOW_NAME,
+    NOT_RUN_OUTCOMES,
     READY_SPAN,
     SPAN_KINDS,
     TASK_SPAN,
@@ -123,6 +124,11 @@ class Attempt:
     def ok(self) -> bool:
         """Whether the attempt completed."""
         return self.outcome == COMPLETED
+
+    @property
+    def ran(self) -> bool:
+        """False for the record of a task decided never to run (`NOT_RUN_OUTCOMES`)."""
+        return self.outcome not in NOT_RUN_OUTCOMES
 
 
 @dataclass(slots=True)

@@ -91,6 +91,7 @@ def test_examples_end_to_end(tmp_path, example, code, expect, mode):
         assert "is false" in tasks["low"]["reason"]
         assert tasks["publish"]["reason"] == "upstream broken failed"
         assert "always fails" in tasks["broken"]["reason"]
+        _every_task_is_in_the_analysis(tmp_path / "home", status["id"])
     if example == "hello.yaml":
         run = Client(Home.open(tmp_path / "home")).run(status["id"])
         out = Path(tmp_path / "home" / "workflows" / status["id"] / "tasks" / "report" / "0" / "stdout.log")
@@ -99,6 +100,30 @@ def test_examples_end_to_end(tmp_path, example, code, expect, mode):
     if example == "fanout.yaml":
         join = next(t for t in status["tasks"] if t["name"] == "join")
         assert join["output"] == {"inputs": 1000}
+
+
+def _every_task_is_in_the_analysis(home: Path, wf_id: str) -> None:
+    """Tasks that never ran (low skipped, publish upstream_failed) are in the trace, the
+    DAG, the counts and the history; the critical path still ends at work that ran."""
+    from analyzer import analyze_workflow, history, render
+
+    wf_dir = home / "workflows" / wf_id
+    analysis = analyze_workflow(str(wf_dir))
+    trace = analysis.trace
+    assert len(trace.tasks) == 7
+    assert trace.tasks["low"].latest.outcome == "skipped" and not trace.tasks["low"].latest.ran
+    assert trace.tasks["publish"].latest.outcome == "upstream_failed"
+    mermaid = render(analysis, "mermaid")
+    ids = {
+        line.split('["')[1].split("<br/>")[0]: line.split("[")[0].strip()
+        for line in mermaid.splitlines()
+        if '["' in line
+    }
+    assert "publish" in ids and f"{ids['score']} --> {ids['low']}" in mermaid
+    assert analysis.critical_path.end_task != "publish"
+    assert not [w for w in analysis.e2e.workers if w.startswith("coordinator")]  # a decision is no work
+    hist = history([str(wf_dir)], workflow_name="diamond")
+    assert len(hist.tasks) == 7
 
 
 def test_invalid_workflow_exits_2_without_a_traceback(tmp_path):
@@ -272,6 +297,12 @@ def test_worker_killed_mid_task_is_retried_and_completed_once(fast_home, tmp_pat
     assert marker.read_text().split("\n")[:2] == ["attempt 0", "attempt 1"]
     assert "worker doomed is dead" in (tmp_path / "coord.log").read_text()
     assert (Path(fast_home.workers_dir) / "doomed.dead").exists()
+    # the lost attempt is on the lost worker's lane; the coordinator only recorded it
+    from analyzer.trace import load_trace
+
+    lost = load_trace(str(Path(fast_home.root) / "workflows" / wf_id)).tasks["long"].attempts[0]
+    assert (lost.outcome, lost.worker) == ("lost", "doomed")
+    assert lost.root.attr("tuiflow.recorded_by").startswith("coordinator")
 
 
 def test_a_killed_workers_python_executor_dies_with_it(fast_home, tmp_path, procs):

@@ -256,9 +256,13 @@ def test_cancelled_workflow_closes_every_span(tmp_path):
     wf_id = client.list()[0]["id"]
     spans = trace_lines(home, wf_id)
     by_task = {s["attributes"][c.ATTR_TASK]: s for s in roots(spans)}
-    assert sorted(by_task) == ["long", "queued"]  # `later` was never queued: no attempt, no span
+    # every task is in the trace: `later` was never queued, and its record says so
+    assert sorted(by_task) == ["later", "long", "queued"]
     for s in by_task.values():
         assert s["attributes"][c.ATTR_OUTCOME] == "cancelled" and s["status"]["status_code"] == "ERROR"
+    later = by_task.pop("later")
+    assert later["start_time"] == later["end_time"]
+    assert later["attributes"][c.ATTR_ERROR] == "workflow cancelled before it was queued"
     # The one worker slot took one of the two (usually `long`); the other waited in its queue
     # and is closed with a zero-length span.
     ran = [t for t, s in by_task.items() if s["start_time"] != s["end_time"]]

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from analyzer.contract import NOT_RUN_OUTCOMES
 from spool import ChangeWaiter, DeposedError, Home, SpoolError, SpoolQueue
 from spool.watch import drain
 from tuiflow.engine.dispatch import Dispatcher
@@ -369,8 +370,11 @@ class Coordinator:
                 log.info("workflow %s (%s) %s", wf_id, run.definition.name, action.state)
                 self._ended_unflushed = True  # written at once, not IDLE_FLUSH later
                 self.spans.workflow_ended(wf_id, run, action.state, run.ended_at or self.clock())
-            if isinstance(action, Changed) and action.state == "cancelled":
-                self.spans.cancelled_while_queued(wf_id, run, action.idx, now)
+            if isinstance(action, Changed):
+                if action.state == "cancelled":
+                    self.spans.cancelled_while_queued(wf_id, run, action.idx, now)
+                elif action.state in NOT_RUN_OUTCOMES:
+                    self.spans.not_run(wf_id, run, action.idx, now, action.state, action.reason)
             if self.on_change is not None:
                 self.on_change(wf_id, action, run)
 

@@ -1,6 +1,7 @@
-"""The coordinator's spans: each workflow's root span, and closed error spans for
-attempts that never ran on a worker (a setup failure, a lost worker, a cancel while
-queued), so that no attempt is silently missing from a trace (`analyzer.contract`).
+"""The coordinator's spans: each workflow's root span, closed error spans for attempts
+that never ran on a worker (a setup failure, a lost worker, a cancel), and zero-length
+spans for tasks decided never to run (skipped, upstream_failed), so that no task and no
+attempt is silently missing from a trace (`analyzer.contract`).
 """
 
 from __future__ import annotations
@@ -52,10 +53,16 @@ class CoordinatorSpans:
         outcome: str,
         error: str,
         start: float | None = None,
+        worker: str | None = None,
     ) -> None:
         """A closed error span for an attempt that never ran (or whose worker vanished),
-        from `start` (default: `at`) to `at` (wall clock, epoch seconds)."""
+        from `start` (default: `at`) to `at` (wall clock, epoch seconds). `worker`: the
+        worker it ran on, if it did (a lost one): the attempt belongs on its lane, not on
+        the coordinator's, which only recorded it (`tuiflow.recorded_by`)."""
         attrs = self._attempt_attrs(wf_id, run, idx, attempt)
+        if worker is not None:
+            attrs[c.ATTR_WORKER] = worker
+            attrs["tuiflow.recorded_by"] = self.coordinator
         attrs[c.ATTR_OUTCOME] = outcome
         attrs[c.ATTR_ERROR] = error[:500]
         span = self.tracer.start_span(
@@ -68,11 +75,32 @@ class CoordinatorSpans:
         span.end(end_time=ns(at))
 
     def cancelled_while_queued(self, wf_id: str, run: RunState, idx: int, now: float) -> None:
-        # Only attempts that had been queued exist in the trace; pending tasks never had one.
-        if run.ready_at[idx] and not run.started[idx]:
-            self.attempt_never_ran(
-                wf_id, run, idx, run.attempt[idx], now, "cancelled", "workflow cancelled while queued"
-            )
+        """A task cancelled before it started: queued (its attempt is recorded as never run)
+        or still pending (recorded all the same, so that every task is in the trace)."""
+        if run.started[idx]:
+            return
+        why = (
+            "workflow cancelled while queued"
+            if run.ready_at[idx]
+            else "workflow cancelled before it was queued"
+        )
+        self.attempt_never_ran(wf_id, run, idx, run.attempt[idx], now, "cancelled", why)
+
+    def not_run(
+        self, wf_id: str, run: RunState, idx: int, now: float, outcome: str, reason: str | None
+    ) -> None:
+        """A zero-length task span for a task decided never to run (`c.NOT_RUN_OUTCOMES`):
+        skipped by its condition, or upstream_failed."""
+        attrs = self._attempt_attrs(wf_id, run, idx, run.attempt[idx])
+        attrs[c.ATTR_OUTCOME] = outcome
+        if reason:
+            attrs[c.ATTR_ERROR] = reason[:500]
+        span = self.tracer.start_span(
+            c.TASK_SPAN, context=workflow_context(wf_id), attributes=attrs, start_time=ns(now)
+        )
+        if outcome != "skipped":  # a false condition is no error
+            set_error(span, reason or outcome)
+        span.end(end_time=ns(now))
 
     def _attempt_attrs(self, wf_id: str, run: RunState, idx: int, attempt: int) -> dict[str, Any]:
         t = run.definition.tasks[idx]

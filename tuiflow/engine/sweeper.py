@@ -100,7 +100,9 @@ class DeadWorkers:
             lost = [(i, run.attempt[i], run.started[i]) for i in run.running_on(worker)]
             for idx, attempt, started in lost:
                 error = f"worker {worker} lost"
-                self.spans.attempt_never_ran(wf_id, run, idx, attempt, now, "lost", error, start=started)
+                self.spans.attempt_never_ran(
+                    wf_id, run, idx, attempt, now, "lost", error, start=started, worker=worker
+                )
             actions = run.on_worker_lost(worker, now)
             if actions or lost:
                 self.apply(wf_id, loaded, actions, now)
