@@ -477,3 +477,12 @@ def test_logs_follow_waits_for_a_pending_task_and_says_when_it_never_ran(home, e
     threading.Timer(0.5, client.cancel, [wf_id]).start()  # while `logs --follow` waits for b
     code, out, err = run("logs", wf_id, "b", "--follow", "--home", home.root)
     assert code == EXIT_NOT_FOUND and out == "" and "never ran (it is cancelled)" in err
+
+
+def test_tuiflow_where_there_is_no_home_says_so_like_ls_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TUIFLOW_HOME", raising=False)
+    code, _, err = run()
+    assert code == 2 and "no tuiflow home" in err and "Traceback" not in err
+    assert run("ls")[0] == 2  # the same answer as ls
+    assert not (tmp_path / ".tuiflow").exists()

@@ -186,11 +186,12 @@ def follow_logs(client: Client, wf: str, task: str, directory: str, names: list[
             views = client.tasks(wf, prefix=task)
             mine = [v for v in views if v.name == task]
             if mine and mine[0].state in _DONE:
+                if not mine[0].started_at:  # it ended without running (skipped, cancelled...)
+                    # (its directory may exist all the same: the coordinator's record of it)
+                    check_ran(client, wf, task, None, directory, names)  # NotFound, saying so
                 if os.path.isdir(directory):
                     follow = False  # one last read above catches the tail
                     continue
-                if not mine[0].started_at:  # it ended without running (skipped, cancelled...)
-                    check_ran(client, wf, task, None, directory, names)  # NotFound, saying so
             time.sleep(0.25)
     finally:
         for sink in sinks.values():

@@ -132,7 +132,8 @@ def root(
     if ctx.invoked_subcommand is None:
         from tuiflow.app import run_dashboard
 
-        raise typer.Exit(run_dashboard(_home(home, create=True)))
+        # like `tuiflow ls`: where there is no home, say so (it is not made behind the user's back)
+        raise typer.Exit(run_dashboard(_home(home)))
 
 
 # ------------------------------------------------------------------ workflows
