@@ -346,6 +346,7 @@ def test_names_errors_and_heartbeats_of_others_print_safe(home, tmp_path):
     plant(home, wf_id, completed=True)
     code, out, err = run("watch", wf_id, "--home", home.root, "--interval", "0.05")
     assert code == 0 and "ev␛]0;pwned␇[/]" in out
+    assert out.endswith("\n")  # the last progress line ends its line off a terminal
     printed["watch"] = out + err
     for args, text in printed.items():
         assert not any(c in text for c in "\x1b\x07"), (args, text)

@@ -78,8 +78,11 @@ def follow(
                     bar = progress.add_task(desc, total=total or 1, detail=detail)
                 progress.update(bar, description=desc, completed=done, total=total or 1, detail=detail)
             if state in WF_TERMINAL and not counts.get("running"):
-                return EXIT_OK if state == "completed" else EXIT_FAILED
+                break
             time.sleep(interval)
+    if not json_lines and not console.is_terminal:
+        console.print()  # off a terminal the last progress line has no newline of its own
+    return EXIT_OK if state == "completed" else EXIT_FAILED
 
 
 def _markup(value: object, style: str = "") -> str:
