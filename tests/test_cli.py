@@ -487,3 +487,14 @@ def test_tuiflow_where_there_is_no_home_says_so_like_ls_and_creates_nothing(tmp_
     assert code == 2 and "no tuiflow home" in err and "Traceback" not in err
     assert run("ls")[0] == 2  # the same answer as ls
     assert not (tmp_path / ".tuiflow").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [(), ("ls",), ("worker",), ("slurm",), ("trace", "what-if"), ("run-local",)]
+)
+def test_help_shows_names_a_person_reads_not_python_types(command):
+    code, out, _ = run(*command, "--help")
+    assert code == 0
+    for python in ("<str>", "<bool>", "<list[str]>", "<int>", "<float>"):
+        assert python not in out, (command, python)
+    assert "--home" in out and "DIR" in out

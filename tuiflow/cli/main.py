@@ -43,6 +43,59 @@ class _Commands(TyperGroup):
         with user_errors():
             return super().invoke(ctx)
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and not isinstance(command, TyperGroup):
+            _person_metavars(command, ctx)
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _person_metavars(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _no_type(ctx: Any = None) -> None:
+    """An argument's type column in `--help`: nothing (its name says it)."""
+    return None
+
+
+#: where an option's name alone would not say what to write
+_METAVARS = {
+    "home": "DIR",
+    "speedup": "X",
+    "duration": "SECONDS",
+    "interval": "SECONDS",
+    "idle-exit": "SECONDS",
+}
+
+
+def _person_metavars(command: Any, ctx: Any) -> None:
+    """What `--help` shows after an option: a flag nothing (not ``<bool>``), another
+    option a name a person reads (``--state STATE``, ``--queue QUEUE``), not its Python
+    type (``<str>``, ``<list[str]>``); choices and ranges as typer shows them."""
+    try:
+        help_option = command.get_help_option(ctx)  # made once and kept, outside `params`
+    except Exception:  # a cosmetic touch must never cost a command
+        help_option = None
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        # typer carries click's classes inside itself: told apart by what they are; and a
+        # change in typer must cost at worst the old help text, never a command
+        kind = getattr(param, "param_type_name", None)
+        if kind == "argument" and not getattr(getattr(param, "type_descriptor", None), "is_choice", False):
+            if getattr(param, "metavar", 0) is None and getattr(param, "name", None):
+                param.metavar = param.name.upper()  # WF, FILE: its name says what to write
+            param.display_type_rich = _no_type
+            continue
+        if kind != "option" or getattr(param, "metavar", 0) is not None:
+            continue
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+            continue
+        desc = getattr(param, "type_descriptor", None)
+        if not getattr(desc, "is_choice", False) and getattr(param, "opts", None):
+            name = max(param.opts, key=len).lstrip("-")
+            param.metavar = _METAVARS.get(name, name.upper())
+
 
 app = typer.Typer(
     cls=_Commands,
@@ -850,6 +903,7 @@ def serve(
 
 # ------------------------------------------------------------------------ traces
 trace_app = typer.Typer(
+    cls=_Commands,
     help="Traces of workflow runs: the raw span/asset/lineage files, analyses, history across runs.",
     no_args_is_help=True,
 )
