@@ -450,7 +450,7 @@ def test_run_local_cancels_on_sigterm_and_prints_the_summary(tmp_path):
             time.sleep(0.1)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -458,8 +458,12 @@ def test_run_local_cancels_on_sigterm_and_prints_the_summary(tmp_path):
     assert time.monotonic() - started < 30  # the running task was killed, not waited for
     assert proc.returncode == EXIT_FAILED, err
     assert "terminated (SIGTERM): cancelling the workflow" in err
-    assert "cancelled" in err and "Traceback" not in err
-    assert f"--home {shlex.quote(str(home))}" in err.replace("\n", "")
+    assert "Traceback" not in err
+    # the progress on stderr, the summary (the result) on stdout, with its header
+    assert "(long): cancelled" in out
+    assert "overall" in err and "overall" not in out
+    assert "figure" in out and "value" in out and "wall time" in out and "wall time" not in err
+    assert f"--home {shlex.quote(str(home))}" in out.replace("\n", "")
     [summary] = Client(Home.open(home)).list()
     assert summary["state"] == "cancelled"
 

@@ -1157,6 +1157,7 @@ def run_local_cmd(
         workers=workers,
         json_out=json_out,
         console=err,
+        summary=out,
         worker_mode=worker_mode,
         slots=slots,
     )

@@ -111,8 +111,8 @@ def summary_table(run: RunState, wall: float, home: Home) -> Table:
     title = user_text(f"workflow {run.wf_id} ({run.definition.name}): ")
     title.append(run.state, style=state_style(run.state))
     table = Table(title=title, title_justify="left")
-    table.add_column("")
-    table.add_column("", overflow="fold")
+    table.add_column("figure")
+    table.add_column("value", overflow="fold")
     counts = ", ".join(f"{n} {s}" for s, n in run.count_dict().items() if n)
     table.add_row("tasks", f"{len(run)} ({counts})")
     table.add_row("wall time", fmt_seconds(wall))
@@ -144,11 +144,15 @@ def run_local(
     workers: int | None = None,
     json_out: bool = False,
     console: Console | None = None,
+    summary: Console | None = None,
     worker_mode: str = "process",
     slots: int = 1,
 ) -> tuple[int, dict[str, Any]]:
-    """Run `definition` to the end; returns (exit code, final status)."""
+    """Run `definition` to the end; returns (exit code, final status). What happens on the
+    way (the bars, each task's line) goes to `console` (stderr); the summary table, the
+    result, to `summary` (stdout), so that `> file` keeps the result and not the bars."""
     console = console or Console(stderr=True)
+    summary = summary or Console()
     session = LocalRun(home, definition, workers=workers, worker_mode=worker_mode, slots=slots)
     wf_id = session.start()
     if not json_out:
@@ -173,12 +177,13 @@ def run_local(
     bars = _Bars(definition)
 
     def tick() -> None:
-        run = session.snapshot()
-        if run is not None:
-            bars.update(run)
+        # the lines first: a task's line never comes after the bars have said it is done
         for text, state in session.drain_lines():
             if not json_out:
                 live.console.print(user_text(text, state_style(state)), highlight=False)
+        run = session.snapshot()
+        if run is not None:
+            bars.update(run)
 
     live = Live(Group(bars.progress), console=console, transient=False, refresh_per_second=10)
     received: list[str] = []
@@ -204,7 +209,7 @@ def run_local(
     run = session.client.run(wf_id)
     wall = (run.ended_at or time.time()) - (run.started_at or run.created_at)
     if not json_out:
-        console.print(summary_table(run, wall, home))
+        summary.print(summary_table(run, wall, home))
     code = EXIT_OK if run.state == "completed" else EXIT_FAILED
     return code, status
 
