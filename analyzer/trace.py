@@ -277,6 +277,67 @@ def build_trace(
     -------
     Trace
     """
+    spans, by_id, by_name, roots, workflows, duplicate_spans = _index(records)
+    warnings: list[str] = []
+    kept, dropped_roots = _keep_attempts(roots)
+    orphans = _attach_children(spans, by_id, roots, kept)
+    tasks: dict[str, TaskInfo] = {}
+    for att in sorted(kept.values(), key=lambda a: (a.task, a.attempt)):
+        tasks.setdefault(att.task, TaskInfo(att.task)).attempts.append(att)
+    batches: dict[str, list[Attempt]] = {}
+    for att in kept.values():
+        if att.batch_id is not None:
+            batches.setdefault(att.batch_id, []).append(att)
+
+    workflow = min(workflows, key=lambda r: (r.start, -r.end)) if workflows else None
+    if len(workflows) > 1:
+        warnings.append(f"{len(workflows)} workflow spans; using the earliest")
+    stats = stats if stats is not None else ReadStats()
+    trace_id = max(stats.trace_ids, key=stats.trace_ids.__getitem__) if stats.trace_ids else None
+    if len(stats.trace_ids) > 1:
+        warnings.append(f"spans of {len(stats.trace_ids)} trace ids; a workflow is one trace")
+    if dropped_roots:
+        warnings.append(f"{dropped_roots} duplicate task root span(s) for one (task, attempt) dropped")
+    if orphans:
+        warnings.append(f"{len(orphans)} span(s) whose parent is missing (not attributed to any attempt)")
+    wf_attrs: dict[str, Any] = (workflow.attrs or {}) if workflow is not None else {}
+    workflow_id = _str(wf_attrs.get(ATTR_WORKFLOW_ID)) or _most_common(
+        _str(a.root.attr(ATTR_WORKFLOW_ID)) or _str(a.root.attr(ATTR_RUN_ID)) for a in kept.values()
+    )
+    workflow_name = _str(wf_attrs.get(ATTR_WORKFLOW_NAME)) or _most_common(
+        _str(a.root.attr(ATTR_WORKFLOW_NAME)) for a in kept.values()
+    )
+    return Trace(
+        spans=spans,
+        by_name=by_name,
+        tasks=tasks,
+        workflow=workflow,
+        workflow_id=workflow_id,
+        workflow_name=workflow_name,
+        trace_id=trace_id,
+        batches=batches,
+        orphans=orphans,
+        stats=stats,
+        duplicate_spans=duplicate_spans,
+        duplicate_roots=dropped_roots,
+        lineage=list(lineage),
+        assets=list(assets),
+        warnings=warnings,
+    )
+
+
+def _index(
+    records: Iterable[SpanRecord],
+) -> tuple[
+    list[SpanRecord],
+    dict[int, SpanRecord],
+    dict[str, list[SpanRecord]],
+    list[SpanRecord],
+    list[SpanRecord],
+    int,
+]:
+    """Spans (the first of each id), by id, by name; task roots; workflow spans; how many
+    duplicates were dropped."""
     spans: list[SpanRecord] = []
     by_id: dict[int, SpanRecord] = {}
     roots: list[SpanRecord] = []
@@ -301,8 +362,12 @@ def build_trace(
                 roots.append(rec)
         elif name == WORKFLOW_SPAN and rec.parent_id is None:
             workflows.append(rec)
+    return spans, by_id, by_name, roots, workflows, duplicate_spans
 
-    warnings: list[str] = []
+
+def _keep_attempts(roots: list[SpanRecord]) -> tuple[dict[tuple[str, int], Attempt], int]:
+    """One attempt per (task, attempt) of the roots (the best of duplicates), and how many
+    roots were dropped."""
     kept: dict[tuple[str, int], Attempt] = {}
     dropped_roots = 0
     for rec in roots:
@@ -316,6 +381,18 @@ def build_trace(
             winner, loser = (att, other) if _rank(att) > _rank(other) else (other, att)
             winner.duplicates += 1 + loser.duplicates
             kept[key] = winner
+    return kept, dropped_roots
+
+
+def _attach_children(
+    spans: list[SpanRecord],
+    by_id: dict[int, SpanRecord],
+    roots: list[SpanRecord],
+    kept: dict[tuple[str, int], Attempt],
+) -> list[SpanRecord]:
+    """Give every span to the attempt it descends from (with the attempt's compute time:
+    the union of its compute spans, network time and data-ready end, in the same pass);
+    returns the orphans (an ancestor is missing)."""
     # span id -> owning Attempt, None (owned by no attempt: under the workflow span, under a
     # dropped duplicate root, in a parent_id cycle) or _ORPHAN (an ancestor is missing).
     # Holds the roots and whatever `_resolve` memoises, not every span: at a million
@@ -324,7 +401,6 @@ def build_trace(
     for att in kept.values():
         owner[att.root.span_id] = att
     root_ids = set(owner)
-
     orphans: list[SpanRecord] = []
     lookup = owner.get
     std_kinds = _STD_KINDS
@@ -371,49 +447,7 @@ def build_trace(
             ivs = compute_spans.get(id(att))
             if ivs is not None:
                 att.compute_seconds = merged_length(ivs)
-    tasks: dict[str, TaskInfo] = {}
-    for att in sorted(kept.values(), key=lambda a: (a.task, a.attempt)):
-        tasks.setdefault(att.task, TaskInfo(att.task)).attempts.append(att)
-    batches: dict[str, list[Attempt]] = {}
-    for att in kept.values():
-        if att.batch_id is not None:
-            batches.setdefault(att.batch_id, []).append(att)
-
-    workflow = min(workflows, key=lambda r: (r.start, -r.end)) if workflows else None
-    if len(workflows) > 1:
-        warnings.append(f"{len(workflows)} workflow spans; using the earliest")
-    stats = stats if stats is not None else ReadStats()
-    trace_id = max(stats.trace_ids, key=stats.trace_ids.__getitem__) if stats.trace_ids else None
-    if len(stats.trace_ids) > 1:
-        warnings.append(f"spans of {len(stats.trace_ids)} trace ids; a workflow is one trace")
-    if dropped_roots:
-        warnings.append(f"{dropped_roots} duplicate task root span(s) for one (task, attempt) dropped")
-    if orphans:
-        warnings.append(f"{len(orphans)} span(s) whose parent is missing (not attributed to any attempt)")
-    wf_attrs: dict[str, Any] = (workflow.attrs or {}) if workflow is not None else {}
-    workflow_id = _str(wf_attrs.get(ATTR_WORKFLOW_ID)) or _most_common(
-        _str(a.root.attr(ATTR_WORKFLOW_ID)) or _str(a.root.attr(ATTR_RUN_ID)) for a in kept.values()
-    )
-    workflow_name = _str(wf_attrs.get(ATTR_WORKFLOW_NAME)) or _most_common(
-        _str(a.root.attr(ATTR_WORKFLOW_NAME)) for a in kept.values()
-    )
-    return Trace(
-        spans=spans,
-        by_name=by_name,
-        tasks=tasks,
-        workflow=workflow,
-        workflow_id=workflow_id,
-        workflow_name=workflow_name,
-        trace_id=trace_id,
-        batches=batches,
-        orphans=orphans,
-        stats=stats,
-        duplicate_spans=duplicate_spans,
-        duplicate_roots=dropped_roots,
-        lineage=list(lineage),
-        assets=list(assets),
-        warnings=warnings,
-    )
+    return orphans
 
 
 def load_trace(wf_dir: str | os.PathLike[str], *, jobs: int | None = None) -> Trace:
