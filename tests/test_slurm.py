@@ -239,6 +239,7 @@ def test_follow_submits_for_waiting_work_up_to_the_most_and_counts_jobs_not_star
         assert "#SBATCH --array=0-2" in script and "--slots 2" in script and "--idle-exit 30" in script
         (fake / "squeue.out").write_text("")  # they ran and left; the work is still there
         wait_for((fake / "job-102.sh").exists, timeout=30, what="the second submission")
+        time.sleep(1.0)  # sbatch wrote the script before it answered: let the follower hear the answer
     finally:
         follower.send_signal(signal.SIGINT)
         text, _ = follower.communicate(timeout=30)
