@@ -17,6 +17,7 @@ A `DirFds` belongs to one object used by one thread (a `SpoolQueue`): it is not 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -87,11 +88,10 @@ class DirFds:
     close = forget_all
 
     def __del__(self) -> None:
-        for fd in self._fds.values():
-            try:
+        # also at interpreter exit, when `os` itself may be gone: never a complaint then
+        for fd in getattr(self, "_fds", {}).values():
+            with contextlib.suppress(Exception):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def stat_and_list(dirs: DirFds, directory: str) -> tuple[os.stat_result, list[str]]:
