@@ -101,65 +101,8 @@ def critical_path(trace: Trace) -> CriticalPath:
     # the last task to end of those that ran (a skipped task's record is a decision, not work)
     ran = [t for t, info in trace.tasks.items() if info.latest.ran] or list(trace.tasks)
     end_task = max(ran, key=lambda t: (trace.tasks[t].latest.end, t))
-    chain: list[str] = [end_task]
-    gates: dict[str, tuple[str, float, str]] = {}
-    seen = {end_task}
-    cycle = False
-    stopped_missing: list[str] = []
-    cur = end_task
-    while True:
-        step = _gating_parent(trace, cur)
-        if step is None:
-            info = trace.tasks[cur]
-            stopped_missing = [p for p in info.depends_on if p not in trace.tasks]
-            break
-        parent, time, via = step
-        if parent in seen:
-            cycle = True
-            break
-        gates[cur] = (parent, time, via)
-        chain.append(parent)
-        seen.add(parent)
-        cur = parent
-    chain.reverse()
-
-    nodes: list[PathNode] = []
-    for name in chain:
-        info = trace.tasks[name]
-        latest = info.latest
-        if name in gates:
-            gated_by, gate_time, via = gates[name]
-        else:
-            gated_by = None
-            gate_time, via = _first_gate(trace, info.attempts)
-        raw = latest.start - gate_time if gate_time is not None else 0.0
-        wait = max(0.0, raw)
-        retry = 0.0
-        if len(info.attempts) > 1:
-            first_start = info.attempts[0].start
-            if gate_time is not None:
-                first_start = max(first_start, gate_time)
-            requeued = latest.ready_at if latest.ready_at is not None else latest.start
-            retry = min(wait, max(0.0, requeued - first_start))
-        nodes.append(
-            PathNode(
-                task=name,
-                attempt=latest.attempt,
-                attempts=len(info.attempts),
-                worker=latest.worker,
-                outcome=latest.outcome,
-                start=latest.start,
-                end=latest.end,
-                active_seconds=latest.duration,
-                wait_seconds=wait,
-                retry_seconds=retry,
-                gated_by=gated_by,
-                gate_time=gate_time,
-                gate_via=via,
-                clock_skew=raw < 0.0,
-                batch_id=latest.batch_id,
-            )
-        )
+    chain, gates, cycle, stopped_missing = _walk_back(trace, end_task)
+    nodes = [_node(trace, name, gates.get(name)) for name in chain]
     spans, via_batch = _path_spans(trace, chain)
     compute, network = breakdown(spans)
     active = sum(n.active_seconds for n in nodes)
@@ -179,6 +122,71 @@ def critical_path(trace: Trace) -> CriticalPath:
         compute=compute,
         network=network,
         batch_spans=via_batch,
+    )
+
+
+def _walk_back(
+    trace: Trace, end_task: str
+) -> tuple[list[str], dict[str, tuple[str, float, str]], bool, list[str]]:
+    """The chain of gating parents back from `end_task`, first task first; each task's gate
+    (parent, time, via); whether a cycle stopped the walk; the first task's missing parents."""
+    chain: list[str] = [end_task]
+    gates: dict[str, tuple[str, float, str]] = {}
+    seen = {end_task}
+    cycle = False
+    stopped_missing: list[str] = []
+    cur = end_task
+    while True:
+        step = _gating_parent(trace, cur)
+        if step is None:
+            stopped_missing = [p for p in trace.tasks[cur].depends_on if p not in trace.tasks]
+            break
+        parent, time, via = step
+        if parent in seen:
+            cycle = True
+            break
+        gates[cur] = (parent, time, via)
+        chain.append(parent)
+        seen.add(parent)
+        cur = parent
+    chain.reverse()
+    return chain, gates, cycle, stopped_missing
+
+
+def _node(trace: Trace, name: str, gate_info: tuple[str, float, str] | None) -> PathNode:
+    """Task `name` on the path: its latest attempt, its wait since its gate, the retries in it."""
+    info = trace.tasks[name]
+    latest = info.latest
+    if gate_info is not None:
+        gated_by, gate_time, via = gate_info
+    else:
+        gated_by = None
+        gate_time, via = _first_gate(trace, info.attempts)
+    raw = latest.start - gate_time if gate_time is not None else 0.0
+    wait = max(0.0, raw)
+    retry = 0.0
+    if len(info.attempts) > 1:
+        first_start = info.attempts[0].start
+        if gate_time is not None:
+            first_start = max(first_start, gate_time)
+        requeued = latest.ready_at if latest.ready_at is not None else latest.start
+        retry = min(wait, max(0.0, requeued - first_start))
+    return PathNode(
+        task=name,
+        attempt=latest.attempt,
+        attempts=len(info.attempts),
+        worker=latest.worker,
+        outcome=latest.outcome,
+        start=latest.start,
+        end=latest.end,
+        active_seconds=latest.duration,
+        wait_seconds=wait,
+        retry_seconds=retry,
+        gated_by=gated_by,
+        gate_time=gate_time,
+        gate_via=via,
+        clock_skew=raw < 0.0,
+        batch_id=latest.batch_id,
     )
 
 
